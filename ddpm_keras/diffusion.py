@@ -1,0 +1,229 @@
+"""The Gaussian diffusion process: forward noising and the reverse step.
+
+`GaussianDiffusion` holds the beta schedule and every term derived from it
+(computed once in float64, kept as float32) and implements the forward
+process q and the reverse step p of Ho et al. 2020 with `keras.ops`, so it
+runs on any Keras backend. It knows nothing of networks or training: callers
+hand it the network's noise prediction.
+"""
+
+import numpy as np
+from keras import ops
+from keras import random
+
+from ddpm_keras.schedules import BETA_SCHEDULES
+from ddpm_keras.schedules import get_beta_schedule
+
+# Names of the per-timestep terms, as in the paper's reference code and the
+# keras.io example. Each is an attribute holding a float32 tensor `(T,)`.
+TERM_NAMES = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+
+
+def compute_terms(betas):
+    """Every term of `TERM_NAMES` from `betas`, in float64 NumPy.
+
+    Args:
+        betas: 1-D array of the forward-process variances, each in (0, 1].
+
+    Returns:
+        A dict from term name to a float64 array of the same length.
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    alphas = 1.0 - betas
+    alphas_cumprod = np.cumprod(alphas)
+    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+    # Variance of q(x_{t-1} | x_t, x_0), Ho et al. eq. 7.
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    return {
+        "betas": betas,
+        "alphas_cumprod": alphas_cumprod,
+        "alphas_cumprod_prev": alphas_cumprod_prev,
+        "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
+        "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
+        "posterior_variance": posterior_variance,
+        # The posterior variance is 0 at t = 0: clip before the log.
+        "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+        "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+    }
+
+
+class GaussianDiffusion:
+    """The forward and reverse processes of a DDPM (Ho et al. 2020).
+
+    Args:
+        timesteps: Integer, the number of diffusion steps `T`. Defaults to
+            `1000`.
+        beta_schedule: String, `"linear"` (Ho et al. 2020, the keras.io
+            example's) or `"cosine"` (Nichol & Dhariwal 2021, s = 0.008,
+            betas capped at 0.999). Defaults to `"linear"`.
+        beta_start: Float, the first beta of the linear schedule. Defaults
+            to `1e-4`.
+        beta_end: Float, the last beta of the linear schedule. Defaults to
+            `0.02`.
+        clip_min: Float, the lower bound of the data range; the predicted
+            `x_0` is clipped to it when `clip_denoised=True`. Defaults to
+            `-1.0`.
+        clip_max: Float, the upper bound of the data range. Defaults to
+            `1.0`.
+
+    Every term in `TERM_NAMES` (`betas`, `alphas_cumprod`, ...,
+    `posterior_mean_coef2`) is an attribute: a float32 tensor of shape
+    `(timesteps,)`, computed in float64. Timestep arguments `t` are integer
+    tensors of shape `(batch,)` with values in `[0, timesteps)`.
+
+    Example:
+
+    >>> diffusion = GaussianDiffusion(timesteps=1000)
+    >>> x_t = diffusion.q_sample(x_start, t, noise)
+    >>> x_prev = diffusion.p_sample(network([x_t, t]), x_t, t)
+    """
+
+    def __init__(
+        self,
+        timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        clip_min=-1.0,
+        clip_max=1.0,
+    ):
+        if beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(
+                f"Unknown beta_schedule: {beta_schedule!r}. "
+                f"Expected one of {BETA_SCHEDULES}."
+            )
+        if not clip_min < clip_max:
+            raise ValueError(
+                "clip_min must be smaller than clip_max. "
+                f"Received: clip_min={clip_min}, clip_max={clip_max}"
+            )
+        betas = get_beta_schedule(beta_schedule, timesteps, beta_start, beta_end)
+        self.num_timesteps = int(timesteps)
+        self.beta_schedule = beta_schedule
+        self.beta_start = float(beta_start)
+        self.beta_end = float(beta_end)
+        self.clip_min = float(clip_min)
+        self.clip_max = float(clip_max)
+        self.terms_float64 = compute_terms(betas)
+        for name, value in self.terms_float64.items():
+            setattr(self, name, ops.convert_to_tensor(value.astype(np.float32)))
+
+    @property
+    def timesteps(self):
+        """The number of diffusion steps `T` (alias of `num_timesteps`)."""
+        return self.num_timesteps
+
+    def _extract(self, a, t, x):
+        """Gathers `a[t]` and reshapes it to broadcast against `x`."""
+        out = ops.take(a, ops.cast(t, "int32"), axis=0)
+        out = ops.reshape(out, (-1,) + (1,) * (len(x.shape) - 1))
+        return ops.cast(out, x.dtype)
+
+    def q_mean_variance(self, x_start, t):
+        """Mean, variance and log-variance of `q(x_t | x_0)`."""
+        mean = self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
+        # exp of the float64-computed log: `1 - alphas_cumprod` in float32
+        # would lose most digits at small t.
+        log_variance = self._extract(self.log_one_minus_alphas_cumprod, t, x_start)
+        variance = ops.exp(log_variance)
+        return mean, variance, log_variance
+
+    def q_sample(self, x_start, t, noise):
+        """Diffuses `x_start` to step `t`: `sqrt(ab_t) x_0 + sqrt(1 - ab_t) noise`."""
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        )
+
+    def predict_start_from_noise(self, x_t, t, noise):
+        """The `x_0` implied by `x_t` and its noise: `(x_t - sqrt(1 - ab_t) noise) / sqrt(ab_t)`."""
+        return (
+            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * noise
+        )
+
+    def predict_noise_from_start(self, x_t, t, x_start):
+        """The noise implied by `x_t` and `x_0`, the inverse of `predict_start_from_noise`."""
+        return (
+            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x_start
+        ) / self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+
+    def q_posterior(self, x_start, x_t, t):
+        """Mean, variance and clipped log-variance of `q(x_{t-1} | x_t, x_0)`."""
+        posterior_mean = (
+            self._extract(self.posterior_mean_coef1, t, x_t) * x_start
+            + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+        )
+        posterior_variance = self._extract(self.posterior_variance, t, x_t)
+        posterior_log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t)
+        return posterior_mean, posterior_variance, posterior_log_variance
+
+    def p_mean_variance(self, pred_noise, x, t, clip_denoised=True):
+        """Mean, variance and log-variance of the reverse step `p(x_{t-1} | x_t)`.
+
+        The network's noise prediction gives `x_0` (clipped to
+        `[clip_min, clip_max]` when `clip_denoised`), which is put in the
+        posterior `q(x_{t-1} | x_t, x_0)`.
+        """
+        x_recon = self.predict_start_from_noise(x, t, pred_noise)
+        if clip_denoised:
+            x_recon = ops.clip(x_recon, self.clip_min, self.clip_max)
+        return self.q_posterior(x_recon, x, t)
+
+    def p_sample(self, pred_noise, x, t, clip_denoised=True, seed=None):
+        """One ancestral step: draws `x_{t-1}` from `p(x_{t-1} | x_t)`.
+
+        Args:
+            pred_noise: The network's noise prediction for `x` at `t`.
+            x: The current sample `x_t`.
+            t: Integer tensor `(batch,)` of timesteps.
+            clip_denoised: Boolean, whether to clip the predicted `x_0`.
+            seed: `None`, an integer or a `keras.random.SeedGenerator` for
+                the step's noise. Inside a compiled loop pass a
+                `SeedGenerator`.
+
+        Returns:
+            `x_{t-1}`; where `t == 0` the mean, with no noise added.
+        """
+        model_mean, _, model_log_variance = self.p_mean_variance(
+            pred_noise, x, t, clip_denoised=clip_denoised
+        )
+        noise = random.normal(ops.shape(x), dtype=x.dtype, seed=seed)
+        nonzero_mask = ops.cast(ops.not_equal(t, 0), x.dtype)
+        nonzero_mask = ops.reshape(nonzero_mask, (-1,) + (1,) * (len(x.shape) - 1))
+        return model_mean + nonzero_mask * ops.exp(0.5 * model_log_variance) * noise
+
+    def get_config(self):
+        return {
+            "timesteps": self.num_timesteps,
+            "beta_schedule": self.beta_schedule,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "clip_min": self.clip_min,
+            "clip_max": self.clip_max,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"GaussianDiffusion({args})"
