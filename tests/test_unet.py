@@ -1,0 +1,92 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from ddpm_keras import AttentionBlock
+from ddpm_keras import TimeEmbedding
+from ddpm_keras import build_unet
+from ddpm_keras.presets import get_preset
+
+
+def test_flowers_config_has_the_examples_parameter_count():
+    assert build_unet(**get_preset("flowers64")["unet"]).count_params() == 63_200_387
+
+
+@pytest.mark.parametrize("img_size, channels", [(16, 1), (16, 3), ((16, 24), 3)])
+def test_output_shape_and_near_zero_output_at_init(img_size, channels):
+    net = build_unet(img_size, channels, [8, 16], [False, True], num_res_blocks=1, first_conv_channels=8)
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    x = np.random.default_rng(0).standard_normal((2, h, w, channels)).astype(np.float32)
+    y = ops.convert_to_numpy(net([x, np.array([0, 9], np.int32)]))
+    assert y.shape == (2, h, w, channels)
+    # The head's kernel starts at VarianceScaling(1e-10): the output is ~0.
+    assert np.abs(y).max() < 1e-3
+    assert net.inputs[1].dtype == "int32"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"widths": [8, 12]}, "widths=\\[8, 12\\]"),
+        ({"first_conv_channels": 10}, "first_conv_channels=10"),
+        ({"img_size": 17}, "img_size=17"),
+        ({"img_size": (16, 21)}, "divisible by 2 \\*\\* \\(len\\(widths\\) - 1\\) = 2"),
+        ({"img_size": 0}, "img_size=0"),
+        ({"has_attention": [False]}, "has_attention"),
+        ({"dropout": 1.0}, "dropout=1.0"),
+        ({"img_channels": 0}, "img_channels=0"),
+    ],
+)
+def test_bad_configuration_is_a_value_error_naming_it(kwargs, message):
+    args = dict(img_size=16, img_channels=3, widths=[8, 16], has_attention=[False, True], first_conv_channels=8)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        build_unet(**args)
+
+
+def test_time_embedding_matches_the_sinusoid_formula():
+    dim = 8
+    t = np.array([0, 1, 17, 999], np.int32)
+    got = ops.convert_to_numpy(TimeEmbedding(dim)(t))
+    half = dim // 2
+    freqs = np.array([10000 ** (-i / (half - 1)) for i in range(half)])
+    angles = t[:, None] * freqs[None, :]
+    np.testing.assert_allclose(got, np.concatenate([np.sin(angles), np.cos(angles)], -1), atol=2e-4)
+
+
+def test_attention_block_matches_numpy_attention():
+    layer = AttentionBlock(8, groups=2)
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 8)).astype(np.float32)
+    layer.build(x.shape)
+    # Give the projection real weights so the attention path is visible.
+    layer.proj.kernel.assign(np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32))
+    got = ops.convert_to_numpy(layer(x))
+
+    g = x.reshape(2, 3, 4, 2, 4)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    normed = ((g - mean) / np.sqrt(var + layer.norm.epsilon)).reshape(2, 12, 8)
+
+    def dense(d, v):
+        return v @ ops.convert_to_numpy(d.kernel) + ops.convert_to_numpy(d.bias)
+
+    q, k, v = dense(layer.query, normed), dense(layer.key, normed), dense(layer.value, normed)
+    scores = q @ k.transpose(0, 2, 1) / math.sqrt(8)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = x + dense(layer.proj, weights @ v).reshape(2, 3, 4, 8)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_serializes_with_its_custom_layers(tmp_path):
+    net = build_unet((8, 16), 1, [8, 16], [False, True], num_res_blocks=1, first_conv_channels=8)
+    path = tmp_path / "unet.keras"
+    net.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(0).standard_normal((2, 8, 16, 1)).astype(np.float32)
+    t = np.array([3, 4], np.int32)
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded([x, t])), ops.convert_to_numpy(net([x, t])))
+    assert {type(layer).__name__ for layer in loaded.layers} >= {"TimeEmbedding", "AttentionBlock"}
