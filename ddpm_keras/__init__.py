@@ -1,0 +1,17 @@
+"""ddpm_keras: denoising diffusion probabilistic models in Keras 3."""
+
+from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.layers import AttentionBlock
+from ddpm_keras.layers import TimeEmbedding
+from ddpm_keras.model import DiffusionModel
+from ddpm_keras.unet import build_unet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionBlock",
+    "DiffusionModel",
+    "GaussianDiffusion",
+    "TimeEmbedding",
+    "build_unet",
+]

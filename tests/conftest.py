@@ -1,0 +1,48 @@
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ddpm_keras import DiffusionModel  # noqa: E402
+from ddpm_keras import GaussianDiffusion  # noqa: E402
+from ddpm_keras import build_unet  # noqa: E402
+
+SEED = 1234
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras():
+    """Each test starts from a clear Keras session with fixed seeds."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(SEED)
+    yield
+
+
+def tiny_unet(img_size=16, img_channels=3):
+    return build_unet(
+        img_size, img_channels, widths=[8, 16], has_attention=[False, True],
+        num_res_blocks=1, first_conv_channels=8,
+    )
+
+
+def tiny_model(timesteps=20, ema=0.9, seed=0, img_size=16):
+    model = DiffusionModel(
+        tiny_unet(img_size), GaussianDiffusion(timesteps=timesteps, beta_end=0.2), ema=ema, seed=seed
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model
+
+
+def tiny_images(n=32, img_size=16, seed=0):
+    """A fixed tiny dataset: smooth colour gradients in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(-1.0, 1.0, img_size, dtype=np.float32)
+    slope_y, slope_x = rng.uniform(-0.6, 0.6, size=(2, n, 1, 1, 3)).astype(np.float32)
+    offsets = rng.uniform(-0.2, 0.2, size=(n, 1, 1, 3)).astype(np.float32)
+    images = slope_y * ramp[None, :, None, None] + slope_x * ramp[None, None, :, None] + offsets
+    return np.clip(images, -1.0, 1.0)
