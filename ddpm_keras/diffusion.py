@@ -187,7 +187,7 @@ class GaussianDiffusion:
             x_recon = ops.clip(x_recon, self.clip_min, self.clip_max)
         return self.q_posterior(x_recon, x, t)
 
-    def p_sample(self, pred_noise, x, t, clip_denoised=True, seed=None):
+    def p_sample(self, pred_noise, x, t, clip_denoised=True, seed=None, noise=None):
         """One ancestral step: draws `x_{t-1}` from `p(x_{t-1} | x_t)`.
 
         Args:
@@ -198,6 +198,9 @@ class GaussianDiffusion:
             seed: `None`, an integer or a `keras.random.SeedGenerator` for
                 the step's noise. Inside a compiled loop pass a
                 `SeedGenerator`.
+            noise: Optional standard normal noise shaped as `x`, used
+                instead of drawing it from `seed` (for samplers that draw
+                their own noise).
 
         Returns:
             `x_{t-1}`; where `t == 0` the mean, with no noise added.
@@ -205,7 +208,8 @@ class GaussianDiffusion:
         model_mean, _, model_log_variance = self.p_mean_variance(
             pred_noise, x, t, clip_denoised=clip_denoised
         )
-        noise = random.normal(ops.shape(x), dtype=x.dtype, seed=seed)
+        if noise is None:
+            noise = random.normal(ops.shape(x), dtype=x.dtype, seed=seed)
         nonzero_mask = ops.cast(ops.not_equal(t, 0), x.dtype)
         nonzero_mask = ops.reshape(nonzero_mask, (-1,) + (1,) * (len(x.shape) - 1))
         return model_mean + nonzero_mask * ops.exp(0.5 * model_log_variance) * noise

@@ -185,28 +185,59 @@ class DiffusionModel(keras.Model):
             raise ValueError(
                 f"num_images must be a positive integer. Received: num_images={num_images!r}"
             )
-        seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
-        _reset_seed(self.sample_seed_generator, seed)
-        images = self._sampler(int(num_images))()
+        shape = (int(num_images),) + self.image_shape
+
+        def chain(eps_fn, noise_fn):
+            return ddpm_sample_loop(eps_fn, noise_fn, self.diffusion, noise_fn(shape, -1))
+
+        images = self._compiled(("ddpm", shape), chain)(seed)
+        return self._to_images(images)
+
+    def _to_images(self, images):
+        """A sampler's output as a NumPy float32 array clipped to the data range."""
         images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
         return np.clip(images, self.diffusion.clip_min, self.diffusion.clip_max)
 
-    def _sampler(self, num_images):
-        """The compiled sampling chain for `num_images`, built on first use."""
-        if num_images not in self._samplers:
-            shape = (num_images,) + self.image_shape
+    def _compiled(self, key, chain):
+        """The compiled form of `chain`, built once per `key` and cached."""
+        if key not in self._samplers:
+            self._samplers[key] = self._compile_chain(chain)
+        return self._samplers[key]
 
-            def sample():
-                x_T = keras.random.normal(shape, seed=self.sample_seed_generator)
-                return ddpm_sample_loop(
-                    self._ema_eps, self.diffusion, x_T, self.sample_seed_generator
-                )
+    def _compile_chain(self, chain):
+        """Compiles a sampling chain with the EMA network; the backend-specific part of sampling.
 
-            self._samplers[num_images] = _compile(sample)
-        return self._samplers[num_images]
+        Args:
+            chain: Callable `(eps_fn, noise_fn, *inputs) -> outputs`, written
+                in `keras.ops` (see `ddpm_keras.sampling`).
 
-    def _ema_eps(self, x, t):
-        return self.ema_network([x, t], training=False)
+        Returns:
+            `run(seed, *inputs) -> outputs`: the same seed gives the same outputs.
+        """
+        backend = keras.backend.backend()
+        if backend != "tensorflow":
+            raise NotImplementedError(
+                "Sampling needs the TensorFlow backend. "
+                f"Received: KERAS_BACKEND={backend!r}. Set KERAS_BACKEND=tensorflow."
+            )
+        import tensorflow as tf
+
+        def eps_fn(x, t):
+            return self.ema_network([x, t], training=False)
+
+        def noise_fn(shape, step):
+            return keras.random.normal(shape, seed=self.sample_seed_generator)
+
+        compiled = tf.function(
+            lambda *inputs: chain(eps_fn, noise_fn, *inputs), jit_compile=True, autograph=False
+        )
+
+        def run(seed, *inputs):
+            seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
+            _reset_seed(self.sample_seed_generator, seed)
+            return compiled(*inputs)
+
+        return run
 
     def get_config(self):
         return {
@@ -225,15 +256,6 @@ class DiffusionModel(keras.Model):
         ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
         diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
         return cls(network, diffusion, ema_network=ema_network, **config)
-
-
-def _compile(fn):
-    """Compiles a sampling function for the current backend (XLA on TensorFlow)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, jit_compile=True, autograph=False)
-    return fn
 
 
 def _images_from(data):
