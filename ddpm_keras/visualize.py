@@ -1,0 +1,106 @@
+"""Images a person can look at: PNG grids and animated GIFs of samples.
+
+Works on NumPy arrays in `[-1, 1]`, as `DiffusionModel.generate_images`
+returns them; needs no display.
+"""
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images, value_range=(-1.0, 1.0)):
+    """Maps float images in `value_range` to uint8 `[0, 255]`, clipping outside it."""
+    low, high = value_range
+    images = (np.asarray(images, dtype=np.float32) - low) / (high - low)
+    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def image_grid(images, ncols=None, padding=2, value_range=(-1.0, 1.0)):
+    """Tiles a batch `(N, H, W, C)` into one uint8 image, `ncols` per row.
+
+    Args:
+        images: Array `(N, H, W, C)` with C = 1 or 3, values in `value_range`.
+        ncols: Integer, images per row. Defaults to `ceil(sqrt(N))`.
+        padding: Integer, white pixels between images. Defaults to `2`.
+        value_range: `(low, high)` of the input values. Defaults to `(-1, 1)`.
+
+    Returns:
+        A uint8 array `(rows * (H + padding) + padding, ncols * (W + padding) + padding, C)`.
+    """
+    images = to_uint8(images, value_range)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            "images must have shape (N, H, W, 1 or 3). "
+            f"Received: shape={images.shape}"
+        )
+    n, h, w, c = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    grid = np.full(
+        (nrows * (h + padding) + padding, ncols * (w + padding) + padding, c), 255, np.uint8
+    )
+    for i, image in enumerate(images):
+        top = padding + (i // ncols) * (h + padding)
+        left = padding + (i % ncols) * (w + padding)
+        grid[top : top + h, left : left + w] = image
+    return grid
+
+
+def _to_pil(array):
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def save_image_grid(images, path, ncols=None, padding=2, scale=1, value_range=(-1.0, 1.0)):
+    """Saves a batch of images as one PNG grid (see `image_grid`); returns `path`.
+
+    `scale` enlarges the grid by an integer factor (nearest neighbour), so
+    that 32-px samples are visible. The file is written atomically.
+    """
+    picture = _to_pil(image_grid(images, ncols, padding, value_range))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    _atomic_save(path, lambda f: picture.save(f, format="PNG"))
+    return path
+
+
+def save_gif(frames, path, ncols=None, duration_ms=80, hold_last_ms=1500, scale=1, value_range=(-1.0, 1.0)):
+    """Saves a sequence of batches `(T, N, H, W, C)` as an animated GIF of grids; returns `path`.
+
+    Each frame is the grid of one step (e.g. of a denoising trajectory); the
+    last frame is held for `hold_last_ms`.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 5:
+        raise ValueError(
+            f"frames must have shape (T, N, H, W, C). Received: shape={frames.shape}"
+        )
+    pictures = [_to_pil(image_grid(f, ncols, value_range=value_range)) for f in frames]
+    if scale > 1:
+        pictures = [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pictures]
+    durations = [duration_ms] * (len(pictures) - 1) + [max(hold_last_ms, duration_ms)]
+    _atomic_save(
+        path,
+        lambda f: pictures[0].save(
+            f, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0
+        ),
+    )
+    return path
+
+
+def _atomic_save(path, write):
+    """Writes through a temporary file then renames, so readers never see half a file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
