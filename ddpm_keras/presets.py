@@ -2,7 +2,8 @@
 
 Each preset is a plain dict with three parts: `unet` (the arguments of
 `build_unet`), `diffusion` (of `GaussianDiffusion`) and `training` (batch
-size, learning rate, EMA decay, and the dataset it was tuned for).
+size, Adam learning rate, EMA decay, epochs, the dataset it was tuned for,
+and the epochs between sample grids).
 """
 
 import copy
@@ -20,7 +21,10 @@ PRESETS = {
             "first_conv_channels": 64,
         },
         "diffusion": {"timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-        "training": {"batch_size": 32, "learning_rate": 2e-4, "ema": 0.999, "dataset": "oxford_flowers102"},
+        "training": {
+            "batch_size": 32, "learning_rate": 2e-4, "ema": 0.999, "epochs": 800,
+            "dataset": "oxford_flowers102", "plot_every": 10,
+        },
     },
     # Learns visible flower shapes on a 2-core CPU within minutes.
     "tiny": {
@@ -34,7 +38,10 @@ PRESETS = {
             "first_conv_channels": 16,
         },
         "diffusion": {"timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
-        "training": {"batch_size": 32, "learning_rate": 1e-3, "ema": 0.995, "dataset": "synthetic"},
+        "training": {
+            "batch_size": 32, "learning_rate": 1e-3, "ema": 0.995, "epochs": 20,
+            "dataset": "synthetic", "plot_every": 5,
+        },
     },
 }
 

@@ -1,0 +1,66 @@
+import csv
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_images
+from conftest import tiny_model
+from ddpm_keras.callbacks import RunCheckpoint
+from ddpm_keras.callbacks import SamplePlotter
+from ddpm_keras.callbacks import resume_log
+from ddpm_keras.visualize import image_grid
+
+
+def read_log(run_dir):
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_checkpoint_log_and_sample_grids_each_epoch(tmp_path):
+    model = tiny_model(timesteps=10)
+    plotter = SamplePlotter(tmp_path, every=2, num_images=4, seed=3, sampling={}, show=False)
+    model.fit(tiny_images(16), batch_size=8, epochs=3, verbose=0,
+              callbacks=[RunCheckpoint(tmp_path), plotter])
+    rows = read_log(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["loss"]) > 0 and float(r["seconds"]) > 0 for r in rows)
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert int(loaded.epoch) == 3 and int(loaded.optimizer.iterations) == 6
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["epoch_0002.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    # A 2x2 grid of 16-px images with 2-px padding, upscaled 4x for small images.
+    with Image.open(tmp_path / "samples" / "epoch_0002.png") as picture:
+        assert picture.size == (4 * (2 * (16 + 2) + 2),) * 2
+
+
+def test_sample_grid_shows_the_seeded_samples(tmp_path):
+    model = tiny_model(timesteps=10)
+    plotter = SamplePlotter(tmp_path, num_images=4, seed=5, sampling={}, scale=1, show=False)
+    plotter.set_model(model)
+    plotter.on_epoch_end(0)
+    with Image.open(plotter.last_path) as picture:
+        np.testing.assert_array_equal(np.asarray(picture), image_grid(model.generate_images(4, seed=5)))
+
+
+def test_resume_log_drops_epochs_the_checkpoint_lacks(tmp_path):
+    (tmp_path / "log.csv").write_text("epoch,loss,seconds\n1,0.9,1.0\n2,0.8,1.0\n3,0.7,1.0\n")
+    resume_log(tmp_path, 2)
+    assert [r["epoch"] for r in read_log(tmp_path)] == ["1", "2"]
+
+
+def test_log_gains_columns_that_appear_later(tmp_path):
+    model = tiny_model(timesteps=10)
+    checkpoint = RunCheckpoint(tmp_path)
+    checkpoint.set_model(model)
+    for epoch, logs in enumerate([{"loss": 0.5}, {"loss": 0.4, "val_loss": 0.45}]):
+        checkpoint.on_epoch_begin(epoch)
+        checkpoint.on_epoch_end(epoch, logs)
+    rows = read_log(tmp_path)
+    assert rows[0]["val_loss"] == "" and float(rows[1]["val_loss"]) == pytest.approx(0.45)
+
+
+def test_plot_every_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="every=0"):
+        SamplePlotter(tmp_path, every=0)
