@@ -115,10 +115,51 @@ class GaussianDiffusion:
                 f"Received: clip_min={clip_min}, clip_max={clip_max}"
             )
         betas = get_beta_schedule(beta_schedule, timesteps, beta_start, beta_end)
-        self.num_timesteps = int(timesteps)
         self.beta_schedule = beta_schedule
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
+        self._set_betas(betas, clip_min, clip_max)
+
+    @classmethod
+    def from_betas(cls, betas, clip_min=-1.0, clip_max=1.0):
+        """A diffusion with explicit betas, such as a respaced schedule.
+
+        Args:
+            betas: 1-D array of the forward-process variances, each in
+                (0, 1].
+            clip_min: Float, the lower bound of the data range. Defaults to
+                `-1.0`.
+            clip_max: Float, the upper bound of the data range. Defaults to
+                `1.0`.
+
+        Returns:
+            A `GaussianDiffusion` with `beta_schedule="custom"`; its config
+            holds the betas.
+
+        Example:
+
+        >>> diffusion = GaussianDiffusion.from_betas([0.1, 0.5, 0.9])
+        """
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or betas.size < 1 or not np.all((betas > 0.0) & (betas <= 1.0)):
+            raise ValueError(
+                "betas must be a non-empty 1-D array with values in (0, 1]. "
+                f"Received: betas={betas!r}"
+            )
+        if not clip_min < clip_max:
+            raise ValueError(
+                "clip_min must be smaller than clip_max. "
+                f"Received: clip_min={clip_min}, clip_max={clip_max}"
+            )
+        diffusion = cls.__new__(cls)
+        diffusion.beta_schedule = "custom"
+        diffusion.beta_start = float(betas[0])
+        diffusion.beta_end = float(betas[-1])
+        diffusion._set_betas(betas, clip_min, clip_max)
+        return diffusion
+
+    def _set_betas(self, betas, clip_min, clip_max):
+        self.num_timesteps = int(len(betas))
         self.clip_min = float(clip_min)
         self.clip_max = float(clip_max)
         self.terms_float64 = compute_terms(betas)
@@ -215,6 +256,12 @@ class GaussianDiffusion:
         return model_mean + nonzero_mask * ops.exp(0.5 * model_log_variance) * noise
 
     def get_config(self):
+        if self.beta_schedule == "custom":
+            return {
+                "betas": self.terms_float64["betas"].tolist(),
+                "clip_min": self.clip_min,
+                "clip_max": self.clip_max,
+            }
         return {
             "timesteps": self.num_timesteps,
             "beta_schedule": self.beta_schedule,
@@ -226,6 +273,8 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, config):
+        if "betas" in config:
+            return cls.from_betas(**config)
         return cls(**config)
 
     def __repr__(self):

@@ -1,0 +1,129 @@
+"""Seconds per reverse step of the compiled sampler against a `predict()`-per-step loop.
+
+Usage: python bench/sampling.py [--presets tiny flowers64] [--num-images 16]
+       [--tiny-steps 20] [--flowers64-steps 3] [--skip-full]
+
+For each preset (random weights: a step's cost does not depend on them):
+
+- compiled: `DiffusionModel.generate_images` (the whole chain in one XLA
+  `fori_loop`) run for `k` respaced DDPM steps; the first call traces and
+  compiles, the second is timed, per step. Compile time = first - second.
+- predict loop: the keras.io example's way, `ema_network.predict([x, t])`
+  once per step plus a NumPy `p_sample`, timed over `k` steps after a
+  warm-up step.
+- DDIM-50 vs DDPM-1000 wall time for the same images: run for real at
+  `tiny` (unless `--skip-full`), extrapolated from per-step times at
+  `flowers64` (labelled "extrap.").
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ddpm_keras import DiffusionModel  # noqa: E402
+from ddpm_keras import GaussianDiffusion  # noqa: E402
+from ddpm_keras import build_unet  # noqa: E402
+from ddpm_keras.presets import get_preset  # noqa: E402
+
+
+def build_model(preset):
+    config = get_preset(preset)
+    network = build_unet(**config["unet"])
+    return DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), seed=0)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compiled_seconds(model, num_images, sampler, num_steps):
+    """(first call incl. compile, steady call) seconds of `num_steps` compiled steps."""
+    run = lambda: model.generate_images(num_images, seed=0, sampler=sampler, num_steps=num_steps, verbose=0)  # noqa: E731
+    return timed(run), timed(run)
+
+
+def predict_loop_seconds_per_step(model, num_images, num_steps):
+    """Seconds per step of `predict()` + NumPy p_sample, over `num_steps` steps after one warm-up."""
+    diffusion = model.diffusion
+    terms = diffusion.terms_float64
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((num_images,) + model.image_shape).astype("float32")
+
+    def p_sample(x, t):
+        t_batch = np.full((num_images,), t, dtype="int32")
+        pred_noise = model.ema_network.predict([x, t_batch], verbose=0, batch_size=num_images)
+        x_recon = np.clip(terms["sqrt_recip_alphas_cumprod"][t] * x - terms["sqrt_recipm1_alphas_cumprod"][t] * pred_noise, -1, 1)
+        mean = terms["posterior_mean_coef1"][t] * x_recon + terms["posterior_mean_coef2"][t] * x
+        noise = rng.standard_normal(x.shape) if t > 0 else 0.0
+        return (mean + np.exp(0.5 * terms["posterior_log_variance_clipped"][t]) * noise).astype("float32")
+
+    top = diffusion.num_timesteps - 1
+    x = p_sample(x, top)  # warm-up: builds predict's function
+    start = time.perf_counter()
+    for i in range(num_steps):
+        x = p_sample(x, top - 1 - i)
+    return (time.perf_counter() - start) / num_steps
+
+
+def bench_preset(preset, num_images, steps, run_full):
+    keras.backend.clear_session()
+    model = build_model(preset)
+    T = model.diffusion.num_timesteps
+    first, steady = compiled_seconds(model, num_images, "ddpm", steps)
+    compiled_step = steady / steps
+    predict_step = predict_loop_seconds_per_step(model, num_images, steps)
+    rows = [(
+        preset, f"{model.network.count_params():,}", steps, compiled_step, num_images / compiled_step,
+        predict_step, num_images / predict_step, predict_step / compiled_step, first - steady,
+    )]
+    ddim_first, ddim_steady = compiled_seconds(model, num_images, "ddim", 50) if run_full else (None, None)
+    if run_full:
+        ddpm_first, ddpm_steady = compiled_seconds(model, num_images, "ddpm", None)
+        walls = (ddim_steady, ddpm_steady, "measured", ddim_first - ddim_steady, ddpm_first - ddpm_steady)
+    else:
+        walls = (50 * compiled_step, T * compiled_step, "extrap.", None, None)
+    return rows, walls
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "flowers64"])
+    parser.add_argument("--num-images", type=int, default=16)
+    parser.add_argument("--tiny-steps", type=int, default=20)
+    parser.add_argument("--flowers64-steps", type=int, default=3)
+    parser.add_argument("--skip-full", action="store_true", help="extrapolate DDPM-1000/DDIM-50 at tiny too")
+    args = parser.parse_args()
+    per_step, wall = [], []
+    for preset in args.presets:
+        steps = args.tiny_steps if preset == "tiny" else args.flowers64_steps
+        rows, walls = bench_preset(preset, args.num_images, steps, run_full=(preset == "tiny" and not args.skip_full))
+        per_step += rows
+        wall.append((preset,) + walls)
+
+    print(f"\nPer reverse step, {args.num_images} images, keras {keras.__version__} "
+          f"backend={keras.backend.backend()} (compile/trace time excluded, shown apart)")
+    header = f"{'preset':<10}{'params':>12}{'steps':>7}{'compiled s/step':>17}{'img/s':>9}" \
+             f"{'predict s/step':>16}{'img/s':>9}{'speedup':>9}{'compile s':>11}"
+    print(header)
+    print("-" * len(header))
+    for p, params, k, cs, cips, ps, pips, speedup, comp in per_step:
+        print(f"{p:<10}{params:>12}{k:>7}{cs:>17.4f}{cips:>9.1f}{ps:>16.4f}{pips:>9.1f}{speedup:>8.1f}x{comp:>11.1f}")
+
+    print(f"\nWall time for {args.num_images} images, compiled (extrap. = per-step time x steps)")
+    header = f"{'preset':<10}{'DDIM-50 s':>12}{'DDPM-1000 s':>14}{'ratio':>9}{'how':>10}{'compile s (ddim/ddpm)':>24}"
+    print(header)
+    print("-" * len(header))
+    for p, ddim, ddpm, how, ddim_compile, ddpm_compile in wall:
+        compile_text = "-" if ddim_compile is None else f"{ddim_compile:.1f} / {ddpm_compile:.1f}"
+        print(f"{p:<10}{ddim:>12.2f}{ddpm:>14.2f}{ddpm / ddim:>8.1f}x{how:>10}{compile_text:>24}")
+
+
+if __name__ == "__main__":
+    main()
