@@ -1,0 +1,367 @@
+"""The `ddpm-keras` command line: train, resume, sample, inpaint and interpolate.
+
+    ddpm-keras train --preset tiny --epochs 20          # synthetic flowers, CPU
+    ddpm-keras train                                     # Oxford Flowers 102, 64 px
+    ddpm-keras train --resume                            # continue after a stop
+    ddpm-keras sample --checkpoint checkpoints/tiny-synthetic --out samples.png --sampler ddim --gif denoise.gif
+    ddpm-keras inpaint --checkpoint RUN_DIR --image flower.jpg --mask mask.png --out inpainted.png
+    ddpm-keras interpolate --checkpoint RUN_DIR --out path.png
+
+Every default comes from `ddpm_keras.presets`.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+from ddpm_keras.presets import PRESETS
+from ddpm_keras.presets import get_preset
+
+PROG = "ddpm-keras"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class CLIError(Exception):
+    """A user error, printed as one line."""
+
+
+def positive_int(text):
+    return _bounded_int(text, 1, "a positive integer")
+
+
+def non_negative_int(text):
+    return _bounded_int(text, 0, "an integer >= 0")
+
+
+def _bounded_int(text, low, what):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train and sample denoising diffusion probabilistic models (Keras 3).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+
+    train = commands.add_parser(
+        "train",
+        help="train a model (and resume it)",
+        formatter_class=formatter,
+        description="Train a DiffusionModel with model.fit. Each epoch writes RUN_DIR/model.keras "
+        "(network, EMA, optimizer, epoch; atomically), appends to RUN_DIR/log.csv and, every "
+        "--plot-every epochs, writes a grid of samples to RUN_DIR/samples/.",
+    )
+    train.add_argument("--preset", default="flowers64", choices=sorted(PRESETS), help="model and training defaults")
+    train.add_argument(
+        "--dataset",
+        default=None,
+        help="oxford_flowers102 (tfds), synthetic (procedural flowers, no download) or PATH to a "
+        "folder of images. Default: the preset's (flowers64: oxford_flowers102, tiny: synthetic)",
+    )
+    train.add_argument("--split", default="train", help="tfds split of oxford_flowers102, e.g. train+validation+test")
+    train.add_argument("--data-dir", default=None, help="tfds data directory (default: ~/tensorflow_datasets)")
+    train.add_argument("--epochs", type=positive_int, default=None, help="total epochs to reach. Default: the preset's")
+    train.add_argument(
+        "--steps-per-epoch", type=positive_int, default=None, help="batches per epoch (the data repeats). Default: one pass"
+    )
+    train.add_argument("--batch-size", type=positive_int, default=None, help="Default: the preset's")
+    train.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate. Default: the preset's")
+    train.add_argument("--img-size", type=positive_int, default=None, help="image size in pixels. Default: the preset's")
+    train.add_argument("--out", default=None, help="run directory. Default: checkpoints/PRESET-DATASET")
+    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/model.keras at the next epoch")
+    train.add_argument("--plot-every", type=non_negative_int, default=None, help="epochs between sample grids (0: never). Default: the preset's")
+    train.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and sample grids")
+
+    sample = commands.add_parser(
+        "sample",
+        help="sample images from a checkpoint into a PNG grid",
+        formatter_class=formatter,
+        description="Generate images with the EMA network of a checkpoint and save them as a PNG grid.",
+    )
+    _add_checkpoint_args(sample)
+    sample.add_argument("--num-images", type=positive_int, default=16, help="number of images")
+    _add_sampler_args(sample, samplers=("ddpm", "ddim", "pc"))
+    sample.add_argument("--batch-size", type=positive_int, default=None,
+                        help="images per compiled call, for large requests. Default: all at once")
+    sample.add_argument("--gif", default=None, help="also write the denoising trajectory as an animated GIF")
+
+    inpaint = commands.add_parser(
+        "inpaint",
+        help="fill in the masked region of an image",
+        formatter_class=formatter,
+        description="Inpaint an image: pixels where the mask is white are kept, black ones are generated "
+        "(replacement method, RePaint resampling with --resample > 1). The output PNG shows the original, "
+        "the masked input and --num-images results.",
+    )
+    _add_checkpoint_args(inpaint)
+    inpaint.add_argument("--image", required=True, help="the image (any size: centre-cropped and resized)")
+    inpaint.add_argument("--mask", required=True, help="a black-and-white image: white = keep, black = fill")
+    inpaint.add_argument("--num-images", type=positive_int, default=4, help="number of fillings to draw")
+    _add_sampler_args(inpaint, samplers=("ddpm", "ddim"))
+    inpaint.add_argument("--resample", type=positive_int, default=1,
+                         help="RePaint resampling count per step (blends the edges; costs that many network calls)")
+
+    interpolate = commands.add_parser(
+        "interpolate",
+        help="spherical interpolation between two noises or two images",
+        formatter_class=formatter,
+        description="Decode a spherical interpolation between two latent noises with deterministic DDIM. "
+        "With --images A B the two latents come from DDIM inversion of two real images.",
+    )
+    _add_checkpoint_args(interpolate)
+    interpolate.add_argument("--num-images", type=positive_int, default=8, help="images along the path, ends included")
+    interpolate.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
+    interpolate.add_argument("--images", nargs=2, metavar=("A", "B"), default=None, help="two image files to interpolate")
+    return parser
+
+
+def _add_checkpoint_args(parser):
+    parser.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
+    parser.add_argument("--out", required=True, help="output PNG file")
+
+
+def _add_sampler_args(parser, samplers):
+    parser.add_argument("--sampler", default=samplers[0], choices=samplers,
+                        help="ddpm: ancestral; ddim: Song et al. 2021 (deterministic with --eta 0); "
+                        "pc: DDPM predictor + Langevin corrector")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="reverse steps. Default: all T for ddpm and pc, 50 for ddim")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        {"train": train, "sample": sample, "inpaint": inpaint, "interpolate": interpolate}[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the last finished epoch is in the run directory.", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - user errors become one line
+        if not _is_user_error(error):
+            raise
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _is_user_error(error):
+    from ddpm_keras.data import DatasetUnavailableError
+
+    return isinstance(error, (CLIError, ValueError, FileNotFoundError, DatasetUnavailableError))
+
+
+def train(args):
+    """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
+    config = get_preset(args.preset)
+    training = config["training"]
+    dataset_name = args.dataset or training["dataset"]
+    epochs = args.epochs or training["epochs"]
+    batch_size = args.batch_size or training["batch_size"]
+    plot_every = training["plot_every"] if args.plot_every is None else args.plot_every
+    if args.img_size:
+        config["unet"]["img_size"] = args.img_size
+    run_dir = args.out or os.path.join(CHECKPOINTS_DIR, f"{args.preset}-{_slug(dataset_name)}")
+
+    import keras
+
+    from ddpm_keras.callbacks import RunCheckpoint
+    from ddpm_keras.callbacks import SamplePlotter
+    from ddpm_keras.callbacks import resume_log
+    from ddpm_keras.data import load_dataset
+
+    keras.utils.set_random_seed(args.seed)
+    model_path = os.path.join(run_dir, "model.keras")
+    if args.resume:
+        model = _load_model(model_path)
+        completed = int(model.epoch)
+        if completed >= epochs:
+            raise CLIError(
+                f"{model_path} has already trained {completed} epochs; pass --epochs larger than {completed} to continue."
+            )
+        resume_log(run_dir, completed)
+        print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
+    else:
+        if os.path.exists(model_path):
+            raise CLIError(
+                f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one."
+            )
+        model = _build_model(config, args.learning_rate, args.seed)
+        completed = 0
+
+    height, width = model.image_shape[:2]
+    dataset = load_dataset(
+        dataset_name, split=args.split, img_size=(height, width), batch_size=batch_size,
+        data_dir=args.data_dir, seed=args.seed,
+    )
+    if args.steps_per_epoch:
+        dataset = dataset.repeat()
+    os.makedirs(run_dir, exist_ok=True)
+    _write_json(os.path.join(run_dir, "run.json"), {**vars(args), "dataset": dataset_name, "epochs": epochs,
+                                                    "batch_size": batch_size, "preset_config": config})
+    callbacks = [RunCheckpoint(run_dir)]
+    if plot_every:
+        callbacks.append(SamplePlotter(run_dir, every=plot_every, seed=args.seed))
+    print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
+          f"({height}x{width}, batch {batch_size}) into {run_dir}/")
+    model.fit(
+        dataset, epochs=epochs, initial_epoch=completed, steps_per_epoch=args.steps_per_epoch,
+        callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
+        shuffle=False,  # the pipeline shuffles examples before batching
+    )
+    print(f"Done: {model_path}, {os.path.join(run_dir, 'log.csv')}"
+          + (f", {os.path.join(run_dir, 'samples')}/" if plot_every else ""))
+
+
+def sample(args):
+    """`ddpm-keras sample`: a PNG grid of samples from a checkpoint (and a GIF of their trajectory)."""
+    from ddpm_keras.visualize import save_gif
+
+    model = _load_model(args.checkpoint)
+    _check_suffix(args.out, ".png", "--out")
+    if args.gif:
+        _check_suffix(args.gif, ".gif", "--gif")
+    start = time.perf_counter()
+    result = model.generate_images(
+        num_images=args.num_images, seed=args.seed, sampler=args.sampler, num_steps=args.steps,
+        eta=args.eta, batch_size=args.batch_size, return_trajectory=bool(args.gif),
+    )
+    images, trajectory = result if args.gif else (result, None)
+    seconds = time.perf_counter() - start
+    _save_grid(images, args.out)
+    print(f"Wrote {args.num_images} samples ({args.sampler}) to {args.out} in {seconds:.1f} s.")
+    if args.gif:
+        save_gif(trajectory, args.gif, scale=_display_scale(images))
+        print(f"Wrote the denoising trajectory ({len(trajectory)} frames) to {args.gif}.")
+
+
+def inpaint(args):
+    """`ddpm-keras inpaint`: original, masked input and fillings, one row each, in a PNG."""
+    import numpy as np
+
+    model = _load_model(args.checkpoint)
+    _check_suffix(args.out, ".png", "--out")
+    height, width, _ = model.image_shape
+    image = _read_image(args.image, (height, width))
+    mask = (_read_image(args.mask, (height, width)).mean(axis=-1, keepdims=True) > 0.0).astype("float32")
+    if mask.min() == 1.0:
+        raise CLIError(f"The mask {args.mask} is white everywhere: nothing to fill (black marks the region to fill).")
+    images = np.repeat(image[None], args.num_images, axis=0)
+    filled = model.inpaint(images, mask, seed=args.seed, sampler=args.sampler, num_steps=args.steps,
+                           eta=args.eta, resample=args.resample)
+    masked = np.where(mask > 0, image, 0.0)[None]
+    rows = [image[None], masked, filled]
+    _save_grid(np.concatenate([np.pad(r, ((0, args.num_images - len(r)), (0, 0), (0, 0), (0, 0)),
+                                      constant_values=1.0) for r in rows]), args.out, ncols=args.num_images)
+    print(f"Wrote the original, the masked input and {args.num_images} fillings to {args.out}.")
+
+
+def interpolate(args):
+    """`ddpm-keras interpolate`: a row of images along a spherical path between two latents."""
+    import numpy as np
+
+    model = _load_model(args.checkpoint)
+    _check_suffix(args.out, ".png", "--out")
+    images = None
+    if args.images:
+        size = model.image_shape[:2]
+        images = tuple(_read_image(path, size)[None] for path in args.images)
+    path = model.interpolate(num_images=args.num_images, seed=args.seed, num_steps=args.steps, images=images)
+    grid = path if images is None else np.concatenate([images[0], path, images[1]])
+    _save_grid(grid, args.out, ncols=len(grid))
+    print(f"Wrote {args.num_images} interpolated images to {args.out}"
+          + (" (the two inputs at the ends)." if images else "."))
+
+
+def _build_model(config, learning_rate, seed):
+    import keras
+
+    from ddpm_keras import DiffusionModel
+    from ddpm_keras import GaussianDiffusion
+    from ddpm_keras import build_unet
+
+    network = build_unet(**config["unet"])
+    model = DiffusionModel(
+        network, GaussianDiffusion(**config["diffusion"]), ema=config["training"]["ema"], seed=seed
+    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate or config["training"]["learning_rate"]))
+    return model
+
+
+def _load_model(path):
+    """Loads a DiffusionModel from a `.keras` file or a run directory holding `model.keras`."""
+    import keras
+
+    from ddpm_keras import DiffusionModel
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.keras")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint at {path}: expected a model.keras file or a run directory holding one.")
+    model = keras.saving.load_model(path)
+    if not isinstance(model, DiffusionModel):
+        raise CLIError(f"{path} holds a {type(model).__name__}, not a DiffusionModel.")
+    return model
+
+
+def _check_suffix(path, suffix, option):
+    if not path.lower().endswith(suffix):
+        raise CLIError(f"{option} must name a {suffix} file. Received: {option}={path}")
+
+
+def _display_scale(images):
+    return 4 if max(images.shape[1:3]) <= 32 else 2
+
+
+def _save_grid(images, path, ncols=None):
+    from ddpm_keras.visualize import save_image_grid
+
+    save_image_grid(images, path, ncols=ncols, scale=_display_scale(images))
+
+
+def _read_image(path, size):
+    """An image file as float32 `(H, W, 3)` in [-1, 1], cropped and resized as for training."""
+    import numpy as np
+    from PIL import Image
+    from PIL import UnidentifiedImageError
+
+    from ddpm_keras.data import preprocess_image
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No image file at {path}.")
+    try:
+        with Image.open(path) as picture:
+            pixels = np.asarray(picture.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise CLIError(f"Cannot read the image {path}: {error}") from None
+    return np.asarray(preprocess_image(pixels, size), dtype="float32")
+
+
+def _slug(dataset):
+    """A directory-friendly name for a dataset name or path."""
+    name = os.path.basename(os.path.normpath(dataset)) or "data"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The command line end to end on the `tiny` preset and synthetic data, a few steps at a time."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_keras.cli import main
+
+FAST = ["--preset", "tiny", "--dataset", "synthetic", "--steps-per-epoch", "2", "--batch-size", "4"]
+
+
+def log_epochs(run_dir):
+    with open(os.path.join(run_dir, "log.csv"), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run trained for one epoch, then resumed for a second."""
+    out = str(tmp_path_factory.mktemp("run"))
+    assert main(["train", *FAST, "--epochs", "1", "--plot-every", "1", "--out", out]) == 0
+    assert main(["train", *FAST, "--epochs", "2", "--plot-every", "1", "--out", out, "--resume"]) == 0
+    return out
+
+
+def test_train_writes_model_log_and_sample_grids(run_dir):
+    assert sorted(os.listdir(os.path.join(run_dir, "samples"))) == ["epoch_0001.png", "epoch_0002.png"]
+    with Image.open(os.path.join(run_dir, "samples", "epoch_0002.png")) as picture:
+        assert picture.size == (4 * (4 * (32 + 2) + 2),) * 2  # 16 samples of 32 px, 4x
+    assert os.path.exists(os.path.join(run_dir, "run.json"))
+
+
+def test_resume_continues_the_epoch_count_with_optimizer_state(run_dir):
+    assert log_epochs(run_dir) == [1, 2]
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    assert int(model.epoch) == 2
+    assert int(model.optimizer.iterations) == 4  # 2 epochs x 2 steps: the Adam state carried over
+
+
+def test_sample_writes_a_png_grid(run_dir, tmp_path, capsys):
+    out = str(tmp_path / "grid.png")
+    assert main(["sample", "--checkpoint", run_dir, "--num-images", "2", "--seed", "1", "--out", out]) == 0
+    with Image.open(out) as picture:
+        assert picture.size == (4 * (2 * (32 + 2) + 2), 4 * (32 + 2 + 2))
+    assert "Wrote 2 samples" in capsys.readouterr().out
+
+
+def test_sample_with_ddim_writes_the_trajectory_gif(run_dir, tmp_path):
+    out, gif = str(tmp_path / "ddim.png"), str(tmp_path / "ddim.gif")
+    argv = ["sample", "--checkpoint", run_dir, "--num-images", "2", "--sampler", "ddim", "--steps", "10", "--out", out]
+    assert main([*argv, "--gif", gif]) == 0
+    with Image.open(gif) as picture:
+        frames = picture.n_frames
+    with Image.open(out) as grid:
+        first = np.asarray(grid)
+    assert frames >= 2
+    # DDIM with eta = 0 is deterministic: the same seed draws the same grid.
+    assert main(argv) == 0
+    with Image.open(out) as grid:
+        np.testing.assert_array_equal(np.asarray(grid), first)
+
+
+def write_image(path, pixels):
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_inpaint_keeps_the_known_pixels(run_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    image = write_image(tmp_path / "image.png", rng.integers(0, 256, (32, 32, 3)))
+    mask = np.full((32, 32), 255)
+    mask[8:24, 8:24] = 0
+    mask_path = write_image(tmp_path / "mask.png", mask)
+    out = str(tmp_path / "inpainted.png")
+    argv = ["inpaint", "--checkpoint", run_dir, "--image", image, "--mask", mask_path,
+            "--num-images", "2", "--sampler", "ddim", "--steps", "5", "--out", out]
+    assert main(argv) == 0
+    with Image.open(out) as picture:
+        grid = np.asarray(picture)[::4, ::4]  # undo the 4x display scale
+    original, filled = grid[2:34, 2:34], grid[2 + 2 * 34 : 2 + 2 * 34 + 32, 2:34]
+    known = mask > 0
+    np.testing.assert_array_equal(filled[known], original[known])
+    assert np.abs(filled[~known].astype(int) - original[~known]).mean() > 1
+
+
+def test_interpolate_between_two_images(run_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    a = write_image(tmp_path / "a.png", rng.integers(0, 256, (40, 48, 3)))
+    b = write_image(tmp_path / "b.png", rng.integers(0, 256, (32, 32, 3)))
+    out = str(tmp_path / "path.png")
+    assert main(["interpolate", "--checkpoint", run_dir, "--images", a, b, "--num-images", "3",
+                 "--steps", "5", "--out", out]) == 0
+    with Image.open(out) as picture:
+        assert picture.size == (4 * (5 * 34 + 2), 4 * 36)  # the two inputs and 3 decodes
+
+
+def test_kill_9_mid_training_keeps_the_last_finished_epoch(tmp_path):
+    out = str(tmp_path / "killed")
+    command = [sys.executable, "-m", "ddpm_keras", "train", *FAST, "--epochs", "100", "--plot-every", "0", "--out", out]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (
+            os.path.exists(os.path.join(out, "log.csv")) and len(log_epochs(out)) >= 2
+        ):
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    completed = int(model.epoch)
+    assert completed >= 2
+    assert main(["train", *FAST, "--epochs", str(completed + 1), "--plot-every", "0", "--out", out, "--resume"]) == 0
+    assert log_epochs(out) == list(range(1, completed + 2))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--checkpoint", "missing_dir", "--out", "x.png"], "No checkpoint at missing_dir"),
+        (["train", *FAST, "--img-size", "30"], "img_size=30"),
+        (["train", *FAST, "--resume"], "No checkpoint at"),
+        (["train", "--preset", "tiny", "--dataset", "no/such/folder"], "no/such/folder"),
+        (["sample", "--checkpoint", "missing_dir", "--out", "x.jpg"], "No checkpoint"),
+    ],
+)
+def test_bad_values_are_one_line_errors(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("ddpm-keras: error:")
+
+
+def test_an_existing_run_needs_resume(run_dir, capsys):
+    assert main(["train", *FAST, "--out", run_dir]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_argument_errors_name_the_value(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--epochs", "-1"])
+    assert exit_info.value.code == 2
+    assert "--epochs: expected a positive integer, got -1" in capsys.readouterr().err
+
+
+def test_help_explains_every_option_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ["--preset", "--dataset", "--split", "--epochs", "--steps-per-epoch", "--batch-size",
+                   "--out", "--resume", "--plot-every", "--seed"]:
+        assert option in text
+    assert "(default: flowers64)" in text and "(default: 0)" in text
