@@ -1,0 +1,26 @@
+"""The Colab notebook runs top to bottom in its tiny mode."""
+
+import os
+
+import nbformat
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "ddpm_flowers.ipynb")
+
+
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_KERAS_NOTEBOOK_SMOKE", "1")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    # The plotting callback and the sampling cell showed pictures inline.
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5
+    assert (tmp_path / "checkpoints" / "notebook-tiny" / "denoising.gif").exists()
+    assert (tmp_path / "checkpoints" / "notebook-tiny" / "model.keras").exists()
+    assert (tmp_path / "checkpoints" / "notebook-tiny" / "samples" / "epoch_0001.png").exists()
