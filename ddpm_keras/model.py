@@ -1,13 +1,13 @@
 """`DiffusionModel`: trains a noise-prediction network with `fit` and samples from it."""
 
-import secrets
-
 import keras
 import numpy as np
 from keras import ops
 
+from ddpm_keras import _train_steps
+from ddpm_keras import sampling
 from ddpm_keras.diffusion import GaussianDiffusion
-from ddpm_keras.sampling import ddpm_sample_loop
+from ddpm_keras.distribute import num_replicas_in_sync
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
@@ -73,6 +73,9 @@ class DiffusionModel(keras.Model):
         self.eval_seed_generator = keras.random.SeedGenerator(self.eval_seed, name="eval_seed")
         self.sample_seed_generator = keras.random.SeedGenerator(0, name="sample_seed")
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Epochs completed, saved with the weights so that a checkpoint says
+        # where training resumes.
+        self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="epoch")
         self._samplers = {}
         # The sub-networks are built, so this model is: the optimizer state
         # is then restored when a `.keras` file is loaded.
@@ -107,7 +110,9 @@ class DiffusionModel(keras.Model):
             loss = ops.mean(ops.square(ops.cast(y, "float32") - ops.cast(y_pred, "float32")))
             for extra in self.losses:
                 loss = loss + ops.cast(ops.sum(extra), "float32")
-            return loss
+            # As Keras's compiled losses: this replica's share of the global
+            # mean under a tf.distribute strategy (the gradients are summed).
+            return loss / float(num_replicas_in_sync())
         return super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
@@ -121,77 +126,299 @@ class DiffusionModel(keras.Model):
         noise = keras.random.normal(ops.shape(images), dtype=images.dtype, seed=seed)
         return self.diffusion.q_sample(images, t, noise), t, noise
 
-    def train_step(self, data):
-        images = _images_from(data)
-        x_t, t, noise = self.noisy_batch(images, self.seed_generator)
-        loss = self._optimizer_step(x_t, t, noise)
-        self.update_ema()
-        self.loss_tracker.update_state(loss, sample_weight=ops.shape(images)[0])
-        return {m.name: m.result() for m in self.metrics}
+    def train_step(self, *args):
+        """One optimizer step of the network, then the EMA update.
 
-    def _optimizer_step(self, x_t, t, noise):
-        """One gradient step of the network; the only backend-specific part of training."""
-        backend = keras.backend.backend()
-        if backend != "tensorflow":
-            raise NotImplementedError(
-                "DiffusionModel.fit needs the TensorFlow backend. "
-                f"Received: KERAS_BACKEND={backend!r}. Set KERAS_BACKEND=tensorflow."
-            )
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            pred_noise = self.network([x_t, t], training=True)
-            loss = self.compute_loss(y=noise, y_pred=pred_noise, training=True)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        trainable = self.network.trainable_variables
-        gradients = tape.gradient(scaled_loss, trainable)
-        self.optimizer.apply_gradients(zip(gradients, trainable))
-        return loss
+        `train_step(data)` on TensorFlow and PyTorch; the stateless
+        `train_step(state, data) -> (logs, state)` on JAX. The backend's
+        step is in `ddpm_keras._train_steps`.
+        """
+        return _train_steps.step_for(_train_steps.TRAIN_STEPS, "fit")(self, *args)
 
     def update_ema(self):
         """Moves every EMA weight towards the network's: `ema * ema_w + (1 - ema) * w`."""
         for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
             ema_weight.assign(self.ema * ema_weight + (1.0 - self.ema) * ops.cast(weight, ema_weight.dtype))
 
-    def test_step(self, data):
-        images = _images_from(data)
-        x_t, t, noise = self.noisy_batch(images, self.eval_seed_generator)
-        pred_noise = self.network([x_t, t], training=False)
-        loss = self.compute_loss(y=noise, y_pred=pred_noise, training=False)
-        self.loss_tracker.update_state(loss, sample_weight=ops.shape(images)[0])
-        return {m.name: m.result() for m in self.metrics}
+    def test_step(self, *args):
+        """The validation loss on noise from the evaluation seed; `(data)`, or `(state, data)` on JAX."""
+        return _train_steps.step_for(_train_steps.TEST_STEPS, "evaluate")(self, *args)
 
     def evaluate(self, *args, **kwargs):
         """`keras.Model.evaluate`, with the validation noise reset to its fixed seed."""
-        _reset_seed(self.eval_seed_generator, self.eval_seed)
+        _train_steps.reset_seed(self.eval_seed_generator, self.eval_seed)
         return super().evaluate(*args, **kwargs)
 
-    def generate_images(self, num_images=16, seed=None):
-        """Samples images with the EMA network through the full `T`-step chain.
+    def generate_images(
+        self,
+        num_images=16,
+        seed=None,
+        sampler="ddpm",
+        num_steps=None,
+        eta=0.0,
+        clip_denoised=True,
+        batch_size=None,
+        return_trajectory=False,
+        trajectory_every=None,
+        corrector_steps=1,
+        snr=0.16,
+        verbose=1,
+    ):
+        """Samples images with the EMA network.
 
-        The whole reverse chain runs as one compiled function, traced once
-        per `num_images` and reused.
+        The whole reverse chain runs as one compiled function (`fori_loop`),
+        traced once per (sampler, batch shape, steps, options) and reused.
+        See `ddpm_keras.sampling` for the samplers; all walk "trailing"
+        spaced timesteps that start at `t = T - 1`.
 
         Args:
             num_images: Integer, how many images. Defaults to `16`.
-            seed: Integer or `None`. The same seed gives the same images.
-                Defaults to `None` (a fresh random seed).
+            seed: Integer or `None`. The same seed (and `batch_size`) gives
+                the same images. Defaults to `None` (a fresh random seed).
+            sampler: `"ddpm"` (ancestral; respaced when `num_steps < T`,
+                Nichol & Dhariwal 2021), `"ddim"` (Song et al. 2021) or
+                `"pc"` (DDPM predictor + Langevin corrector, Song et al.
+                2021). Defaults to `"ddpm"`.
+            num_steps: Integer in `[1, T]` or `None`: `T` for `"ddpm"` and
+                `"pc"`, `50` for `"ddim"`. Defaults to `None`.
+            eta: Float in `[0, 1]`, DDIM's noise scale: `0` deterministic,
+                `1` the DDPM posterior variance. Defaults to `0.0`.
+            clip_denoised: Boolean, clip the predicted `x_0` to the data
+                range at each step. Defaults to `True`.
+            batch_size: Integer or `None`, images per compiled call. Larger
+                requests run in chunks of this size (the last padded), with
+                a progress bar over chunks when `verbose`. Chunk `k` draws
+                its noise from a seed derived from `(seed, k)`, so results
+                are deterministic for a given `(seed, batch_size)` but
+                differ between batch sizes. Defaults to `None` (one chunk,
+                seeded with `seed` itself).
+            return_trajectory: Boolean, also return the intermediate
+                samples. Defaults to `False`.
+            trajectory_every: Integer or `None`, steps between trajectory
+                frames. Defaults to `None` (`max(1, num_steps // 20)`, about
+                20 frames).
+            corrector_steps: Integer >= 0, Langevin steps after each `"pc"`
+                predictor step. Defaults to `1`.
+            snr: Float > 0, the `"pc"` corrector's signal-to-noise ratio
+                (its step size). Defaults to `0.16`.
+            verbose: `0` or `1`, show the progress bar over chunks (only
+                when there is more than one). Defaults to `1`.
 
         Returns:
             A NumPy float32 array `(num_images, H, W, C)` in
-            `[clip_min, clip_max]` (`[-1, 1]` by default).
+            `[clip_min, clip_max]` (`[-1, 1]` by default); with
+            `return_trajectory=True`, `(images, trajectory)` where
+            `trajectory` is `(frames, num_images, H, W, C)`, clipped to the
+            data range: `x_T`, the sample after every `trajectory_every`-th
+            step, and the final images (`trajectory[-1] == images`).
+
+        Example:
+
+        >>> images = model.generate_images(16, seed=0, sampler="ddim", num_steps=50)
+        >>> images, frames = model.generate_images(4, return_trajectory=True)
         """
-        if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
-            raise ValueError(
-                f"num_images must be a positive integer. Received: num_images={num_images!r}"
+        num_images = _check_positive_int(num_images, "num_images")
+        num_steps = sampling.check_sampler_args(
+            sampler, num_steps, self.diffusion.num_timesteps, eta, corrector_steps, snr
+        )
+        batch_size = num_images if batch_size is None else min(_check_positive_int(batch_size, "batch_size"), num_images)
+        every = None
+        if return_trajectory:
+            every = max(1, num_steps // 20) if trajectory_every is None else _check_positive_int(
+                trajectory_every, "trajectory_every"
             )
-        shape = (int(num_images),) + self.image_shape
+        shape = (batch_size,) + self.image_shape
+        options = {
+            "sampler": sampler, "num_steps": num_steps, "eta": float(eta),
+            "clip_denoised": bool(clip_denoised), "corrector_steps": int(corrector_steps),
+            "snr": float(snr), "trajectory_every": every,
+        }
 
         def chain(eps_fn, noise_fn):
-            return ddpm_sample_loop(eps_fn, noise_fn, self.diffusion, noise_fn(shape, -1))
+            return sampling.sample_loop(eps_fn, noise_fn, self.diffusion, noise_fn(shape, -1), **options)
 
-        images = self._compiled(("ddpm", shape), chain)(seed)
-        return self._to_images(images)
+        run = self._compiled(("generate", shape) + tuple(sorted(options.items())), chain)
+        num_chunks = -(-num_images // batch_size)
+        progbar = keras.utils.Progbar(num_chunks, unit_name="chunk") if verbose and num_chunks > 1 else None
+        chunks = []
+        for k, chunk_seed in enumerate(_chunk_seeds(seed, num_chunks)):
+            outputs = run(chunk_seed)
+            chunks.append([ops.convert_to_numpy(o) for o in (outputs if return_trajectory else (outputs,))])
+            if progbar is not None:
+                progbar.update(k + 1)
+        images = self._to_images(np.concatenate([c[0] for c in chunks], axis=0)[:num_images])
+        if not return_trajectory:
+            return images
+        trajectory = self._to_images(np.concatenate([c[1] for c in chunks], axis=1)[:, :num_images])
+        return images, trajectory
+
+    def inpaint(self, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True):
+        """Fills in the unknown region of `images` (replacement method, RePaint resampling).
+
+        At each reverse step the known region is replaced by the original
+        diffused to the new noise level, `q_sample(x_0, t - 1)`; with
+        `resample > 1` each step is redone after re-noising with
+        `q(x_t | x_{t-1})` (Lugmayr et al. 2022, jump length 1). The output
+        equals `images` exactly where `mask == 1`.
+
+        Args:
+            images: Float array `(N, H, W, C)` (or one image `(H, W, C)`) in
+                the data range.
+            mask: Array of 0 and 1, 1 where the pixel is known; `(H, W)`,
+                `(H, W, 1)`, `(H, W, C)`, `(N, H, W, 1)` or `(N, H, W, C)`.
+            seed: Integer or `None`. Defaults to `None`.
+            sampler: `"ddpm"` or `"ddim"`. Defaults to `"ddpm"`.
+            num_steps: Integer or `None`, as in `generate_images`.
+                Defaults to `None`.
+            eta: Float in `[0, 1]`, for `"ddim"`. Defaults to `0.0`.
+            resample: Integer >= 1, RePaint's resampling count `r`
+                (cost: `r` network calls per step). Defaults to `1`.
+            clip_denoised: Boolean. Defaults to `True`.
+
+        Returns:
+            A NumPy float32 array shaped as `images` (batched).
+
+        Example:
+
+        >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0
+        >>> filled = model.inpaint(images, mask, seed=0, resample=5)
+        """
+        images = self._check_images(images, "images")
+        mask = _broadcast_mask(mask, images.shape)
+        num_steps = sampling.check_sampler_args(
+            sampler, num_steps, self.diffusion.num_timesteps, eta, samplers=sampling.INPAINT_SAMPLERS
+        )
+        resample = _check_positive_int(resample, "resample")
+        shape = images.shape
+        options = {
+            "sampler": sampler, "num_steps": num_steps, "eta": float(eta),
+            "resample": resample, "clip_denoised": bool(clip_denoised),
+        }
+
+        def chain(eps_fn, noise_fn, x_0, known):
+            return sampling.inpaint_loop(eps_fn, noise_fn, self.diffusion, noise_fn(shape, -1), x_0, known, **options)
+
+        run = self._compiled(("inpaint", shape) + tuple(sorted(options.items())), chain)
+        filled = self._to_images(run(seed, ops.convert_to_tensor(images), ops.convert_to_tensor(mask)))
+        return np.where(mask == 1.0, images, filled)
+
+    def encode(self, images, num_steps=50):
+        """DDIM inversion: the latents `x_T` that deterministic DDIM decodes to `images`.
+
+        Runs the DDIM ODE (eta = 0) forward from `x_0` to `x_T` over the
+        same `num_steps` trailing-spaced timesteps as `decode`.
+
+        Args:
+            images: Float array `(N, H, W, C)` (or `(H, W, C)`) in the data
+                range.
+            num_steps: Integer in `[1, T]`. Defaults to `50`.
+
+        Returns:
+            A NumPy float32 array `(N, H, W, C)`, roughly standard normal.
+
+        Example:
+
+        >>> latents = model.encode(images)
+        >>> reconstructed = model.decode(latents)
+        """
+        images = self._check_images(images, "images")
+        sampling.check_num_steps(num_steps, self.diffusion.num_timesteps)
+
+        def chain(eps_fn, noise_fn, x_0):
+            return sampling.ddim_encode_loop(eps_fn, self.diffusion, x_0, num_steps)
+
+        run = self._compiled(("encode", images.shape, num_steps), chain)
+        return np.asarray(ops.convert_to_numpy(run(0, ops.convert_to_tensor(images))), dtype=np.float32)
+
+    def decode(self, noises, num_steps=50, clip_denoised=True):
+        """Deterministic DDIM (eta = 0) from given latents `x_T` to images.
+
+        Args:
+            noises: Float array `(N, H, W, C)` (or `(H, W, C)`), the `x_T`.
+            num_steps: Integer in `[1, T]`. Defaults to `50`.
+            clip_denoised: Boolean. Defaults to `True`.
+
+        Returns:
+            A NumPy float32 array `(N, H, W, C)` in the data range.
+
+        Example:
+
+        >>> images = model.decode(np.random.normal(size=(4, 32, 32, 3)))
+        """
+        noises = self._check_images(noises, "noises")
+        sampling.check_num_steps(num_steps, self.diffusion.num_timesteps)
+
+        def chain(eps_fn, noise_fn, x_T):
+            return sampling.sample_loop(
+                eps_fn, noise_fn, self.diffusion, x_T, "ddim", num_steps, clip_denoised=clip_denoised
+            )
+
+        run = self._compiled(("decode", noises.shape, num_steps, bool(clip_denoised)), chain)
+        return self._to_images(run(0, ops.convert_to_tensor(noises)))
+
+    def interpolate(self, num_images=8, seed=None, num_steps=50, images=None, noises=None, clip_denoised=True):
+        """Images along a spherical interpolation (slerp) between two latents.
+
+        The latents are two standard normal draws from `seed`, the given
+        `noises`, or the DDIM inversions (`encode`) of two given `images`;
+        the path is decoded with deterministic DDIM (`decode`), so the
+        endpoints are exactly the decodes of the two latents.
+
+        Args:
+            num_images: Integer >= 2, images along the path. Defaults to
+                `8`.
+            seed: Integer or `None`, the seed of the two latents when
+                neither `images` nor `noises` is given. Defaults to `None`.
+            num_steps: Integer in `[1, T]`, DDIM steps. Defaults to `50`.
+            images: `None` or a pair `(a, b)` of images `(H, W, C)` to
+                interpolate between. Defaults to `None`.
+            noises: `None` or a pair `(z_a, z_b)` of latents `(H, W, C)`.
+                Defaults to `None`.
+            clip_denoised: Boolean. Defaults to `True`.
+
+        Returns:
+            A NumPy float32 array `(num_images, H, W, C)` in the data range.
+
+        Example:
+
+        >>> path = model.interpolate(8, seed=0)
+        >>> morph = model.interpolate(8, images=(image_a, image_b))
+        """
+        num_images = _check_positive_int(num_images, "num_images")
+        if num_images < 2:
+            raise ValueError(f"num_images must be at least 2 (the two endpoints). Received: num_images={num_images}")
+        sampling.check_num_steps(num_steps, self.diffusion.num_timesteps)
+        if images is not None and noises is not None:
+            raise ValueError("Pass images or noises, not both. Received both.")
+        if images is not None:
+            latents = self.encode(self._check_pair(images, "images"), num_steps)
+        elif noises is not None:
+            latents = self._check_pair(noises, "noises")
+        else:
+            latents = np.random.default_rng(seed).standard_normal((2,) + self.image_shape).astype(np.float32)
+        path = sampling.slerp(latents[0], latents[1], np.linspace(0.0, 1.0, num_images)).astype(np.float32)
+        path[0], path[-1] = latents[0], latents[1]
+        return self.decode(path, num_steps, clip_denoised)
+
+    def _check_images(self, images, name):
+        """`images` as float32 `(N, H, W, C)` of this model's image shape, or a ValueError."""
+        images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[0] < 1 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{name} must have shape (N,) + {self.image_shape} or {self.image_shape}. "
+                f"Received: {name}.shape={images.shape}"
+            )
+        if not np.all(np.isfinite(images)):
+            raise ValueError(f"{name} must be finite. Received: {name} with NaN or inf values")
+        return images
+
+    def _check_pair(self, pair, name):
+        """A pair `(a, b)` of `(H, W, C)` arrays as float32 `(2, H, W, C)`."""
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"{name} must be a pair (a, b). Received: {name} of type {type(pair).__name__}")
+        return np.concatenate([self._check_images(item, name) for item in pair], axis=0)
 
     def _to_images(self, images):
         """A sampler's output as a NumPy float32 array clipped to the data range."""
@@ -213,31 +440,12 @@ class DiffusionModel(keras.Model):
 
         Returns:
             `run(seed, *inputs) -> outputs`: the same seed gives the same outputs.
+
+        On TensorFlow, one `tf.function(jit_compile=True)`; on JAX, `jax.jit`
+        with the EMA weights as arguments and noise from a key folded with
+        each draw's step; on PyTorch, eager under `torch.no_grad()`.
         """
-        backend = keras.backend.backend()
-        if backend != "tensorflow":
-            raise NotImplementedError(
-                "Sampling needs the TensorFlow backend. "
-                f"Received: KERAS_BACKEND={backend!r}. Set KERAS_BACKEND=tensorflow."
-            )
-        import tensorflow as tf
-
-        def eps_fn(x, t):
-            return self.ema_network([x, t], training=False)
-
-        def noise_fn(shape, step):
-            return keras.random.normal(shape, seed=self.sample_seed_generator)
-
-        compiled = tf.function(
-            lambda *inputs: chain(eps_fn, noise_fn, *inputs), jit_compile=True, autograph=False
-        )
-
-        def run(seed, *inputs):
-            seed = secrets.randbelow(2**31 - 1) if seed is None else int(seed)
-            _reset_seed(self.sample_seed_generator, seed)
-            return compiled(*inputs)
-
-        return run
+        return _train_steps.compile_chain(self, chain)
 
     def get_config(self):
         return {
@@ -258,17 +466,41 @@ class DiffusionModel(keras.Model):
         return cls(network, diffusion, ema_network=ema_network, **config)
 
 
-def _images_from(data):
-    """The images of a batch: `x`, or the `x` of `(x,)`, `(x, y)`, `(x, y, w)`."""
-    if isinstance(data, (list, tuple)):
-        return data[0]
-    return data
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    return int(value)
 
 
-def _reset_seed(seed_generator, seed):
-    seed_generator.state.assign(
-        ops.convert_to_tensor([seed, 0], dtype=seed_generator.state.dtype)
-    )
+def _chunk_seeds(seed, num_chunks):
+    """The seed of each chunk: `seed` itself for one chunk, else derived from `(seed, k)`."""
+    if num_chunks == 1:
+        return [seed]
+    base = np.random.default_rng().integers(2**31 - 1) if seed is None else int(seed)
+    return [
+        int(np.random.SeedSequence([base % 2**32, k]).generate_state(1)[0] % (2**31 - 1))
+        for k in range(num_chunks)
+    ]
+
+
+def _broadcast_mask(mask, shape):
+    """An inpainting mask as float32 `shape`, checked to be 0/1 and broadcastable."""
+    mask = np.asarray(ops.convert_to_numpy(mask), dtype=np.float32)
+    if mask.ndim == 2:
+        mask = mask[..., None]
+    try:
+        mask = np.broadcast_to(mask, shape).astype(np.float32)
+    except ValueError:
+        raise ValueError(
+            f"mask must broadcast to the images' shape {tuple(shape)}: use (H, W), (H, W, 1), "
+            f"(H, W, C), (N, H, W, 1) or (N, H, W, C). Received: mask.shape={mask.shape}"
+        ) from None
+    if not np.all((mask == 0.0) | (mask == 1.0)):
+        raise ValueError(
+            "mask must hold only 0 (to fill in) and 1 (known). "
+            f"Received: values {np.unique(mask)[:5]}..."
+        )
+    return mask
 
 
 def _freeze(model):

@@ -1,0 +1,376 @@
+"""The backend-specific parts of `DiffusionModel`: one training step per backend and the compiled sampler.
+
+Everything else of training (`noisy_batch`, `compute_loss`, `update_ema`)
+is `keras.ops` code on the model, shared by the three backends:
+
+- TensorFlow: `tf.GradientTape`; under a `tf.distribute` strategy each
+  replica folds its id into the step's seed (its own timesteps and noise)
+  and the EMA is updated once, in cross-replica context, on every copy.
+- JAX: a stateless step. Stateful code (the seed generator, the EMA, the
+  loss tracker) runs inside a `keras.StatelessScope` mapping each variable
+  to its value in the state lists, and the new values are read back into
+  the returned state; the gradient comes from `jax.value_and_grad` over
+  `stateless_call`.
+- PyTorch: `zero_grad`, `backward`, gradients from `v.value.grad`,
+  `optimizer.apply` and the EMA assign under `torch.no_grad()`.
+
+Only `ddpm_keras.model` imports this module.
+"""
+
+import secrets
+
+import keras
+from keras import ops
+
+from ddpm_keras.distribute import num_replicas_in_sync
+
+
+class _DrawnSeed(keras.random.SeedGenerator):
+    """A seed already drawn (an int `(2,)` tensor), usable where `keras.random` takes a `SeedGenerator`.
+
+    Each `next()` returns the seed with its second word advanced by one, as
+    a `SeedGenerator` does, without a state variable.
+    """
+
+    def __init__(self, seed):  # No SeedGenerator.__init__: there is no state variable.
+        self._seed = seed
+        self._draws = 0
+
+    def next(self, ordered=True):
+        offset = ops.convert_to_tensor([0, self._draws], dtype=self._seed.dtype)
+        self._draws += 1
+        return ops.add(self._seed, offset)
+
+
+def images_from(data):
+    """The images of a batch: `x`, or the `x` of `(x,)`, `(x, y)`, `(x, y, w)`."""
+    if isinstance(data, (list, tuple)):
+        return data[0]
+    return data
+
+
+def _batch_size(images):
+    return ops.shape(images)[0]
+
+
+def _logs(model):
+    return {m.name: m.result() for m in model.metrics}
+
+
+def _track_loss(model, loss, images):
+    """Adds the (distribution-scaled) loss of this replica to the tracker, unscaled."""
+    model.loss_tracker.update_state(
+        ops.multiply(loss, float(num_replicas_in_sync())), sample_weight=_batch_size(images)
+    )
+
+
+# ----------------------------------------------------------------- TensorFlow
+
+
+def tensorflow_train_step(model, data):
+    import tensorflow as tf
+
+    images = images_from(data)
+    x_t, t, noise = model.noisy_batch(images, _tf_replica_seed(model.seed_generator))
+    trainable = model.network.trainable_variables
+    with tf.GradientTape() as tape:
+        pred_noise = model.network([x_t, t], training=True)
+        loss = model.compute_loss(y=noise, y_pred=pred_noise, training=True)
+        scaled_loss = model.optimizer.scale_loss(loss)
+    gradients = tape.gradient(scaled_loss, trainable)
+    model.optimizer.apply_gradients(zip(gradients, trainable))
+    _tf_update_ema(model)
+    _track_loss(model, loss, images)
+    return _logs(model)
+
+
+def tensorflow_test_step(model, data):
+    images = images_from(data)
+    x_t, t, noise = model.noisy_batch(images, _tf_replica_seed(model.eval_seed_generator))
+    pred_noise = model.network([x_t, t], training=False)
+    loss = model.compute_loss(y=noise, y_pred=pred_noise, training=False)
+    _track_loss(model, loss, images)
+    return _logs(model)
+
+
+def _tf_replica_seed(seed_generator):
+    """`seed_generator`, or under several replicas its next seed with the replica id folded in.
+
+    A mirrored seed generator holds the same state on every replica: without
+    the replica id each replica would draw the same timesteps and noise.
+    """
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return seed_generator
+    seed = tf.cast(seed_generator.next(), "int64")
+    replica_id = tf.cast(context.replica_id_in_sync_group, "int32")
+    task_seed = tf.random.experimental.stateless_fold_in(seed, replica_id)
+    return _DrawnSeed(tf.cast(tf.math.floormod(task_seed, 2**31 - 1), "int32"))
+
+
+def _tf_update_ema(model):
+    """`model.update_ema()`, done once in cross-replica context under a strategy.
+
+    In replica context a plain `assign` would write each device's copy from
+    that replica alone; `strategy.extended.update` writes every copy of each
+    mirrored EMA weight from the (synchronised) network weight on its device.
+    """
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if not tf.distribute.has_strategy() or context is None:
+        model.update_ema()
+        return
+
+    def update(strategy):
+        decay = model.ema
+
+        def assign(ema_weight, weight):
+            return ema_weight.assign(decay * ema_weight + (1.0 - decay) * tf.cast(weight, ema_weight.dtype))
+
+        for weight, ema_weight in zip(model.network.weights, model.ema_network.weights):
+            strategy.extended.update(ema_weight.value, assign, args=(weight.value,), group=False)
+
+    context.merge_call(update)
+
+
+# ------------------------------------------------------------------------ JAX
+
+
+def _run_stateless(variables, values, fn):
+    """Runs stateful `fn()` with `variables` read from `values`; returns `(fn(), new values)`."""
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+        outputs = fn()
+    new_values = []
+    for variable, value in zip(variables, values):
+        new_value = scope.get_current_value(variable)
+        new_values.append(value if new_value is None else new_value)
+    return outputs, new_values
+
+
+def jax_train_step(model, state, data):
+    import jax
+
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    images = images_from(data)
+    # The seed generator's state is a non-trainable variable: the draw
+    # advances it in the returned state.
+    (x_t, t, noise), non_trainable = _run_stateless(
+        model.non_trainable_variables, non_trainable,
+        lambda: model.noisy_batch(images, model.seed_generator),
+    )
+
+    def loss_fn(trainable, non_trainable):
+        pred_noise, non_trainable = model.stateless_call(trainable, non_trainable, [x_t, t], training=True)
+        loss, (_, non_trainable, _) = model.stateless_compute_loss(
+            trainable, non_trainable, metrics_variables, y=noise, y_pred=pred_noise, training=True
+        )
+        scaled_loss, _ = _run_stateless(
+            model.optimizer.variables, optimizer_variables, lambda: model.optimizer.scale_loss(loss)
+        )
+        return scaled_loss, (loss, non_trainable)
+
+    (_, (loss, non_trainable)), gradients = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable, non_trainable
+    )
+    trainable, optimizer_variables = model.optimizer.stateless_apply(
+        optimizer_variables, gradients, trainable
+    )
+
+    # The EMA (non-trainable) moves towards the new trainable values; the
+    # loss tracker's variables update in the same scope.
+    def finish():
+        model.update_ema()
+        _track_loss(model, loss, images)
+        return _logs(model)
+
+    variables = model.trainable_variables + model.non_trainable_variables + model.metrics_variables
+    logs, values = _run_stateless(variables, trainable + non_trainable + metrics_variables, finish)
+    num_trainable, num_non_trainable = len(trainable), len(non_trainable)
+    non_trainable = values[num_trainable : num_trainable + num_non_trainable]
+    metrics_variables = values[num_trainable + num_non_trainable :]
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def jax_test_step(model, state, data):
+    trainable, non_trainable, metrics_variables = state
+    variables = model.trainable_variables + model.non_trainable_variables + model.metrics_variables
+    logs, values = _run_stateless(
+        variables, list(trainable) + list(non_trainable) + list(metrics_variables),
+        lambda: _eager_test_step(model, data),
+    )
+    num_trainable, num_non_trainable = len(trainable), len(non_trainable)
+    return logs, (
+        trainable,
+        values[num_trainable : num_trainable + num_non_trainable],
+        values[num_trainable + num_non_trainable :],
+    )
+
+
+def _eager_test_step(model, data):
+    """The validation step as stateful `keras.ops` code (PyTorch; JAX inside a StatelessScope)."""
+    images = images_from(data)
+    x_t, t, noise = model.noisy_batch(images, model.eval_seed_generator)
+    pred_noise = model.network([x_t, t], training=False)
+    loss = model.compute_loss(y=noise, y_pred=pred_noise, training=False)
+    _track_loss(model, loss, images)
+    return _logs(model)
+
+
+# -------------------------------------------------------------------- PyTorch
+
+
+def torch_train_step(model, data):
+    import torch
+
+    images = images_from(data)
+    x_t, t, noise = model.noisy_batch(images, model.seed_generator)
+    model.zero_grad()
+    pred_noise = model.network([x_t, t], training=True)
+    loss = model.compute_loss(y=noise, y_pred=pred_noise, training=True)
+    model.optimizer.scale_loss(loss).backward()
+    trainable = model.network.trainable_variables
+    gradients = [v.value.grad for v in trainable]
+    with torch.no_grad():
+        model.optimizer.apply(gradients, trainable)
+        model.update_ema()
+    _track_loss(model, loss.detach(), images)
+    return _logs(model)
+
+
+def torch_test_step(model, data):
+    import torch
+
+    with torch.no_grad():
+        return _eager_test_step(model, data)
+
+
+TRAIN_STEPS = {"tensorflow": tensorflow_train_step, "jax": jax_train_step, "torch": torch_train_step}
+TEST_STEPS = {"tensorflow": tensorflow_test_step, "jax": jax_test_step, "torch": torch_test_step}
+
+
+def step_for(steps, what):
+    backend = keras.backend.backend()
+    if backend not in steps:
+        raise NotImplementedError(
+            f"DiffusionModel.{what} supports the tensorflow, jax and torch backends. "
+            f"Received: KERAS_BACKEND={backend!r}."
+        )
+    return steps[backend]
+
+
+# ------------------------------------------------------------------- sampling
+
+
+def random_seed(seed):
+    """`seed` as an int, or a fresh random one for `None`."""
+    return secrets.randbelow(2**31 - 1) if seed is None else int(seed)
+
+
+def compile_chain(model, chain):
+    """`run(seed, *inputs)` running `chain(eps_fn, noise_fn, *inputs)` with the EMA network, compiled per backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _jax_compile_chain(model, chain)
+    if backend == "tensorflow":
+        return _tf_compile_chain(model, chain)
+    if backend == "torch":
+        return _torch_compile_chain(model, chain)
+    raise NotImplementedError(
+        "Sampling supports the tensorflow, jax and torch backends. "
+        f"Received: KERAS_BACKEND={backend!r}."
+    )
+
+
+def reset_seed(seed_generator, seed):
+    """Restarts `seed_generator` from `seed`, as if newly made with it."""
+    seed_generator.state.assign(ops.convert_to_tensor([seed, 0], dtype=seed_generator.state.dtype))
+
+
+def _stateless_eps(network, trainable, non_trainable):
+    """`eps_fn(x, t)`: the network with the given weight values, which a compiled chain takes as arguments."""
+
+    def eps_fn(x, t):
+        outputs, _ = network.stateless_call(trainable, non_trainable, [x, t], training=False)
+        return outputs
+
+    return eps_fn
+
+
+def _tf_compile_chain(model, chain):
+    """One `tf.function(jit_compile=True)` taking the EMA weights and the seed as arguments.
+
+    Reading no variable inside the XLA function keeps it valid for models
+    built under a `tf.distribute` strategy (XLA cannot read a mirrored
+    variable's copy on another device); each draw's seed is `[seed, step]`.
+    """
+    import tensorflow as tf
+
+    network = model.ema_network
+
+    def fn(trainable, non_trainable, seed, *inputs):
+        def noise_fn(shape, step):
+            step_seed = tf.stack([seed, tf.cast(step, "int32")])
+            return keras.random.normal(shape, seed=_DrawnSeed(step_seed))
+
+        return chain(_stateless_eps(network, trainable, non_trainable), noise_fn, *inputs)
+
+    compiled = tf.function(fn, jit_compile=True, autograph=False)
+
+    def run(seed, *inputs):
+        return compiled(
+            [tf.convert_to_tensor(v.value) for v in network.trainable_variables],
+            [tf.convert_to_tensor(v.value) for v in network.non_trainable_variables],
+            tf.constant(random_seed(seed), "int32"),
+            *inputs,
+        )
+
+    return run
+
+
+def _jax_compile_chain(model, chain):
+    """`jax.jit` of the chain with the EMA weights as arguments (not frozen constants) and an explicit key."""
+    import jax
+    import jax.numpy as jnp
+
+    network = model.ema_network
+
+    def compiled(trainable, non_trainable, key, *inputs):
+        def noise_fn(shape, step):
+            data = jax.lax.convert_element_type(jnp.asarray(step, jnp.int32), jnp.uint32)
+            return jax.random.normal(jax.random.fold_in(key, data), shape, dtype="float32")
+
+        return chain(_stateless_eps(network, trainable, non_trainable), noise_fn, *inputs)
+
+    jitted = jax.jit(compiled)
+
+    def run(seed, *inputs):
+        key = jax.random.key(random_seed(seed))
+        return jitted(
+            [v.value for v in network.trainable_variables],
+            [v.value for v in network.non_trainable_variables],
+            key,
+            *inputs,
+        )
+
+    return run
+
+
+def _torch_compile_chain(model, chain):
+    """Eager under `torch.no_grad()`; the noise comes from the model's sample seed generator, reset per call."""
+    import torch
+
+    def eps_fn(x, t):
+        return model.ema_network([x, t], training=False)
+
+    def noise_fn(shape, step):
+        return keras.random.normal(shape, seed=model.sample_seed_generator)
+
+    def run(seed, *inputs):
+        reset_seed(model.sample_seed_generator, random_seed(seed))
+        with torch.no_grad():
+            return chain(eps_fn, noise_fn, *inputs)
+
+    return run

@@ -1,0 +1,115 @@
+"""DiffusionModel trains, samples and loads `.keras` files on TensorFlow, JAX and PyTorch.
+
+Each backend runs in its own interpreter (KERAS_BACKEND is fixed at import);
+a backend whose package is missing is skipped with the reason printed.
+"""
+
+import numpy as np
+import pytest
+
+from subprocess_json import run_snippet
+from subprocess_json import skip_unless_installed
+
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+TRAIN = """
+model = tiny_model(timesteps=10, ema=0.75, seed=0)
+# Start the shadow away from the network so one update is visible.
+for e in model.ema_network.weights:
+    e.assign(np.full(e.shape, 0.5, "float32"))
+before = [to_numpy(e) for e in model.ema_network.weights]
+first = model.fit(tiny_images(8), batch_size=8, epochs=1, verbose=0, shuffle=False).history["loss"]
+ema_error = max(
+    float(np.abs(to_numpy(e) - (0.75 * old + 0.25 * to_numpy(w))).max())
+    for w, e, old in zip(model.network.weights, model.ema_network.weights, before)
+)
+more = model.fit(tiny_images(16), batch_size=8, epochs=2, verbose=0, shuffle=False).history["loss"]
+a = model.generate_images(num_images=2, seed=3)
+b = model.generate_images(num_images=2, seed=3)
+c = model.generate_images(num_images=2, seed=4)
+val = [model.evaluate(tiny_images(8), batch_size=8, verbose=0) for _ in range(2)]
+"""
+
+RESULTS = """
+emit(
+    losses=first + more, ema_error=ema_error, iterations=int(model.optimizer.iterations),
+    sample_dtype=str(a.dtype), sample_shape=list(a.shape), same_seed=float(np.abs(a - b).max()),
+    other_seed=float(np.abs(a - c).mean()), finite=bool(np.isfinite(a).all()), val=val,
+)
+"""
+
+# The TensorFlow run saves its model and what a loader must reproduce: the
+# EMA weights and the EMA network's output on fixed inputs.
+SAVE = """
+model.save(os.environ["DDPM_PATH"])
+x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+t = np.array([3, 17], "int32")
+np.savez(os.environ["DDPM_PATH"] + ".npz", x=x, t=t,
+         eps=to_numpy(model.ema_network([x, t])), *[to_numpy(w) for w in model.ema_network.weights])
+"""
+
+LOAD = """
+reference = np.load(os.environ["DDPM_PATH"] + ".npz")
+loaded = keras.saving.load_model(os.environ["DDPM_PATH"])
+weights = [to_numpy(w) for w in loaded.ema_network.weights]
+weight_error = max(float(np.abs(w - reference[f"arr_{i}"]).max()) for i, w in enumerate(weights))
+eps = to_numpy(loaded.ema_network([reference["x"], reference["t"]]))
+images = loaded.generate_images(num_images=2, seed=1)
+emit(
+    kind=type(loaded).__name__, weight_error=weight_error,
+    eps_error=float(np.abs(eps - reference["eps"]).max()), iterations=int(loaded.optimizer.iterations),
+    images_finite=bool(np.isfinite(images).all()), images_spread=float(images.std()),
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Per backend, the results of training and of loading the file saved under TensorFlow (run first)."""
+    path = str(tmp_path_factory.mktemp("cross") / "model.keras")
+    cache = {}
+
+    def run(backend):
+        if "tensorflow" not in cache:
+            cache["tensorflow"] = _train_and_load("tensorflow", path, save=True)
+        if backend not in cache:
+            cache[backend] = _train_and_load(backend, path)
+        return cache[backend]
+
+    return run
+
+
+def _train_and_load(backend, path, save=False):
+    code = TRAIN + RESULTS.replace("emit(", "trained = dict(") + (SAVE if save else "")
+    code += LOAD.replace("emit(", "emit(trained=trained, ")
+    return run_snippet(code, backend, env={"DDPM_PATH": path})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_ema_and_sampling(backend, runs):
+    skip_unless_installed(backend)
+    result = runs(backend)["trained"]
+    losses = result["losses"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    # Unit-variance noise against an untrained UNet's ~0 prediction.
+    assert 0.7 < losses[0] < 1.5
+    assert result["iterations"] == 5
+    # ema * old + (1 - ema) * new network weights, to float32 rounding.
+    assert result["ema_error"] < 1e-6
+    assert result["sample_dtype"] == "float32" and result["sample_shape"] == [2, 16, 16, 3]
+    assert result["finite"]
+    assert result["same_seed"] == 0.0
+    assert result["other_seed"] > 1e-3
+    # The validation noise restarts from its seed at each evaluate().
+    assert result["val"][0] == result["val"][1] and 0.3 < result["val"][0] < 2.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keras_file_saved_under_tensorflow_loads(backend, runs):
+    skip_unless_installed(backend)
+    result = runs(backend)
+    assert result["kind"] == "DiffusionModel"
+    assert result["weight_error"] == 0.0
+    assert result["eps_error"] < 1e-4
+    assert result["iterations"] == 5
+    assert result["images_finite"] and result["images_spread"] > 0.05

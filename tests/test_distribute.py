@@ -1,0 +1,113 @@
+"""MirroredStrategy on two logical CPUs: per-replica noise, one EMA on every replica, the unscaled loss."""
+
+import numpy as np
+import pytest
+
+from ddpm_keras.distribute import get_strategy
+from ddpm_keras.distribute import strategy_scope
+from subprocess_json import run_snippet
+
+# Logical devices must be set before TensorFlow initialises: a fresh interpreter.
+MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ddpm_keras import _train_steps
+from ddpm_keras.distribute import get_strategy
+
+strategy = get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = tiny_model(timesteps=10, ema=0.75, seed=0)
+for e in model.ema_network.weights:
+    e.assign(np.full(e.shape, 0.5, "float32"))
+before = [to_numpy(e) for e in model.ema_network.weights]
+losses = model.fit(tiny_images(8), batch_size=8, epochs=1, verbose=0, shuffle=False).history["loss"]
+
+def copies(variable):
+    return [v.numpy() for v in variable.value.values]
+
+ema_error, replica_spread, network_spread = 0.0, 0.0, 0.0
+for w, e, old in zip(model.network.weights, model.ema_network.weights, before):
+    network = copies(w)
+    expected = 0.75 * old + 0.25 * network[0]
+    for copy in copies(e):
+        ema_error = max(ema_error, float(np.abs(copy - expected).max()))
+    replica_spread = max(replica_spread, float(np.abs(copies(e)[0] - copies(e)[1]).max()))
+    network_spread = max(network_spread, float(np.abs(network[0] - network[1]).max()))
+
+# The training draws of each replica, from the same seed generator state.
+images = tf.constant(tiny_images(4))
+@tf.function
+def draw():
+    def replica_fn():
+        _, t, noise = model.noisy_batch(images, _train_steps._tf_replica_seed(model.seed_generator))
+        return noise
+    return strategy.run(replica_fn)
+noises = [n.numpy() for n in strategy.experimental_local_results(draw())]
+a = model.generate_images(num_images=2, seed=5)
+b = model.generate_images(num_images=2, seed=5)
+emit(
+    replicas=strategy.num_replicas_in_sync, losses=losses, ema_error=ema_error,
+    replica_spread=replica_spread, network_spread=network_spread,
+    noise_difference=float(np.abs(noises[0] - noises[1]).mean()),
+    noise_std=[float(n.std()) for n in noises],
+    iterations=int(to_numpy(model.optimizer.iterations)), same_seed=float(np.abs(a - b).max()),
+    samples_finite=bool(np.isfinite(a).all()),
+)
+"""
+
+
+def test_mirrored_strategy_on_two_cpus():
+    result = run_snippet(MIRRORED)
+    assert result["replicas"] == 2
+    assert result["iterations"] == 1
+    # The tracker reports the global mean loss (~1), not a replica's half share.
+    assert 0.7 < result["losses"][0] < 1.5
+    assert result["network_spread"] == 0.0
+    # One EMA update, the same on both copies: ema * old + (1 - ema) * new.
+    assert result["replica_spread"] == 0.0
+    assert result["ema_error"] < 1e-6
+    # Each replica draws its own noise.
+    assert all(0.8 < s < 1.2 for s in result["noise_std"])
+    assert result["noise_difference"] > 0.5
+    assert result["same_seed"] == 0.0 and result["samples_finite"]
+
+
+def test_unknown_strategy_names_the_choices():
+    with pytest.raises(ValueError, match="Unknown strategy: 'tpu'.*mirrored"):
+        get_strategy("tpu")
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        with strategy_scope("gpus"):
+            pass
+
+
+def test_devices_only_for_mirrored():
+    with pytest.raises(ValueError, match="devices applies to 'mirrored' only"):
+        get_strategy("none", devices=["/cpu:0"])
+
+
+def test_default_strategy_is_one_replica():
+    with strategy_scope("none") as strategy:
+        assert strategy.num_replicas_in_sync == 1
+
+
+@pytest.mark.parametrize(
+    "tf_config, chief",
+    [
+        (None, True),
+        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
+        ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, False),
+        ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, True),
+    ],
+)
+def test_only_the_chief_writes_the_run_directory(tf_config, chief, monkeypatch):
+    import json
+
+    from ddpm_keras.distribute import is_chief
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert is_chief() is chief
