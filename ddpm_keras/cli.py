@@ -15,8 +15,11 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 
+from ddpm_keras.distribute import PRECISIONS
+from ddpm_keras.distribute import STRATEGIES
 from ddpm_keras.presets import PRESETS
 from ddpm_keras.presets import get_preset
 
@@ -82,6 +85,14 @@ def build_parser():
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/model.keras at the next epoch")
     train.add_argument("--plot-every", type=non_negative_int, default=None, help="epochs between sample grids (0: never). Default: the preset's")
     train.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and sample grids")
+    train.add_argument("--precision", default="float32", choices=PRECISIONS,
+                       help="mixed_bfloat16 for recent GPUs, TPUs and AVX512_BF16 CPUs; mixed_float16 adds loss "
+                       "scaling for older GPUs. Weights, EMA and samples stay float32")
+    train.add_argument("--strategy", default="none", choices=STRATEGIES,
+                       help="mirrored: every GPU of this machine; multiworker: several machines (TF_CONFIG). "
+                       "--batch-size is the global batch")
+    train.add_argument("--jit-compile", action="store_true",
+                       help="compile the training step with XLA (pays for small models and on GPUs)")
 
     sample = commands.add_parser(
         "sample",
@@ -180,27 +191,18 @@ def train(args):
 
     from ddpm_keras.callbacks import RunCheckpoint
     from ddpm_keras.callbacks import SamplePlotter
-    from ddpm_keras.callbacks import resume_log
     from ddpm_keras.data import load_dataset
+    from ddpm_keras.distribute import is_chief
+    from ddpm_keras.distribute import set_precision
+    from ddpm_keras.distribute import strategy_scope
 
     keras.utils.set_random_seed(args.seed)
+    set_precision(args.precision)
     model_path = os.path.join(run_dir, "model.keras")
-    if args.resume:
-        model = _load_model(model_path)
-        completed = int(model.epoch)
-        if completed >= epochs:
-            raise CLIError(
-                f"{model_path} has already trained {completed} epochs; pass --epochs larger than {completed} to continue."
-            )
-        resume_log(run_dir, completed)
-        print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
-    else:
-        if os.path.exists(model_path):
-            raise CLIError(
-                f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one."
-            )
-        model = _build_model(config, args.learning_rate, args.seed)
-        completed = 0
+    with strategy_scope(args.strategy):
+        model, completed = _build_or_resume(args, config, model_path, epochs, run_dir)
+    if args.jit_compile:
+        model.jit_compile = True
 
     height, width = model.image_shape[:2]
     dataset = load_dataset(
@@ -212,9 +214,11 @@ def train(args):
     os.makedirs(run_dir, exist_ok=True)
     _write_json(os.path.join(run_dir, "run.json"), {**vars(args), "dataset": dataset_name, "epochs": epochs,
                                                     "batch_size": batch_size, "preset_config": config})
-    callbacks = [RunCheckpoint(run_dir)]
+    # Every worker saves (collective ops), only the chief into the run directory.
+    write_dir = run_dir if is_chief() else tempfile.mkdtemp(prefix="ddpm-keras-worker-")
+    callbacks = [RunCheckpoint(write_dir)]
     if plot_every:
-        callbacks.append(SamplePlotter(run_dir, every=plot_every, seed=args.seed))
+        callbacks.append(SamplePlotter(write_dir, every=plot_every, seed=args.seed))
     print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
           f"({height}x{width}, batch {batch_size}) into {run_dir}/")
     model.fit(
@@ -284,6 +288,25 @@ def interpolate(args):
     _save_grid(grid, args.out, ncols=len(grid))
     print(f"Wrote {args.num_images} interpolated images to {args.out}"
           + (" (the two inputs at the ends)." if images else "."))
+
+
+def _build_or_resume(args, config, model_path, epochs, run_dir):
+    """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
+    from ddpm_keras.callbacks import resume_log
+
+    if args.resume:
+        model = _load_model(model_path)
+        completed = int(model.epoch)
+        if completed >= epochs:
+            raise CLIError(
+                f"{model_path} has already trained {completed} epochs; pass --epochs larger than {completed} to continue."
+            )
+        resume_log(run_dir, completed)
+        print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
+        return model, completed
+    if os.path.exists(model_path):
+        raise CLIError(f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one.")
+    return _build_model(config, args.learning_rate, args.seed), 0
 
 
 def _build_model(config, learning_rate, seed):
