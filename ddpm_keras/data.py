@@ -14,7 +14,6 @@ This module sits above the math and network layers: it imports only
 TensorFlow, TensorFlow Datasets, NumPy, Pillow and the standard library.
 """
 
-import numbers
 import os
 import ssl
 import urllib.error
@@ -26,6 +25,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
+
+from ddpm_keras._checks import check_positive_int
+from ddpm_keras._checks import image_size
+from ddpm_keras._checks import is_int
 
 FLOWERS_NAME = "oxford_flowers102"
 SYNTHETIC_NAME = "synthetic"
@@ -78,7 +81,7 @@ def preprocess_image(image, img_size):
     >>> preprocess_image(image, 32).shape
     TensorShape([32, 32, 3])
     """
-    target_height, target_width = _image_size(img_size)
+    target_height, target_width = image_size(img_size)
     image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
@@ -148,7 +151,7 @@ def load_flowers(
     ...     print(images.shape)
     (32, 64, 64, 3)
     """
-    img_size = _image_size(img_size)
+    img_size = image_size(img_size)
     _check_loader_args(batch_size, shuffle, augment, seed)
     builder = tfds.builder(FLOWERS_NAME, data_dir=data_dir)
     _prepare_or_raise(builder)
@@ -215,7 +218,7 @@ def load_image_folder(
     ...     print(images.shape)
     (8, 32, 32, 3)
     """
-    img_size = _image_size(img_size)
+    img_size = image_size(img_size)
     _check_loader_args(batch_size, shuffle, augment, seed)
     files = _readable_images(_find_image_files(path))
     if not files:
@@ -267,8 +270,8 @@ def synthetic_flowers(num_images, img_size=64, seed=0):
     >>> images.shape
     (16, 32, 32, 3)
     """
-    _check_positive_int("num_images", num_images)
-    height, width = _image_size(img_size)
+    check_positive_int("num_images", num_images)
+    height, width = image_size(img_size)
     _check_seed(seed, allow_none=False)
     flowers = _random_flower_params(np.random.default_rng(seed), num_images)
     images = np.empty((num_images, height, width, 3), dtype=np.float32)
@@ -317,7 +320,7 @@ def load_synthetic(
     >>> len(dataset)
     16
     """
-    _check_positive_int("num_images", num_images)
+    check_positive_int("num_images", num_images)
     _check_loader_args(batch_size, shuffle, augment, seed)
     _check_seed(seed, allow_none=False)
     _check_enough_images(num_images, batch_size, "The synthetic dataset")
@@ -671,34 +674,11 @@ def _hsv_to_rgb(hsv):
 # Argument checks.
 
 
-def _image_size(img_size):
-    """`img_size` as a `(height, width)` tuple of positive Python ints."""
-    if _is_int(img_size):
-        size = (img_size, img_size)
-    elif isinstance(img_size, (tuple, list)) and len(img_size) == 2:
-        size = tuple(img_size)
-    else:
-        size = None
-    if size is None or not all(_is_int(s) and s > 0 for s in size):
-        raise ValueError(
-            "`img_size` must be a positive integer or a (height, width) "
-            f"pair of positive integers. Received: img_size={img_size!r}"
-        )
-    return int(size[0]), int(size[1])
-
-
 def _check_loader_args(batch_size, shuffle, augment, seed):
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     _check_bool("shuffle", shuffle)
     _check_bool("augment", augment)
     _check_seed(seed, allow_none=True)
-
-
-def _check_positive_int(name, value):
-    if not _is_int(value) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
 
 
 def _check_bool(name, value):
@@ -707,7 +687,7 @@ def _check_bool(name, value):
 
 
 def _check_seed(seed, allow_none):
-    if (seed is None and allow_none) or (_is_int(seed) and seed >= 0):
+    if (seed is None and allow_none) or (is_int(seed) and seed >= 0):
         return
     expected = "a non-negative integer" + (" or None" if allow_none else "")
     raise ValueError(f"`seed` must be {expected}. Received: seed={seed!r}")
@@ -720,9 +700,3 @@ def _check_enough_images(num_images, batch_size, what):
             "dropping the last partial batch leaves nothing. Use a smaller "
             f"batch size. Received: batch_size={batch_size}"
         )
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(
-        value, (bool, np.bool_)
-    )

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import _train_steps
+from ddpm_keras._checks import check_positive_int
 from ddpm_keras import sampling
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.distribute import num_replicas_in_sync
@@ -217,15 +218,15 @@ class DiffusionModel(keras.Model):
         >>> images = model.generate_images(16, seed=0, sampler="ddim", num_steps=50)
         >>> images, frames = model.generate_images(4, return_trajectory=True)
         """
-        num_images = _check_positive_int(num_images, "num_images")
+        num_images = check_positive_int("num_images", num_images)
         num_steps = sampling.check_sampler_args(
             sampler, num_steps, self.diffusion.num_timesteps, eta, corrector_steps, snr
         )
-        batch_size = num_images if batch_size is None else min(_check_positive_int(batch_size, "batch_size"), num_images)
+        batch_size = num_images if batch_size is None else min(check_positive_int("batch_size", batch_size), num_images)
         every = None
         if return_trajectory:
-            every = max(1, num_steps // 20) if trajectory_every is None else _check_positive_int(
-                trajectory_every, "trajectory_every"
+            every = max(1, num_steps // 20) if trajectory_every is None else check_positive_int(
+                "trajectory_every", trajectory_every
             )
         shape = (batch_size,) + self.image_shape
         options = {
@@ -288,7 +289,7 @@ class DiffusionModel(keras.Model):
         num_steps = sampling.check_sampler_args(
             sampler, num_steps, self.diffusion.num_timesteps, eta, samplers=sampling.INPAINT_SAMPLERS
         )
-        resample = _check_positive_int(resample, "resample")
+        resample = check_positive_int("resample", resample)
         shape = images.shape
         options = {
             "sampler": sampler, "num_steps": num_steps, "eta": float(eta),
@@ -384,7 +385,7 @@ class DiffusionModel(keras.Model):
         >>> path = model.interpolate(8, seed=0)
         >>> morph = model.interpolate(8, images=(image_a, image_b))
         """
-        num_images = _check_positive_int(num_images, "num_images")
+        num_images = check_positive_int("num_images", num_images)
         if num_images < 2:
             raise ValueError(f"num_images must be at least 2 (the two endpoints). Received: num_images={num_images}")
         sampling.check_num_steps(num_steps, self.diffusion.num_timesteps)
@@ -464,12 +465,6 @@ class DiffusionModel(keras.Model):
         ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
         diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
         return cls(network, diffusion, ema_network=ema_network, **config)
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def _chunk_seeds(seed, num_chunks):

@@ -3,6 +3,8 @@
 import keras
 from keras import layers
 
+from ddpm_keras._checks import check_positive_int
+from ddpm_keras._checks import image_size
 from ddpm_keras.layers import AttentionBlock
 from ddpm_keras.layers import TimeEmbedding
 from ddpm_keras.layers import kernel_init
@@ -88,11 +90,11 @@ def build_unet(
     >>> unet = build_unet(32, 3, [32, 64, 128], [False, True, True])
     >>> noise = unet([x_t, t])
     """
-    height, width = _check_img_size(img_size)
-    _check_positive_int("img_channels", img_channels)
-    _check_positive_int("num_res_blocks", num_res_blocks)
-    _check_positive_int("norm_groups", norm_groups)
-    _check_positive_int("first_conv_channels", first_conv_channels)
+    height, width = image_size(img_size)
+    check_positive_int("img_channels", img_channels)
+    check_positive_int("num_res_blocks", num_res_blocks)
+    check_positive_int("norm_groups", norm_groups)
+    check_positive_int("first_conv_channels", first_conv_channels)
     widths = list(widths)
     has_attention = [bool(a) for a in has_attention]
     if not widths or len(widths) != len(has_attention):
@@ -103,7 +105,7 @@ def build_unet(
     for name, value in [("first_conv_channels", first_conv_channels)] + [
         ("widths", w) for w in widths
     ]:
-        _check_positive_int(name, value)
+        check_positive_int(name, value)
         if value % norm_groups:
             raise ValueError(
                 f"Every width must be divisible by norm_groups={norm_groups} "
@@ -167,26 +169,3 @@ def build_unet(
         img_channels, 3, padding="same", kernel_initializer=kernel_init(0.0), dtype="float32"
     )(x)
     return keras.Model([images, timesteps], x, name="unet")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-
-
-def _check_img_size(img_size):
-    if isinstance(img_size, int) and not isinstance(img_size, bool):
-        sizes = (img_size, img_size)
-    else:
-        try:
-            sizes = tuple(img_size)
-        except TypeError:
-            sizes = ()
-    if len(sizes) != 2 or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
-    ):
-        raise ValueError(
-            "img_size must be a positive integer or a (height, width) pair of "
-            f"positive integers. Received: img_size={img_size!r}"
-        )
-    return sizes
