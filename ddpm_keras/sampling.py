@@ -34,6 +34,7 @@ Sample Steps are Flawed", Table 2), which always starts at `t = T - 1`.
 import numpy as np
 from keras import ops
 
+from ddpm_keras._checks import is_int
 from ddpm_keras.diffusion import GaussianDiffusion
 
 SAMPLERS = ("ddpm", "ddim", "pc")
@@ -332,14 +333,6 @@ def sample_loop(
     return run_loop(step, x_T, num_steps, trajectory_every)
 
 
-def ddpm_sample_loop(eps_fn, noise_fn, diffusion, x_T, clip_denoised=True):
-    """Ancestral sampling through all `T` steps (Ho et al. 2020, Algorithm 2).
-
-    Equivalent to `sample_loop(..., sampler="ddpm")`.
-    """
-    return sample_loop(eps_fn, noise_fn, diffusion, x_T, "ddpm", clip_denoised=clip_denoised)
-
-
 def ddim_encode_loop(eps_fn, diffusion, x_0, num_steps=DEFAULT_DDIM_STEPS):
     """DDIM inversion: runs the deterministic DDIM ODE from `x_0` up to `x_T`.
 
@@ -466,7 +459,7 @@ def default_num_steps(sampler, num_steps, num_timesteps):
 
 def check_num_steps(num_steps, num_timesteps, name="num_steps"):
     """Raises a `ValueError` unless `num_steps` is an integer in `[1, T]`."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_timesteps:
+    if not is_int(num_steps) or not 1 <= num_steps <= num_timesteps:
         raise ValueError(
             f"{name} must be an integer in [1, {num_timesteps}] (the diffusion's timesteps). "
             f"Received: {name}={num_steps!r}"
@@ -481,7 +474,7 @@ def check_sampler_args(sampler, num_steps, num_timesteps, eta=0.0, corrector_ste
         check_num_steps(num_steps, num_timesteps)
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be a float in [0, 1] (0: deterministic DDIM). Received: eta={eta!r}")
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, (int, np.integer)) or corrector_steps < 0:
+    if not is_int(corrector_steps) or corrector_steps < 0:
         raise ValueError(
             f"corrector_steps must be a non-negative integer. Received: corrector_steps={corrector_steps!r}"
         )
