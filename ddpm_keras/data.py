@@ -15,10 +15,6 @@ TensorFlow, TensorFlow Datasets, NumPy, Pillow and the standard library.
 """
 
 import os
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 
 import numpy as np
@@ -29,6 +25,9 @@ from PIL import Image
 from ddpm_keras._checks import check_positive_int
 from ddpm_keras._checks import image_size
 from ddpm_keras._checks import is_int
+from ddpm_keras._download import PROBE_TIMEOUT_S
+from ddpm_keras._download import one_line as _one_line
+from ddpm_keras._download import probe_host as _probe_download_host
 
 FLOWERS_NAME = "oxford_flowers102"
 SYNTHETIC_NAME = "synthetic"
@@ -39,7 +38,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # user without internet can put these files in tfds's manual directory.
 _FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 _FLOWERS_FILES = ("102flowers.tgz", "imagelabels.mat", "setid.mat")
-_PROBE_TIMEOUT_S = 5.0
 # The shuffle buffer holds preprocessed float32 images; 10,000 covers the
 # whole of Oxford Flowers 102 (8,189 images, 400 MB at 64 px).
 _MAX_SHUFFLE_BUFFER = 10_000
@@ -486,31 +484,13 @@ def _prepare_or_raise(builder):
         os.path.exists(os.path.join(manual_dir, name)) for name in _FLOWERS_FILES
     )
     if needs_download and not _tfds_is_mocked():
-        reason = _probe_download_host(_FLOWERS_URL, _PROBE_TIMEOUT_S)
+        reason = _probe_download_host(_FLOWERS_URL, PROBE_TIMEOUT_S)
         if reason is not None:
             raise _unavailable_error(reason, manual_dir) from None
     try:
         builder.download_and_prepare()
     except (OSError, tfds.download.DownloadError) as error:
         raise _unavailable_error(_one_line(error), manual_dir) from None
-
-
-def _probe_download_host(url, timeout):
-    """Returns `None` if `url`'s server answers, else a one-line reason."""
-    request = urllib.request.Request(url, method="HEAD")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # The server answered, if only with an error status.
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        if isinstance(reason, ssl.SSLError):
-            # The server answered; `requests` may trust it where the
-            # system's certificates do not, so let tfds try.
-            return None
-        host = urllib.parse.urlsplit(url).hostname
-        return f"{host}: {_one_line(reason)}"
 
 
 def _unavailable_error(reason, manual_dir):
@@ -536,12 +516,6 @@ def _tfds_is_mocked():
     method = tfds.core.DatasetBuilder.download_and_prepare
     module = getattr(method, "__module__", None) or ""
     return module.startswith("tensorflow_datasets.testing")
-
-
-def _one_line(error):
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    line = lines[0]
-    return line if len(line) <= 200 else line[:197] + "..."
 
 
 # Image folders.
