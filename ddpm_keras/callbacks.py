@@ -1,4 +1,4 @@
-"""Callbacks for `DiffusionModel.fit`: sample grids each epoch, and checkpoints that survive a kill."""
+"""Callbacks for `DiffusionModel.fit`: sample grids, sample quality, and checkpoints that survive a kill."""
 
 import csv
 import os
@@ -6,10 +6,18 @@ import time
 
 import keras
 
+from ddpm_keras._checks import check_positive_int
+from ddpm_keras.metrics import inception_features
+from ddpm_keras.metrics import sample_distances
+from ddpm_keras.metrics.base import as_reference
+from ddpm_keras.metrics.distances import DISTANCES
+from ddpm_keras.visualize import plot_metrics
 from ddpm_keras.visualize import save_image_grid
 
 MODEL_FILE = "model.keras"
 LOG_FILE = "log.csv"
+QUALITY_LOG_FILE = "quality.csv"
+QUALITY_PLOT_FILE = "quality.png"
 SAMPLES_DIR = "samples"
 
 # The fastest sampler of the model: 50 deterministic DDIM steps.
@@ -109,6 +117,115 @@ class RunCheckpoint(keras.callbacks.Callback):
         _append_row(self.log_path, row)
 
 
+class QualityMonitor(keras.callbacks.Callback):
+    """Measures FID and KID of EMA samples every `every` epochs and puts them in the epoch's logs.
+
+    The values land in `logs` under `"fid"`, `"kid"` and `"kid_std"`, so
+    that `History`, `RunCheckpoint`'s `log.csv`, TensorBoard,
+    `keras.callbacks.ModelCheckpoint(monitor="fid", mode="min")` and
+    `EarlyStopping` see them. Place this callback before those that read
+    the logs: Keras calls callbacks in list order. On epochs without a
+    measurement the keys are absent (ModelCheckpoint and EarlyStopping
+    then skip the epoch). With `run_dir`, each measurement is also appended
+    to `<run_dir>/quality.csv` and `<run_dir>/quality.png` (the metrics
+    against the epoch) is redrawn; on resume, rows after the model's
+    completed epochs are dropped.
+
+    The samples come from a fixed seed (the same noise every time), so the
+    figures follow the model rather than the draw; a figure from
+    `num_samples` images still has sampling error (about 15% for FID from
+    1,000 images between seeds), and FID is biased upwards with fewer
+    samples: compare figures of equal `num_samples`.
+
+    Args:
+        reference: The real images' statistics: a `ReferenceStatistics`
+            (see `ddpm_keras.metrics.reference_statistics`), its `.npz`
+            path, or real images / a dataset of them.
+        every: Integer, measure every `every` epochs. Defaults to `10`.
+        num_samples: Integer, generated images per measurement. Defaults to
+            `1000`.
+        sampling: Dict of `generate_images` arguments choosing the sampler.
+            Defaults to `None`: the sample grids' (`DEFAULT_SAMPLING`).
+        metrics: Sequence of `"fid"` and `"kid"`. Defaults to
+            `("fid", "kid")`.
+        feature_extractor: A Keras model `images -> features`. Defaults to
+            `None`: InceptionV3 with ImageNet weights.
+        run_dir: String or `None`, where to write `quality.csv` and
+            `quality.png`. Defaults to `None` (nothing written).
+        seed: Integer, the seed of the samples. Defaults to `0`.
+        batch_size: Integer, images per compiled sampling call. Defaults to
+            `128`.
+        kid_subset_size: Integer, KID's subset size. Defaults to `1000`.
+        verbose: `0` or `1`, print each measurement. Defaults to `1`.
+
+    Example:
+
+    >>> reference = reference_statistics(real_images, dataset_name="flowers", split="train")
+    >>> model.fit(dataset, epochs=100, callbacks=[
+    ...     QualityMonitor(reference, every=10, run_dir="runs/flowers"),
+    ...     keras.callbacks.ModelCheckpoint("best.keras", monitor="fid", mode="min", save_best_only=True),
+    ... ])
+    """
+
+    def __init__(self, reference, every=10, num_samples=1000, sampling=None, metrics=("fid", "kid"),
+                 feature_extractor=None, run_dir=None, seed=0, batch_size=128, kid_subset_size=1000, verbose=1):
+        super().__init__()
+        self.every = check_positive_int("every", every)
+        self.num_samples = check_positive_int("num_samples", num_samples)
+        unknown = [name for name in metrics if name not in DISTANCES]
+        if unknown or not metrics:
+            raise ValueError(f"metrics must be a non-empty subset of {DISTANCES}. Received: metrics={metrics!r}")
+        if self.num_samples < 2:
+            raise ValueError(f"num_samples must be at least 2 for FID and KID. Received: num_samples={num_samples}")
+        self.sampling = dict(DEFAULT_SAMPLING if sampling is None else sampling)
+        self.run_dir = None if run_dir is None else os.fspath(run_dir)
+        self.seed = seed
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.verbose = verbose
+        self.metric_names = list(metrics)
+        self.kid_subset_size = check_positive_int("kid_subset_size", kid_subset_size)
+        self.feature_extractor = inception_features() if feature_extractor is None else feature_extractor
+        # Computed (and checked against the extractor) once, now rather than at the first measurement.
+        self.reference = as_reference(reference, self.feature_extractor, keep_features="kid" in metrics)
+        self.history = []
+
+    def on_train_begin(self, logs=None):
+        if self.run_dir is None:
+            return
+        completed = int(self.model.epoch) if hasattr(self.model, "epoch") else 0
+        resume_log(self.run_dir, completed, QUALITY_LOG_FILE)
+        self.history = read_rows(os.path.join(self.run_dir, QUALITY_LOG_FILE))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        start = time.perf_counter()
+        images = self.model.generate_images(
+            self.num_samples, seed=self.seed, batch_size=min(self.batch_size, self.num_samples), verbose=0,
+            **self.sampling,
+        )
+        values = sample_distances(images, self.reference, self.feature_extractor, self.metric_names,
+                                  kid_subset_size=self.kid_subset_size)
+        if logs is not None:
+            logs.update(values)
+        seconds = time.perf_counter() - start
+        if self.verbose:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            print(f"\nEpoch {epoch + 1}: {shown} ({self.num_samples} samples, {seconds:.1f} s)")
+        if self.run_dir is not None:
+            row = {"epoch": epoch + 1, **values, "num_samples": self.num_samples, "seconds": round(seconds, 3)}
+            _append_row(os.path.join(self.run_dir, QUALITY_LOG_FILE), row)
+            self.history.append(row)
+            plot_metrics(self.history, os.path.join(self.run_dir, QUALITY_PLOT_FILE), self.metric_names,
+                         title=f"{self.num_samples} samples, {_describe(self.sampling)}")
+
+
+def _describe(sampling):
+    sampler = sampling.get("sampler", "ddpm")
+    steps = sampling.get("num_steps")
+    return f"{sampler} {steps} steps" if steps else sampler
+
+
 def save_atomically(model, path):
     """`model.save(path)` through a temporary file and a rename."""
     path = os.fspath(path)
@@ -124,16 +241,21 @@ def save_atomically(model, path):
             os.remove(tmp)
 
 
-def resume_log(run_dir, completed_epochs):
-    """Drops rows of `log.csv` for epochs after `completed_epochs` (written after the last checkpoint)."""
-    path = os.path.join(os.fspath(run_dir), LOG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+def resume_log(run_dir, completed_epochs, filename=LOG_FILE):
+    """Drops rows of a run's CSV log (`log.csv`) for epochs after `completed_epochs` (written after the last checkpoint)."""
+    path = os.path.join(os.fspath(run_dir), filename)
+    rows = read_rows(path)
     kept = [row for row in rows if int(row["epoch"]) <= completed_epochs]
     if len(kept) != len(rows):
         _write_rows(path, kept, list(rows[0].keys()))
+
+
+def read_rows(path):
+    """The rows of a CSV log as dicts; `[]` if the file does not exist."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _append_row(path, row):
@@ -155,6 +277,7 @@ def _append_row(path, row):
 
 
 def _write_rows(path, rows, fields):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")

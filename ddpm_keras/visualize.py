@@ -90,6 +90,44 @@ def save_gif(frames, path, ncols=None, duration_ms=80, hold_last_ms=1500, scale=
     return path
 
 
+def plot_metrics(rows, path, keys, x_key="epoch", title=None):
+    """Plots metrics against `x_key` to a PNG, one panel per key; returns `path`.
+
+    Args:
+        rows: List of dicts (such as the rows of a CSV log); rows without a
+            value for a key are skipped in that panel.
+        path: String, the PNG file, written atomically.
+        keys: Sequence of strings, the metrics to plot (e.g. `["fid", "kid"]`).
+            A key `k` with a `k_std` column gets error bars.
+        x_key: String, the horizontal axis. Defaults to `"epoch"`.
+        title: String or `None`, the figure's title. Defaults to `None`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(4.5 * len(keys), 3.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    for axes, key in zip(figure.subplots(1, len(keys), squeeze=False)[0], keys):
+        points = [(float(r[x_key]), float(r[key]), _float_or_nan(r.get(f"{key}_std"))) for r in rows
+                  if r.get(key) not in (None, "")]
+        if points:
+            x, y, std = (np.array(column) for column in zip(*points))
+            axes.errorbar(x, y, yerr=None if np.all(np.isnan(std)) else std, marker="o", capsize=3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel(x_key)
+        axes.set_ylabel(key.upper())
+        axes.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    _atomic_save(path, lambda f: figure.savefig(f, format="png"))
+    return path
+
+
+def _float_or_nan(value):
+    return float("nan") if value in (None, "") else float(value)
+
+
 def _atomic_save(path, write):
     """Writes through a temporary file then renames, so readers never see half a file."""
     path = os.fspath(path)

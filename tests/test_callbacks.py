@@ -7,9 +7,12 @@ from PIL import Image
 
 from conftest import tiny_images
 from conftest import tiny_model
+from ddpm_keras.callbacks import QualityMonitor
 from ddpm_keras.callbacks import RunCheckpoint
 from ddpm_keras.callbacks import SamplePlotter
 from ddpm_keras.callbacks import resume_log
+from ddpm_keras.metrics import reference_statistics
+from ddpm_keras.metrics import sample_distances
 from ddpm_keras.visualize import image_grid
 
 
@@ -64,3 +67,51 @@ def test_log_gains_columns_that_appear_later(tmp_path):
 def test_plot_every_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="every=0"):
         SamplePlotter(tmp_path, every=0)
+
+
+def small_extractor(img_size=16):
+    """A fixed random convolutional feature extractor `images -> (batch, 8)`."""
+    inputs = keras.Input((img_size, img_size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="tanh")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="small_extractor")
+
+
+def test_quality_monitor_feeds_history_log_csv_and_model_checkpoint(tmp_path):
+    model = tiny_model(timesteps=10)
+    extractor = small_extractor()
+    reference = reference_statistics(tiny_images(64), extractor, cache_dir=False, verbose=0)
+    sampling = {"sampler": "ddim", "num_steps": 3}
+    monitor = QualityMonitor(reference, every=1, num_samples=12, sampling=sampling, feature_extractor=extractor,
+                             run_dir=tmp_path, batch_size=12, kid_subset_size=6, verbose=0)
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best_{epoch}.keras"), monitor="fid", mode="min",
+                                           save_best_only=True)
+    history = model.fit(tiny_images(16), batch_size=8, epochs=3, verbose=0,
+                        callbacks=[monitor, RunCheckpoint(tmp_path), best]).history
+    fids = history["fid"]
+    assert len(fids) == 3 and len(history["kid"]) == 3 and len(history["kid_std"]) == 3
+    # The logged figure is the FID of the seeded samples of the final EMA network.
+    images = model.generate_images(12, seed=0, batch_size=12, verbose=0, **sampling)
+    assert sample_distances(images, reference, extractor, ["fid"])["fid"] == pytest.approx(fids[-1], rel=1e-5)
+    assert [float(r["fid"]) for r in read_log(tmp_path)] == pytest.approx(fids)
+    # ModelCheckpoint saved exactly at the epochs that set a new best FID.
+    record_epochs = [e + 1 for e in range(3) if fids[e] < min(fids[:e], default=np.inf)]
+    assert sorted(int(p.stem.split("_")[1]) for p in tmp_path.glob("best_*.keras")) == record_epochs
+    with Image.open(tmp_path / "quality.png") as picture:
+        assert picture.size[0] > 400
+    # On resume, measurements after the checkpoint's epochs are dropped.
+    model.epoch.assign(1)
+    monitor.on_train_begin()
+    assert [int(r["epoch"]) for r in monitor.history] == [1]
+    with open(tmp_path / "quality.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1]
+
+
+def test_quality_monitor_rejects_bad_arguments():
+    extractor = small_extractor()
+    reference = reference_statistics(tiny_images(8), extractor, cache_dir=False, keep_features=False, verbose=0)
+    with pytest.raises(ValueError, match="'bpd'"):
+        QualityMonitor(reference, metrics=("fid", "bpd"), feature_extractor=extractor)
+    with pytest.raises(ValueError, match="num_samples"):
+        QualityMonitor(reference, num_samples=1, metrics=("fid",), feature_extractor=extractor)
+    with pytest.raises(ValueError, match="keep_features=True"):
+        QualityMonitor(reference, metrics=("kid",), feature_extractor=extractor)
