@@ -240,7 +240,7 @@ def load_image_folder(
     )
 
 
-def synthetic_flowers(num_images, img_size=64, seed=0):
+def synthetic_flowers(num_images, img_size=64, seed=0, return_params=False):
     """Draws simple flower-like images, deterministically from a seed.
 
     Each image is a plain background (light or dark, low saturation) with
@@ -257,10 +257,16 @@ def synthetic_flowers(num_images, img_size=64, seed=0):
             image size. Defaults to `64`.
         seed: Integer, the seed; the same seed gives the same images.
             Defaults to `0`.
+        return_params: Boolean, also return each image's drawing
+            parameters (for labels, or to train a feature extractor).
+            Defaults to `False`.
 
     Returns:
         A float32 NumPy array of shape `(num_images, height, width, 3)` with
-        values in `[-1, 1]`.
+        values in `[-1, 1]`; with `return_params=True`, `(images, params)`
+        where `params` maps names (`"num_petals"`, `"radius"`,
+        `"centre_x"`, `"petal_colour"`, `"background"`, ...) to arrays of
+        `num_images` rows, lengths relative to the image size.
 
     Example:
 
@@ -277,7 +283,8 @@ def synthetic_flowers(num_images, img_size=64, seed=0):
         chunk = slice(start, start + _SYNTHETIC_CHUNK)
         part = {name: values[chunk] for name, values in flowers.items()}
         images[chunk] = _draw_flowers(part, height, width)
-    return images * 2.0 - 1.0
+    images = images * 2.0 - 1.0
+    return (images, flowers) if return_params else images
 
 
 def load_synthetic(

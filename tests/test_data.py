@@ -439,6 +439,14 @@ def test_synthetic_flowers_shape_range_and_determinism():
     assert np.abs(images - other).mean() > 0.1
 
 
+def test_synthetic_flowers_return_the_parameters_they_were_drawn_with():
+    images, params = data.synthetic_flowers(64, img_size=16, seed=3, return_params=True)
+    np.testing.assert_array_equal(images, data.synthetic_flowers(64, img_size=16, seed=3))
+    assert params["num_petals"].shape == (64,) and set(params["num_petals"]) <= set(range(4, 10))
+    # The background parameter is the colour of the image's corner pixel.
+    np.testing.assert_allclose((images[:, 0, 0] + 1.0) / 2.0, params["background"], atol=1e-5)
+
+
 def test_synthetic_flowers_are_a_flower_on_a_plain_background():
     images = data.synthetic_flowers(64, img_size=32, seed=0)
     centroids = []
