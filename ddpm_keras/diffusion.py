@@ -57,11 +57,26 @@ def compute_terms(betas):
         "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
         "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
         "posterior_variance": posterior_variance,
-        # The posterior variance is 0 at t = 0: clip before the log.
-        "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
+        "posterior_log_variance_clipped": _posterior_log_variance_clipped(betas, posterior_variance),
         "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
         "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
     }
+
+
+def _posterior_log_variance_clipped(betas, posterior_variance):
+    """`log(posterior_variance)` with its `t = 0` entry taken from `t = 1`.
+
+    The posterior variance is 0 at `t = 0` (`x_0` is known). Ho et al.'s
+    and improved-diffusion's convention,
+    `log(append(posterior_variance[1], posterior_variance[1:]))`, gives the
+    decoder `p(x_0 | x_1)` the scale of the next step, where clipping at a
+    tiny floor would give a scale no 8-bit bin can be scored with. With a
+    single step (`T == 1`, e.g. a respaced schedule) there is no `t = 1`:
+    the entry is `log(betas[0])`, the variance of `q(x_1 | x_0)`. Sampling
+    adds no noise at `t = 0`, so the entry only matters to the likelihood.
+    """
+    first = posterior_variance[1] if len(betas) > 1 else betas[0]
+    return np.log(np.append(first, posterior_variance[1:]))
 
 
 class GaussianDiffusion:

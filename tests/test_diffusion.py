@@ -31,12 +31,19 @@ def reference_terms(betas):
             "sqrt_recip_alphas_cumprod": 1.0 / math.sqrt(alpha_bar),
             "sqrt_recipm1_alphas_cumprod": math.sqrt(1.0 / alpha_bar - 1.0),
             "posterior_variance": var,
-            "posterior_log_variance_clipped": math.log(max(var, 1e-20)),
+            # Filled in below: at t = 0 it needs the variance of t = 1.
+            "posterior_log_variance_clipped": math.log(var) if var > 0.0 else None,
             "posterior_mean_coef1": beta * math.sqrt(alpha_bar_prev) / (1.0 - alpha_bar),
             "posterior_mean_coef2": (1.0 - alpha_bar_prev) * math.sqrt(1.0 - beta) / (1.0 - alpha_bar),
         }
         for name, value in values.items():
             ref[name].append(value)
+    # Ho et al.'s (and improved-diffusion's) convention: the posterior variance is 0 at t = 0,
+    # and the log-variance there is the one of t = 1, the scale of the decoder p(x_0 | x_1) in
+    # the likelihood bound (a clip at 1e-20 would make it a std of 1e-10). Sampling adds no
+    # noise at t = 0, so it is unaffected.
+    log_var = ref["posterior_log_variance_clipped"]
+    log_var[0] = log_var[1] if len(betas) > 1 else math.log(betas[0])
     return {name: np.array(v) for name, v in ref.items()}
 
 
@@ -56,6 +63,16 @@ def test_posterior_at_t0_returns_the_clean_image():
     assert float(d.posterior_mean_coef1[0]) == pytest.approx(1.0)
     assert float(d.posterior_mean_coef2[0]) == 0.0
     assert float(d.posterior_variance[0]) == 0.0
+
+
+def test_posterior_log_variance_at_t0_is_the_one_of_t1():
+    d = GaussianDiffusion(timesteps=T)
+    log_var = d.terms_float64["posterior_log_variance_clipped"]
+    assert log_var[0] == log_var[1] == math.log(d.terms_float64["posterior_variance"][1])
+    # One step (a schedule respaced to 1 step) has no t = 1: the variance of q(x_1 | x_0), beta_0.
+    one = GaussianDiffusion.from_betas([0.3])
+    np.testing.assert_allclose(one.terms_float64["posterior_log_variance_clipped"], [math.log(0.3)], rtol=1e-12)
+    assert np.isfinite(ops.convert_to_numpy(one.posterior_log_variance_clipped)).all()
 
 
 @pytest.fixture
