@@ -113,3 +113,78 @@ def test_keras_file_saved_under_tensorflow_loads(backend, runs):
     assert result["eps_error"] < 1e-4
     assert result["iterations"] == 5
     assert result["images_finite"] and result["images_spread"] > 0.05
+
+
+# The likelihood bound of one set of weights on every backend. bits_per_dim draws its noise
+# from the backend's generator (a SeedGenerator on TensorFlow and PyTorch, jax.random on JAX),
+# so its values differ between backends by their Monte Carlo error (about 1% per seed for this
+# model: the noise of one draw per image and timestep). The exact comparison is of the terms
+# t by t with one shared noise array, through the same compiled path (`model._compiled`) and
+# the same chain (`likelihood.vb_terms_loop`): everything backend-specific (the network, erfc,
+# the loop, the compilation) must agree to float32 rounding. bits_per_dim itself is then
+# checked to be deterministic per seed and to agree with TensorFlow's within its Monte Carlo
+# error, estimated from four seeds on each side.
+
+BPD_SAVE = """
+model = tiny_model(timesteps=10, seed=0)
+# Move the EMA network off its near-zero head, so its prediction depends on x_t and t.
+rng = np.random.default_rng(0)
+for w in model.ema_network.weights:
+    w.assign(to_numpy(w) + rng.normal(0.0, 0.02, w.shape).astype("float32"))
+model.save(os.environ["DDPM_PATH"])
+"""
+
+BPD = """
+from ddpm_keras import likelihood
+
+model = keras.saving.load_model(os.environ["DDPM_PATH"])
+images = tiny_images(8)
+noise = np.random.default_rng(1).standard_normal((10,) + images.shape).astype("float32")
+
+def chain(eps_fn, noise_fn, x_0, timesteps, noise):
+    shared = lambda shape, step: ops.take(noise, step, axis=0)
+    return likelihood.vb_terms_loop(eps_fn, shared, model.diffusion, x_0, timesteps)
+
+run = model._compiled(("shared_noise",), chain)
+timesteps = ops.convert_to_tensor(np.arange(10), "int32")
+terms = run(0, ops.convert_to_tensor(images), timesteps, ops.convert_to_tensor(noise))
+emit(
+    terms=to_numpy(terms).tolist(), prior=to_numpy(likelihood.prior_bpd(model.diffusion, images)).tolist(),
+    bpd=[model.bits_per_dim(images, seed=s, verbose=0) for s in range(4)],
+    again=model.bits_per_dim(images, seed=0, verbose=0),
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def bpd_runs(tmp_path_factory):
+    """Per backend, the bound of the model that TensorFlow (run first) built and saved."""
+    path = str(tmp_path_factory.mktemp("bpd") / "model.keras")
+    cache = {}
+
+    def run(backend):
+        if "tensorflow" not in cache:
+            cache["tensorflow"] = run_snippet(BPD_SAVE + BPD, "tensorflow", env={"DDPM_PATH": path})
+        if backend not in cache:
+            cache[backend] = run_snippet(BPD, backend, env={"DDPM_PATH": path})
+        return cache[backend]
+
+    return run
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_bits_per_dim_agrees_with_tensorflow(backend, bpd_runs):
+    skip_unless_installed(backend)
+    reference, result = bpd_runs("tensorflow"), bpd_runs(backend)
+    terms, reference_terms = np.array(result["terms"]), np.array(reference["terms"])
+    assert terms.shape == (10, 8) and np.isfinite(terms).all()
+    # Same weights, same noise: the same terms to float32 rounding.
+    np.testing.assert_allclose(terms, reference_terms, rtol=1e-5)
+    np.testing.assert_allclose(result["prior"], reference["prior"], rtol=1e-5)
+    # Different noise: the same bound within the Monte Carlo error of 4 + 4 seeds.
+    bpd, reference_bpd = np.array(result["bpd"]), np.array(reference["bpd"])
+    assert result["again"] == bpd[0] and len(set(bpd)) == 4
+    standard_error = np.sqrt((bpd.var(ddof=1) + reference_bpd.var(ddof=1)) / 4)
+    assert abs(bpd.mean() - reference_bpd.mean()) < 6 * standard_error
+    # ...which is a few percent at most: the terms are the ones that make up the bound.
+    assert bpd.mean() == pytest.approx(reference_terms.sum(axis=0).mean() + np.mean(reference["prior"]), rel=0.05)
