@@ -1,9 +1,10 @@
-"""The `ddpm-keras` command line: train, resume, sample, inpaint and interpolate.
+"""The `ddpm-keras` command line: train, resume, sample, evaluate, inpaint and interpolate.
 
     ddpm-keras train --preset tiny --epochs 20          # synthetic flowers, CPU
     ddpm-keras train                                     # Oxford Flowers 102, 64 px
     ddpm-keras train --resume                            # continue after a stop
     ddpm-keras sample --checkpoint checkpoints/tiny-synthetic --out samples.png --sampler ddim --gif denoise.gif
+    ddpm-keras evaluate --checkpoint RUN_DIR --num-samples 1000 --metrics fid,kid,bpd --out metrics.json
     ddpm-keras inpaint --checkpoint RUN_DIR --image flower.jpg --mask mask.png --out inpainted.png
     ddpm-keras interpolate --checkpoint RUN_DIR --out path.png
 
@@ -24,6 +25,7 @@ from ddpm_keras.presets import PRESETS
 from ddpm_keras.presets import get_preset
 
 PROG = "ddpm-keras"
+EVALUATE_METRICS = ("fid", "kid", "is", "bpd")
 CHECKPOINTS_DIR = "checkpoints"
 
 
@@ -93,6 +95,11 @@ def build_parser():
                        "--batch-size is the global batch")
     train.add_argument("--jit-compile", action="store_true",
                        help="compile the training step with XLA (pays for small models and on GPUs)")
+    train.add_argument("--fid-every", type=non_negative_int, default=0,
+                       help="epochs between FID/KID measurements of EMA samples against the training images "
+                       "(0: never); they go into log.csv, quality.csv and quality.png")
+    train.add_argument("--fid-samples", type=positive_int, default=1000, help="samples per FID/KID measurement")
+    _add_extractor_args(train)
 
     sample = commands.add_parser(
         "sample",
@@ -106,6 +113,37 @@ def build_parser():
     sample.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per compiled call, for large requests. Default: all at once")
     sample.add_argument("--gif", default=None, help="also write the denoising trajectory as an animated GIF")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure sample quality (FID, KID, Inception Score) and bits/dim of a checkpoint",
+        formatter_class=formatter,
+        description="Generate --num-samples images with the EMA network and compare them with the real images of "
+        "--dataset (FID, KID), score them (Inception Score), and compute the negative log-likelihood of real "
+        "images in bits per dimension (bpd). Prints a table; --out writes JSON. The real images' features are "
+        "cached (--cache-dir) and recomputed when the images change.",
+    )
+    evaluate.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
+    evaluate.add_argument("--dataset", default=None,
+                          help="oxford_flowers102, synthetic or PATH to a folder of images. Default: the run's "
+                          "(its run.json)")
+    evaluate.add_argument("--split", default=None, help="tfds split. Default: the run's, else train")
+    evaluate.add_argument("--data-dir", default=None, help="tfds data directory")
+    evaluate.add_argument("--metrics", default="fid,kid", type=_metric_list,
+                          help=f"comma-separated, from {','.join(EVALUATE_METRICS)}")
+    evaluate.add_argument("--num-samples", type=positive_int, default=1000, help="generated images for fid, kid, is")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the samples and of bpd's noise")
+    _add_sampler_args(evaluate, samplers=("ddim", "ddpm", "pc"), default_steps="50 for ddim, all T for ddpm and pc")
+    evaluate.add_argument("--batch-size", type=positive_int, default=128, help="images per compiled sampling call")
+    _add_extractor_args(evaluate)
+    evaluate.add_argument("--classifier", default=None,
+                          help="a .keras model images -> class probabilities for is. Default: InceptionV3")
+    evaluate.add_argument("--kid-subset-size", type=positive_int, default=1000, help="images per KID subset")
+    evaluate.add_argument("--is-splits", type=positive_int, default=10, help="Inception Score splits")
+    evaluate.add_argument("--bpd-images", type=positive_int, default=256, help="real images for bpd (the first ones)")
+    evaluate.add_argument("--bpd-steps", type=positive_int, default=None,
+                          help="timesteps for bpd: all T (exact) or fewer (a stratified estimate)")
+    evaluate.add_argument("--out", default=None, help="also write the results to this JSON file")
 
     inpaint = commands.add_parser(
         "inpaint",
@@ -143,13 +181,33 @@ def _add_checkpoint_args(parser):
     parser.add_argument("--out", required=True, help="output PNG file")
 
 
-def _add_sampler_args(parser, samplers):
+def _add_sampler_args(parser, samplers, default_steps="all T for ddpm and pc, 50 for ddim"):
     parser.add_argument("--sampler", default=samplers[0], choices=samplers,
                         help="ddpm: ancestral; ddim: Song et al. 2021 (deterministic with --eta 0); "
                         "pc: DDPM predictor + Langevin corrector")
-    parser.add_argument("--steps", type=positive_int, default=None,
-                        help="reverse steps. Default: all T for ddpm and pc, 50 for ddim")
+    parser.add_argument("--steps", type=positive_int, default=None, help=f"reverse steps. Default: {default_steps}")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+
+
+def _add_extractor_args(parser):
+    parser.add_argument("--inception-weights", default="imagenet",
+                        help="InceptionV3 weights for FID/KID: imagenet (downloaded to ~/.keras/models on first "
+                        "use) or PATH to the .h5 file")
+    parser.add_argument("--feature-extractor", default=None,
+                        help="a .keras model images in [-1, 1] -> features, used instead of InceptionV3")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where the real images' feature statistics are cached. Default: "
+                        "~/.cache/ddpm_keras/reference ($DDPM_KERAS_CACHE)")
+
+
+def _metric_list(text):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EVALUATE_METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric {', '.join(unknown) or repr(text)}: choose from {','.join(EVALUATE_METRICS)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def main(argv=None):
@@ -157,7 +215,10 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        {"train": train, "sample": sample, "inpaint": inpaint, "interpolate": interpolate}[args.command](args)
+        from ddpm_keras.cli_evaluate import evaluate
+
+        commands = {"train": train, "sample": sample, "evaluate": evaluate, "inpaint": inpaint, "interpolate": interpolate}
+        commands[args.command](args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the last finished epoch is in the run directory.", file=sys.stderr)
         return 130
@@ -171,8 +232,9 @@ def main(argv=None):
 
 def _is_user_error(error):
     from ddpm_keras.data import DatasetUnavailableError
+    from ddpm_keras.metrics import WeightsUnavailableError
 
-    return isinstance(error, (CLIError, ValueError, FileNotFoundError, DatasetUnavailableError))
+    return isinstance(error, (CLIError, ValueError, FileNotFoundError, DatasetUnavailableError, WeightsUnavailableError))
 
 
 def train(args):
@@ -216,7 +278,13 @@ def train(args):
                                                     "batch_size": batch_size, "preset_config": config})
     # Every worker saves (collective ops), only the chief into the run directory.
     write_dir = run_dir if is_chief() else tempfile.mkdtemp(prefix="ddpm-keras-worker-")
-    callbacks = [RunCheckpoint(write_dir)]
+    # The quality monitor first: the checkpoint's log.csv then records its figures.
+    callbacks = []
+    if args.fid_every:
+        from ddpm_keras.cli_evaluate import quality_monitor
+
+        callbacks.append(quality_monitor(args, dataset_name, (height, width), write_dir))
+    callbacks.append(RunCheckpoint(write_dir))
     if plot_every:
         callbacks.append(SamplePlotter(write_dir, every=plot_every, seed=args.seed))
     print(f"Training {model.network.count_params():,} parameters on {dataset_name} "

@@ -1,6 +1,7 @@
 """The command line end to end on the `tiny` preset and synthetic data, a few steps at a time."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -23,11 +24,25 @@ def log_epochs(run_dir):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A run trained for one epoch, then resumed for a second."""
+def extractors(tmp_path_factory):
+    """Small `.keras` models for the metrics: a feature extractor and a classifier of 32-px images."""
+    folder = tmp_path_factory.mktemp("extractors")
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, strides=2, activation="tanh")(inputs))
+    keras.Model(inputs, features, name="small_features").save(folder / "features.keras")
+    keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(features)).save(folder / "classifier.keras")
+    return {"features": str(folder / "features.keras"), "classifier": str(folder / "classifier.keras"),
+            "cache": str(folder / "cache")}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, extractors):
+    """A run trained for one epoch, then resumed for a second that measures FID and KID."""
     out = str(tmp_path_factory.mktemp("run"))
     assert main(["train", *FAST, "--epochs", "1", "--plot-every", "1", "--out", out]) == 0
-    assert main(["train", *FAST, "--epochs", "2", "--plot-every", "1", "--out", out, "--resume"]) == 0
+    quality = ["--fid-every", "1", "--fid-samples", "4", "--feature-extractor", extractors["features"],
+               "--cache-dir", extractors["cache"]]
+    assert main(["train", *FAST, "--epochs", "2", "--plot-every", "1", "--out", out, "--resume", *quality]) == 0
     return out
 
 
@@ -36,6 +51,59 @@ def test_train_writes_model_log_and_sample_grids(run_dir):
     with Image.open(os.path.join(run_dir, "samples", "epoch_0002.png")) as picture:
         assert picture.size == (4 * (4 * (32 + 2) + 2),) * 2  # 16 samples of 32 px, 4x
     assert os.path.exists(os.path.join(run_dir, "run.json"))
+
+
+def test_train_fid_every_logs_fid_and_kid(run_dir):
+    with open(os.path.join(run_dir, "log.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["fid"] == "" and float(rows[1]["fid"]) >= 0 and rows[1]["kid"] != ""
+    assert os.path.exists(os.path.join(run_dir, "quality.png"))
+
+
+def test_evaluate_prints_a_table_and_writes_json(run_dir, extractors, tmp_path, capsys):
+    out = str(tmp_path / "metrics.json")
+    argv = ["evaluate", "--checkpoint", run_dir, "--num-samples", "8", "--sampler", "ddim", "--steps", "3",
+            "--metrics", "fid,kid,is,bpd", "--feature-extractor", extractors["features"],
+            "--classifier", extractors["classifier"], "--is-splits", "2", "--kid-subset-size", "4",
+            "--bpd-images", "4", "--bpd-steps", "3", "--cache-dir", extractors["cache"], "--out", out]
+    assert main(argv) == 0
+    with open(out) as f:
+        report = json.load(f)
+    results = report["metrics"]
+    assert set(results) == {"fid", "kid", "kid_std", "is", "is_std", "bpd"}
+    assert report["dataset"] == "synthetic" and report["num_samples"] == 8  # the dataset from run.json
+    assert results["fid"] > 0 and 1.0 <= results["is"] <= 5.0 and 0 < results["bpd"] < 100
+    assert report["sampling"] == {"sampler": "ddim", "num_steps": 3, "eta": 0.0}
+    printed = capsys.readouterr().out
+    assert "FID" in printed and "bits/dim" in printed and f"{results['fid']:.5g}" in printed
+    # The training run's reference statistics were reused from the cache: one file.
+    assert len(os.listdir(extractors["cache"])) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-samples", "1"], "--num-samples 1 is too few for fid: it needs at least 2."),
+        (["--metrics", "is", "--num-samples", "5"], "--num-samples 5 is too few for is: it needs at least 10"),
+        (["--out", "metrics.txt"], "--out must name a .json file"),
+    ],
+)
+def test_evaluate_bad_values_are_one_line_errors(run_dir, extra, message, capsys):
+    assert main(["evaluate", "--checkpoint", run_dir, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_rejects_an_unknown_metric(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--checkpoint", "x", "--metrics", "fid,sharpness"])
+    assert exit_info.value.code == 2
+    assert "unknown metric sharpness: choose from fid,kid,is,bpd" in capsys.readouterr().err
+
+
+def test_evaluate_needs_a_checkpoint(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "No checkpoint at" in capsys.readouterr().err
 
 
 def test_resume_continues_the_epoch_count_with_optimizer_state(run_dir):

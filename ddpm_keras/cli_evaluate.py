@@ -1,0 +1,155 @@
+"""`ddpm-keras evaluate`, and the quality monitor of `ddpm-keras train --fid-every`."""
+
+import json
+import os
+import time
+
+import keras
+
+from ddpm_keras.callbacks import DEFAULT_SAMPLING
+from ddpm_keras.callbacks import QualityMonitor
+from ddpm_keras.cli import _check_suffix
+from ddpm_keras.cli import _load_model
+from ddpm_keras.cli import _write_json
+from ddpm_keras.cli import CLIError
+from ddpm_keras.data import load_dataset
+from ddpm_keras.metrics import inception_classifier
+from ddpm_keras.metrics import inception_features
+from ddpm_keras.metrics import InceptionScore
+from ddpm_keras.metrics import reference_statistics
+from ddpm_keras.metrics import sample_distances
+
+
+def evaluate(args):
+    """`ddpm-keras evaluate`: FID, KID, Inception Score of samples and bits/dim of real images; a table and JSON."""
+    metrics = args.metrics
+    for name, needed in (("fid", 2), ("kid", 2), ("is", args.is_splits)):
+        if name in metrics and args.num_samples < needed:
+            raise CLIError(f"--num-samples {args.num_samples} is too few for {name}: it needs at least {needed}"
+                           + (" (one per --is-splits)." if name == "is" else "."))
+    if args.out:
+        _check_suffix(args.out, ".json", "--out")
+    model = _load_model(args.checkpoint)
+    run = _run_info(args.checkpoint)
+    dataset_name = args.dataset or run.get("dataset")
+    split = args.split or run.get("split") or "train"
+    needs_real = bool({"fid", "kid", "bpd"} & set(metrics))
+    if needs_real and dataset_name is None:
+        raise CLIError("Pass --dataset: the checkpoint has no run.json saying what it was trained on.")
+    real = _real_images(dataset_name, split, model.image_shape[:2], args.data_dir, run.get("seed", 0)) if needs_real else None
+    sampling = _evaluation_sampling(args)
+    results, seconds, extractor = {}, {}, None
+    start = time.perf_counter()
+    if {"fid", "kid", "is"} & set(metrics):
+        print(f"Generating {args.num_samples} samples ({_describe_sampling(sampling)})")
+        images = model.generate_images(args.num_samples, seed=args.seed, batch_size=args.batch_size, **sampling)
+        seconds["sampling"] = time.perf_counter() - start
+    if {"fid", "kid"} & set(metrics):
+        tic = time.perf_counter()
+        extractor = _feature_extractor(args)
+        results.update(_distances(metrics, images, real, extractor, dataset_name, split, args))
+        seconds["features"] = time.perf_counter() - tic
+    if "is" in metrics:
+        tic = time.perf_counter()
+        score = InceptionScore(_classifier(args), splits=args.is_splits, verbose=1)
+        score.update_state(images)
+        results["is"], results["is_std"] = score.result(return_std=True)
+        seconds["inception_score"] = time.perf_counter() - tic
+    if "bpd" in metrics:
+        tic = time.perf_counter()
+        print(f"Bits per dimension of {args.bpd_images} real images ("
+              + (f"{args.bpd_steps} of {model.diffusion.num_timesteps} timesteps, stratified)" if args.bpd_steps
+                 else f"all {model.diffusion.num_timesteps} timesteps)"))
+        results["bpd"] = model.bits_per_dim(
+            real.unbatch().take(args.bpd_images).batch(args.batch_size), num_steps=args.bpd_steps, seed=args.seed,
+        )
+        seconds["bpd"] = time.perf_counter() - tic
+    seconds["total"] = time.perf_counter() - start
+    _print_table(results)
+    if args.out:
+        _write_json(args.out, {
+            "checkpoint": args.checkpoint, "dataset": dataset_name, "split": split, "metrics": results,
+            "num_samples": args.num_samples, "sampling": sampling, "seed": args.seed,
+            "feature_extractor": None if extractor is None else extractor.name,
+            "bpd_images": args.bpd_images if "bpd" in metrics else None, "bpd_steps": args.bpd_steps,
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        })
+        print(f"Wrote {args.out}")
+
+
+def _evaluation_sampling(args):
+    """The sampler options of `evaluate`: DDIM defaults to the sample grids' step count."""
+    steps = args.steps
+    if steps is None and args.sampler == DEFAULT_SAMPLING["sampler"]:
+        steps = DEFAULT_SAMPLING["num_steps"]
+    return {"sampler": args.sampler, "num_steps": steps, "eta": args.eta}
+
+
+def _distances(metrics, images, real, extractor, dataset_name, split, args):
+    """FID and KID of `images` against the (cached) statistics of the real images."""
+    reference = reference_statistics(
+        real, extractor, dataset_name=dataset_name, split=split, keep_features="kid" in metrics,
+        cache_dir=args.cache_dir,
+    )
+    print(f"Features of the {len(images)} samples ({extractor.name})")
+    return sample_distances(images, reference, extractor, [m for m in metrics if m in ("fid", "kid")],
+                            kid_subset_size=args.kid_subset_size, verbose=1)
+
+
+def _print_table(results):
+    labels = {"fid": "FID", "kid": "KID", "is": "Inception Score", "bpd": "bits/dim"}
+    print(f"{'metric':<16} {'value':>12} {'std':>10}")
+    for key, label in labels.items():
+        if key in results:
+            std = results.get(f"{key}_std")
+            print(f"{label:<16} {results[key]:>12.5g} {'' if std is None else format(std, '.3g'):>10}")
+
+
+def _describe_sampling(sampling):
+    steps = sampling["num_steps"]
+    return f"{sampling['sampler']}, {'all' if steps is None else steps} steps"
+
+
+def _real_images(dataset_name, split, size, data_dir, seed):
+    """The real images, unshuffled and unaugmented, every one of them, in batches of 64."""
+    dataset = load_dataset(dataset_name, split=split, img_size=size, batch_size=1, data_dir=data_dir,
+                           shuffle=False, augment=False, seed=seed)
+    return dataset.unbatch().batch(64)
+
+
+def _feature_extractor(args):
+    if args.feature_extractor:
+        return _load_keras_model(args.feature_extractor, "--feature-extractor")
+    return inception_features(weights=args.inception_weights)
+
+
+def _classifier(args):
+    if args.classifier:
+        return _load_keras_model(args.classifier, "--classifier")
+    return inception_classifier()
+
+
+def _load_keras_model(path, option):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path} ({option}): expected a .keras file.")
+    return keras.saving.load_model(path)
+
+
+def quality_monitor(args, dataset_name, size, run_dir):
+    """The `QualityMonitor` of `train --fid-every`: the training images as the reference, cached."""
+    extractor = _feature_extractor(args)
+    real = _real_images(dataset_name, args.split, size, args.data_dir, args.seed)
+    reference = reference_statistics(real, extractor, dataset_name=dataset_name, split=args.split,
+                                     cache_dir=args.cache_dir)
+    return QualityMonitor(reference, every=args.fid_every, num_samples=args.fid_samples,
+                          feature_extractor=extractor, run_dir=run_dir, seed=args.seed)
+
+
+def _run_info(checkpoint):
+    """The run.json beside a checkpoint, or `{}`."""
+    run_dir = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    path = os.path.join(run_dir, "run.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
