@@ -37,21 +37,32 @@ def evaluate(args):
     if needs_real and dataset_name is None:
         raise CLIError("Pass --dataset: the checkpoint has no run.json saying what it was trained on.")
     real = _real_images(dataset_name, split, model.image_shape[:2], args.data_dir, run.get("seed", 0)) if needs_real else None
-    sampling = _evaluation_sampling(args)
-    results, seconds, extractor = {}, {}, None
+    sampling = _evaluation_sampling(args, model.diffusion.num_timesteps)
+    results, seconds = {}, {}
     start = time.perf_counter()
+    # The extractors first: a missing weights file fails before minutes of sampling.
+    extractor = _feature_extractor(args) if {"fid", "kid"} & set(metrics) else None
+    classifier = _classifier(args) if "is" in metrics else None
+    if extractor is not None:
+        reference = reference_statistics(
+            real, extractor, dataset_name=dataset_name, split=split, keep_features="kid" in metrics,
+            cache_dir=args.cache_dir,
+        )
+    seconds["reference"] = time.perf_counter() - start
     if {"fid", "kid", "is"} & set(metrics):
+        tic = time.perf_counter()
         print(f"Generating {args.num_samples} samples ({_describe_sampling(sampling)})")
         images = model.generate_images(args.num_samples, seed=args.seed, batch_size=args.batch_size, **sampling)
-        seconds["sampling"] = time.perf_counter() - start
-    if {"fid", "kid"} & set(metrics):
+        seconds["sampling"] = time.perf_counter() - tic
+    if extractor is not None:
         tic = time.perf_counter()
-        extractor = _feature_extractor(args)
-        results.update(_distances(metrics, images, real, extractor, dataset_name, split, args))
+        print(f"Features of the {args.num_samples} samples ({extractor.name})")
+        results.update(sample_distances(images, reference, extractor, [m for m in metrics if m in ("fid", "kid")],
+                                        kid_subset_size=args.kid_subset_size, verbose=1))
         seconds["features"] = time.perf_counter() - tic
-    if "is" in metrics:
+    if classifier is not None:
         tic = time.perf_counter()
-        score = InceptionScore(_classifier(args), splits=args.is_splits, verbose=1)
+        score = InceptionScore(classifier, splits=args.is_splits, verbose=1)
         score.update_state(images)
         results["is"], results["is_std"] = score.result(return_std=True)
         seconds["inception_score"] = time.perf_counter() - tic
@@ -77,23 +88,12 @@ def evaluate(args):
         print(f"Wrote {args.out}")
 
 
-def _evaluation_sampling(args):
-    """The sampler options of `evaluate`: DDIM defaults to the sample grids' step count."""
+def _evaluation_sampling(args, num_timesteps):
+    """The sampler options of `evaluate`: DDIM defaults to the sample grids' step count (at most T)."""
     steps = args.steps
     if steps is None and args.sampler == DEFAULT_SAMPLING["sampler"]:
-        steps = DEFAULT_SAMPLING["num_steps"]
+        steps = min(DEFAULT_SAMPLING["num_steps"], num_timesteps)
     return {"sampler": args.sampler, "num_steps": steps, "eta": args.eta}
-
-
-def _distances(metrics, images, real, extractor, dataset_name, split, args):
-    """FID and KID of `images` against the (cached) statistics of the real images."""
-    reference = reference_statistics(
-        real, extractor, dataset_name=dataset_name, split=split, keep_features="kid" in metrics,
-        cache_dir=args.cache_dir,
-    )
-    print(f"Features of the {len(images)} samples ({extractor.name})")
-    return sample_distances(images, reference, extractor, [m for m in metrics if m in ("fid", "kid")],
-                            kid_subset_size=args.kid_subset_size, verbose=1)
 
 
 def _print_table(results):
