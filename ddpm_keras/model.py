@@ -503,6 +503,8 @@ class DiffusionModel(keras.Model):
             num_images += count
             if progbar is not None:
                 progbar.add(1)
+        if progbar is not None and target is None and num_images:
+            progbar.update(k + 1, finalize=True)  # ends a bar of unknown length
         if num_images == 0:
             raise ValueError(f"data must hold at least one image. Received: an empty {type(data).__name__}")
         terms_bpd, prior = term_sums / num_images, prior_sum / num_images

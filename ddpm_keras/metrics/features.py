@@ -200,6 +200,8 @@ def extract_features(model, data, batch_size=64, verbose=0):
             outputs.append(_predict_padded(model, batch[start:start + batch_size], batch_size))
             if progbar is not None:
                 progbar.add(len(outputs[-1]))
+    if progbar is not None and total is None:
+        progbar.update(sum(len(o) for o in outputs), finalize=True)  # ends a bar of unknown length
     if not outputs:
         raise ValueError("No images to extract features from: the data is empty.")
     features = np.concatenate(outputs, axis=0)
