@@ -285,10 +285,15 @@ def stratified_timesteps(num_timesteps, num_steps=None, seed=0):
 
     With `num_steps` `None` or `T`: every timestep, weight 1 (the exact
     bound). With `n < T`: `t = 0` (the decoder, weight 1), and the
-    timesteps `[1, T)` split into `n - 1` contiguous strata of near-equal
-    size (sizes differ by at most 1), one `t` drawn uniformly inside each,
-    weighted by its stratum's size. `sum(weights * term(timesteps))` is
-    then an unbiased estimate of `sum_t term(t)`.
+    timesteps `[1, T)` split into `n - 1` contiguous strata whose edges are
+    spaced geometrically (as `geomspace(1, T, n)`, each stratum at least
+    one timestep wide), one `t` drawn uniformly inside each, weighted by
+    its stratum's size. `sum(weights * term(timesteps))` is then an
+    unbiased estimate of `sum_t term(t)`. The geometric spacing makes the
+    first strata single timesteps, evaluated exactly: the terms of the
+    first steps are the largest and fall steeply with `t`, so equal strata
+    would give an estimate that is unbiased but skewed (usually low, now
+    and then far too high, when a wide first stratum draws `t = 1`).
 
     Args:
         num_timesteps: Integer, the diffusion's `T`.
@@ -303,11 +308,26 @@ def stratified_timesteps(num_timesteps, num_steps=None, seed=0):
 
     Example:
 
-    >>> stratified_timesteps(1000, 4, seed=0)  # t = 0 and one t in each third of [1, 1000)
+    >>> stratified_timesteps(1000, 50, seed=0)  # t = 0 to 11 exactly, then ever wider strata
     """
     check_bound_steps(num_steps, num_timesteps)
     if num_steps is None or num_steps == num_timesteps:
         return np.arange(num_timesteps, dtype=np.int64), np.ones(num_timesteps, dtype=np.int64)
-    edges = 1 + np.round(np.linspace(0.0, num_timesteps - 1, num_steps)).astype(np.int64)
+    edges = geometric_edges(num_timesteps, num_steps - 1)
     drawn = np.random.default_rng(seed).integers(edges[:-1], edges[1:])
     return np.append(0, drawn).astype(np.int64), np.append(1, np.diff(edges)).astype(np.int64)
+
+
+def geometric_edges(num_timesteps, num_strata):
+    """`num_strata + 1` increasing integer edges from 1 to `T`, close to `geomspace(1, T, num_strata + 1)`.
+
+    Each edge is at least one above the previous one and leaves room for
+    the strata after it, so every stratum `[edges[i], edges[i + 1])` holds
+    at least one timestep.
+    """
+    targets = np.geomspace(1.0, num_timesteps, num_strata + 1)
+    edges = [1]
+    for i in range(1, num_strata + 1):
+        edge = max(int(round(targets[i])), edges[-1] + 1)
+        edges.append(min(edge, num_timesteps - (num_strata - i)))
+    return np.asarray(edges, dtype=np.int64)

@@ -431,9 +431,10 @@ class DiffusionModel(keras.Model):
         image. With `num_steps=n < T` it is an unbiased stratified
         estimate from `n` network calls per image: the prior and `t = 0`
         exact, the timesteps `[1, T)` split into `n - 1` contiguous strata
-        of near-equal size and one `t` drawn uniformly in each (from
-        `seed`, the same for every image), its term weighted by the
-        stratum's size.
+        with geometrically spaced edges (the first ones single timesteps,
+        where the terms are largest: `likelihood.stratified_timesteps`),
+        one `t` drawn uniformly in each (from `seed`, the same for every
+        image), its term weighted by the stratum's size.
 
         Images are processed in order in chunks of `batch_size` (the last
         one padded), each through one compiled loop over the timesteps,

@@ -290,21 +290,27 @@ def test_bits_per_dim_of_the_exact_predictor_and_its_stratified_estimate():
     estimates = [model.bits_per_dim(images, num_steps=10, seed=s, **options) for s in range(150)]
     assert_within_standard_errors(estimates, reference)
     terms = model.bits_per_dim(images, num_steps=4, seed=3, return_terms=True, **options)
-    np.testing.assert_array_equal(terms["weights"], [1, 6, 7, 6])  # [1, 7), [7, 14), [14, 20)
+    np.testing.assert_array_equal(terms["weights"], [1, 2, 4, 13])  # [1, 3), [3, 7), [7, 20): geometric
     t = terms["timesteps"]
-    assert t[0] == 0 and 1 <= t[1] < 7 <= t[2] < 14 <= t[3] < 20
+    assert t[0] == 0 and 1 <= t[1] < 3 <= t[2] < 7 <= t[3] < 20
     assert terms["bpd"] == pytest.approx(terms["prior_bpd"] + np.sum(terms["weights"] * terms["terms_bpd"]), rel=1e-12)
 
 
 def test_stratified_timesteps_cover_every_stratum_uniformly():
     draws = np.array([likelihood.stratified_timesteps(20, 4, seed=s)[0] for s in range(2000)])
-    for column, (low, high) in zip(draws.T[1:], [(1, 7), (7, 14), (14, 20)]):
+    for column, (low, high) in zip(draws.T[1:], [(1, 3), (3, 7), (7, 20)]):
         counts = np.bincount(column - low, minlength=high - low)
         assert len(counts) == high - low and counts.min() > 0.7 * counts.mean()
     timesteps, weights = likelihood.stratified_timesteps(20)
     np.testing.assert_array_equal(timesteps, np.arange(20))
     np.testing.assert_array_equal(weights, np.ones(20))
     np.testing.assert_array_equal(likelihood.stratified_timesteps(20, 20, seed=5)[0], np.arange(20))
+    # Geometric strata: single timesteps first, at least one timestep each, covering [1, T).
+    for num_timesteps, num_strata in [(1000, 49), (1000, 999), (20, 2), (5, 4)]:
+        edges = likelihood.geometric_edges(num_timesteps, num_strata)
+        assert edges[0] == 1 and edges[-1] == num_timesteps and len(edges) == num_strata + 1
+        assert np.all(np.diff(edges) >= 1)
+    np.testing.assert_array_equal(likelihood.geometric_edges(1000, 49)[:12], np.arange(1, 13))
 
 
 def test_bits_per_dim_of_a_unet_on_arrays_and_datasets():
