@@ -217,13 +217,13 @@ class QualityMonitor(keras.callbacks.Callback):
             _append_row(os.path.join(self.run_dir, QUALITY_LOG_FILE), row)
             self.history.append(row)
             plot_metrics(self.history, os.path.join(self.run_dir, QUALITY_PLOT_FILE), self.metric_names,
-                         title=f"{self.num_samples} samples, {_describe(self.sampling)}")
+                         title=f"{self.num_samples} samples, {describe_sampling(self.sampling)}")
 
 
-def _describe(sampling):
-    sampler = sampling.get("sampler", "ddpm")
+def describe_sampling(sampling):
+    """`"ddim, 50 steps"`: a `generate_images` sampling dict in words."""
     steps = sampling.get("num_steps")
-    return f"{sampler} {steps} steps" if steps else sampler
+    return f"{sampling.get('sampler', 'ddpm')}, {'all' if steps is None else steps} steps"
 
 
 def save_atomically(model, path):

@@ -8,6 +8,7 @@ import keras
 
 from ddpm_keras.callbacks import DEFAULT_SAMPLING
 from ddpm_keras.callbacks import QualityMonitor
+from ddpm_keras.callbacks import describe_sampling
 from ddpm_keras.cli import _check_suffix
 from ddpm_keras.cli import _load_model
 from ddpm_keras.cli import _write_json
@@ -51,7 +52,7 @@ def evaluate(args):
     seconds["reference"] = time.perf_counter() - start
     if {"fid", "kid", "is"} & set(metrics):
         tic = time.perf_counter()
-        print(f"Generating {args.num_samples} samples ({_describe_sampling(sampling)})")
+        print(f"Generating {args.num_samples} samples ({describe_sampling(sampling)})")
         images = model.generate_images(args.num_samples, seed=args.seed, batch_size=args.batch_size, **sampling)
         seconds["sampling"] = time.perf_counter() - tic
     if extractor is not None:
@@ -103,11 +104,6 @@ def _print_table(results):
         if key in results:
             std = results.get(f"{key}_std")
             print(f"{label:<16} {results[key]:>12.5g} {'' if std is None else format(std, '.3g'):>10}")
-
-
-def _describe_sampling(sampling):
-    steps = sampling["num_steps"]
-    return f"{sampling['sampler']}, {'all' if steps is None else steps} steps"
 
 
 def _real_images(dataset_name, split, size, data_dir, seed):
