@@ -31,9 +31,11 @@ score = InceptionScore(classifier, splits=4)
 score.update_state(fake)
 monitor = QualityMonitor(real, every=1, num_samples=8, sampling={"sampler": "ddim", "num_steps": 3},
                          feature_extractor=extractor, kid_subset_size=4, verbose=0)
-history = tiny_model(timesteps=10).fit(tiny_images(16), batch_size=8, epochs=1, verbose=0, callbacks=[monitor])
-emit(fid=fid.result(), kid=kid.result(), inception_score=score.result(),
-     logged=[history.history["fid"][0], history.history["kid"][0]])
+# The callback's own work (sampling with the EMA network, the distances, the logs), without a fit.
+monitor.set_model(tiny_model(timesteps=10))
+logs = {"loss": 1.0}
+monitor.on_epoch_end(0, logs)
+emit(fid=fid.result(), kid=kid.result(), inception_score=score.result(), logged=[logs["fid"], logs["kid"]])
 """
 
 
