@@ -211,7 +211,7 @@ def reference_statistics(
         feature_extractor = inception_features()
     identity = extractor_id(feature_extractor)
     print_ = print if verbose else (lambda *args, **kwargs: None)
-    images_id = fingerprint(data)
+    images_id = fingerprint(data) if cache_dir is not False else ""  # a pass over the data only to cache
     path = None
     if cache_dir is not False:
         size = "x".join(images_id.split("-")[0].split("x")[1:3])
