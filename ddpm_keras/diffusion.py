@@ -4,7 +4,9 @@
 (computed once in float64, kept as float32) and implements the forward
 process q and the reverse step p of Ho et al. 2020 with `keras.ops`, so it
 runs on any Keras backend. It knows nothing of networks or training: callers
-hand it the network's noise prediction.
+hand it the network's output, and `split_prediction` turns any of the
+`PREDICTION_TYPES` into the predicted `(x_0, noise)` that every sampler, the
+likelihood and inpainting use.
 """
 
 import numpy as np
@@ -13,6 +15,12 @@ from keras import random
 
 from ddpm_keras.schedules import BETA_SCHEDULES
 from ddpm_keras.schedules import get_beta_schedule
+from ddpm_keras import schedules
+
+# What a network can be trained to predict from `x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps`:
+# the noise `eps` (Ho et al. 2020), the velocity `v = sqrt(ab) eps - sqrt(1 - ab) x_0`
+# (Salimans & Ho 2022), or the data `x_0` itself.
+PREDICTION_TYPES = ("epsilon", "v", "x0")
 
 # Names of the per-timestep terms, as in the paper's reference code and the
 # keras.io example. Each is an attribute holding a float32 tensor `(T,)`.
@@ -47,6 +55,13 @@ def compute_terms(betas):
     alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
     # Variance of q(x_{t-1} | x_t, x_0), Ho et al. eq. 7.
     posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    # With zero terminal SNR (the last alphas_cumprod is 0) the reciprocals
+    # are infinite at T - 1: x_0 cannot be read from the noise there.
+    with np.errstate(divide="ignore"):
+        return _terms(betas, alphas, alphas_cumprod, alphas_cumprod_prev, posterior_variance)
+
+
+def _terms(betas, alphas, alphas_cumprod, alphas_cumprod_prev, posterior_variance):
     return {
         "betas": betas,
         "alphas_cumprod": alphas_cumprod,
@@ -97,6 +112,10 @@ class GaussianDiffusion:
             `-1.0`.
         clip_max: Float, the upper bound of the data range. Defaults to
             `1.0`.
+        rescale_zero_terminal_snr: Boolean, rescale the betas so that the
+            last step is pure noise (Lin et al. 2023, Algorithm 1;
+            `schedules.rescale_zero_terminal_snr`). Train such a diffusion
+            with `prediction_type="v"`. Defaults to `False`.
 
     Every term in `TERM_NAMES` (`betas`, `alphas_cumprod`, ...,
     `posterior_mean_coef2`) is an attribute: a float32 tensor of shape
@@ -118,6 +137,7 @@ class GaussianDiffusion:
         beta_end=0.02,
         clip_min=-1.0,
         clip_max=1.0,
+        rescale_zero_terminal_snr=False,
     ):
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(
@@ -130,6 +150,9 @@ class GaussianDiffusion:
                 f"Received: clip_min={clip_min}, clip_max={clip_max}"
             )
         betas = get_beta_schedule(beta_schedule, timesteps, beta_start, beta_end)
+        if rescale_zero_terminal_snr:
+            betas = schedules.rescale_zero_terminal_snr(betas)
+        self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
         self.beta_schedule = beta_schedule
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
@@ -168,6 +191,7 @@ class GaussianDiffusion:
             )
         diffusion = cls.__new__(cls)
         diffusion.beta_schedule = "custom"
+        diffusion.rescale_zero_terminal_snr = False
         diffusion.beta_start = float(betas[0])
         diffusion.beta_end = float(betas[-1])
         diffusion._set_betas(betas, clip_min, clip_max)
@@ -180,6 +204,16 @@ class GaussianDiffusion:
         self.terms_float64 = compute_terms(betas)
         for name, value in self.terms_float64.items():
             setattr(self, name, ops.convert_to_tensor(value.astype(np.float32)))
+
+    @property
+    def zero_terminal_snr(self):
+        """Whether `x_T` holds no signal at all (`alphas_cumprod[T - 1] == 0`)."""
+        return bool(self.terms_float64["alphas_cumprod"][-1] == 0.0)
+
+    def snr(self):
+        """The signal-to-noise ratio `ab / (1 - ab)` per timestep, a float64 NumPy array `(T,)`."""
+        alphas_cumprod = self.terms_float64["alphas_cumprod"]
+        return alphas_cumprod / (1.0 - alphas_cumprod)
 
     @property
     def timesteps(self):
@@ -216,10 +250,66 @@ class GaussianDiffusion:
         )
 
     def predict_noise_from_start(self, x_t, t, x_start):
-        """The noise implied by `x_t` and `x_0`, the inverse of `predict_start_from_noise`."""
+        """The noise implied by `x_t` and `x_0`: `(x_t - sqrt(ab_t) x_0) / sqrt(1 - ab_t)`.
+
+        The inverse of `predict_start_from_noise`, defined at every step
+        (also where `ab_t = 0`).
+        """
         return (
-            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x_start
-        ) / self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+            x_t - self._extract(self.sqrt_alphas_cumprod, t, x_t) * x_start
+        ) / self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def prediction_target(self, x_start, noise, t, prediction_type="epsilon"):
+        """What a network of `prediction_type` is trained to output for `x_t = q_sample(x_start, t, noise)`.
+
+        `"epsilon"`: `noise`; `"x0"`: `x_start`; `"v"`:
+        `sqrt(ab_t) noise - sqrt(1 - ab_t) x_start` (Salimans & Ho 2022).
+        """
+        check_prediction_type(prediction_type)
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "x0":
+            return x_start
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_start) * noise
+            - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+        )
+
+    def split_prediction(self, model_output, x_t, t, prediction_type="epsilon"):
+        """The `(x_0, noise)` that a network's output at `(x_t, t)` stands for.
+
+        The one conversion every sampler, inpainting, DDIM inversion and the
+        likelihood go through, so each works with each prediction type:
+
+        - `"epsilon"`: `noise = output`, `x_0 = (x_t - sqrt(1 - ab) noise) / sqrt(ab)`
+          (undefined where `ab = 0`: zero terminal SNR needs another type);
+        - `"x0"`: `x_0 = output`, `noise = (x_t - sqrt(ab) x_0) / sqrt(1 - ab)`;
+        - `"v"`: `x_0 = sqrt(ab) x_t - sqrt(1 - ab) v`,
+          `noise = sqrt(1 - ab) x_t + sqrt(ab) v`.
+
+        Args:
+            model_output: The network's output, shaped as `x_t`.
+            x_t: The noisy images.
+            t: Integer tensor `(batch,)` of timesteps of this diffusion.
+            prediction_type: One of `PREDICTION_TYPES`. Defaults to
+                `"epsilon"`.
+
+        Returns:
+            `(x_0, noise)`, each shaped as `x_t`; `x_t == sqrt(ab) x_0 +
+            sqrt(1 - ab) noise`.
+        """
+        check_prediction_type(prediction_type)
+        model_output = ops.cast(model_output, x_t.dtype)
+        if prediction_type == "epsilon":
+            return self.predict_start_from_noise(x_t, t, model_output), model_output
+        if prediction_type == "x0":
+            return model_output, self.predict_noise_from_start(x_t, t, model_output)
+        sqrt_ab = self._extract(self.sqrt_alphas_cumprod, t, x_t)
+        sqrt_one_minus_ab = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return (
+            sqrt_ab * x_t - sqrt_one_minus_ab * model_output,
+            sqrt_one_minus_ab * x_t + sqrt_ab * model_output,
+        )
 
     def q_posterior(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of `q(x_{t-1} | x_t, x_0)`."""
@@ -284,6 +374,7 @@ class GaussianDiffusion:
             "beta_end": self.beta_end,
             "clip_min": self.clip_min,
             "clip_max": self.clip_max,
+            "rescale_zero_terminal_snr": self.rescale_zero_terminal_snr,
         }
 
     @classmethod
@@ -295,3 +386,12 @@ class GaussianDiffusion:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"GaussianDiffusion({args})"
+
+
+def check_prediction_type(prediction_type):
+    """Raises a `ValueError` unless `prediction_type` is one of `PREDICTION_TYPES`."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"Unknown prediction_type: {prediction_type!r}. Expected one of {PREDICTION_TYPES} "
+            "(what the network predicts: the noise, the velocity v or the clean image)."
+        )

@@ -9,7 +9,10 @@ from ddpm_keras._checks import check_positive_int
 from ddpm_keras import likelihood
 from ddpm_keras import sampling
 from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.diffusion import check_prediction_type
 from ddpm_keras.distribute import num_replicas_in_sync
+
+LOSS_WEIGHTINGS = (None, "min_snr")
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
@@ -34,6 +37,21 @@ class DiffusionModel(keras.Model):
         ema: Float in `[0, 1]`, the EMA decay. Defaults to `0.999`.
         seed: Integer or `None`, the seed of the training noise and
             timesteps. Defaults to `None` (random).
+        prediction_type: `"epsilon"` (the noise, Ho et al. 2020), `"v"`
+            (`sqrt(ab) eps - sqrt(1 - ab) x_0`, Salimans & Ho 2022) or
+            `"x0"`: what `network` is trained to output. Every sampler and
+            the likelihood read it through
+            `GaussianDiffusion.split_prediction`. Defaults to `"epsilon"`.
+        loss_weighting: `None` (every timestep alike) or `"min_snr"`: each
+            example's loss is weighted by min-SNR-gamma (Hang et al. 2023),
+            the weight that matches `prediction_type`:
+            `min(SNR, gamma) / SNR` for epsilon, `min(SNR, gamma)` for x0,
+            `min(SNR, gamma) / (SNR + 1)` for v. Defaults to `None`.
+        snr_gamma: Float > 0, min-SNR's `gamma`. Defaults to `5.0`.
+        ema_warmup: Boolean, start the EMA decay low and raise it to `ema`:
+            `min(ema, (1 + n) / (10 + n))` after `n` optimizer steps, so the
+            shadow network follows the network early in training instead of
+            averaging in its random start. Defaults to `False`.
 
     Call arguments:
         inputs: `[x_t, t]`: noisy images and int timesteps `(batch,)`.
@@ -49,7 +67,19 @@ class DiffusionModel(keras.Model):
     >>> images = model.generate_images(num_images=16, seed=0)
     """
 
-    def __init__(self, network, diffusion, ema_network=None, ema=0.999, seed=None, **kwargs):
+    def __init__(
+        self,
+        network,
+        diffusion,
+        ema_network=None,
+        ema=0.999,
+        seed=None,
+        prediction_type="epsilon",
+        loss_weighting=None,
+        snr_gamma=5.0,
+        ema_warmup=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(diffusion, GaussianDiffusion):
             raise TypeError(
@@ -58,6 +88,20 @@ class DiffusionModel(keras.Model):
             )
         if not 0.0 <= ema <= 1.0:
             raise ValueError(f"ema must be in [0, 1]. Received: ema={ema}")
+        check_prediction_type(prediction_type)
+        if prediction_type == "epsilon" and diffusion.zero_terminal_snr:
+            raise ValueError(
+                "prediction_type='epsilon' is ill-posed with zero terminal SNR: at t = T - 1 the noise is "
+                "x_T itself and says nothing about x_0. Use prediction_type='v' (or 'x0'). "
+                "Received: a diffusion with alphas_cumprod[T - 1] == 0"
+            )
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"Unknown loss_weighting: {loss_weighting!r}. Expected one of {LOSS_WEIGHTINGS} "
+                "(None: every timestep alike; 'min_snr': min-SNR-gamma, Hang et al. 2023)."
+            )
+        if isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float)) or not snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be a positive float, e.g. 5.0. Received: snr_gamma={snr_gamma!r}")
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
             ema_network.set_weights(network.get_weights())
@@ -68,6 +112,10 @@ class DiffusionModel(keras.Model):
         self.diffusion = diffusion
         self.ema = float(ema)
         self.seed = seed
+        self.prediction_type = prediction_type
+        self.loss_weighting = loss_weighting
+        self.snr_gamma = float(snr_gamma)
+        self.ema_warmup = bool(ema_warmup)
         self.seed_generator = keras.random.SeedGenerator(seed, name="train_seed")
         # Validation draws its noise and timesteps from a generator that is
         # reset at the start of every evaluation: losses compare across epochs.
@@ -572,6 +620,10 @@ class DiffusionModel(keras.Model):
             "diffusion": self.diffusion.get_config(),
             "ema": self.ema,
             "seed": self.seed,
+            "prediction_type": self.prediction_type,
+            "loss_weighting": self.loss_weighting,
+            "snr_gamma": self.snr_gamma,
+            "ema_warmup": self.ema_warmup,
         }
 
     @classmethod
