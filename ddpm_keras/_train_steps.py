@@ -1,7 +1,9 @@
 """The backend-specific parts of `DiffusionModel`: one training step per backend and the compiled sampler.
 
-Everything else of training (`noisy_batch`, `compute_loss`, `update_ema`)
-is `keras.ops` code on the model, shared by the three backends:
+Everything else of training (`training_batch`: the draws, the target of the
+prediction type and the loss weights; `compute_loss`; `update_ema` and its
+warm-up decay) is `keras.ops` code on the model, shared by the three
+backends:
 
 - TensorFlow: `tf.GradientTape`; under a `tf.distribute` strategy each
   replica folds its id into the step's seed (its own timesteps and noise)
@@ -71,11 +73,11 @@ def tensorflow_train_step(model, data):
     import tensorflow as tf
 
     images = images_from(data)
-    x_t, t, noise = model.noisy_batch(images, _tf_replica_seed(model.seed_generator))
+    x_t, t, target, weights = model.training_batch(images, _tf_replica_seed(model.seed_generator))
     trainable = model.network.trainable_variables
     with tf.GradientTape() as tape:
-        pred_noise = model.network([x_t, t], training=True)
-        loss = model.compute_loss(y=noise, y_pred=pred_noise, training=True)
+        prediction = model.network([x_t, t], training=True)
+        loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=True)
         scaled_loss = model.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, trainable)
     model.optimizer.apply_gradients(zip(gradients, trainable))
@@ -86,9 +88,9 @@ def tensorflow_train_step(model, data):
 
 def tensorflow_test_step(model, data):
     images = images_from(data)
-    x_t, t, noise = model.noisy_batch(images, _tf_replica_seed(model.eval_seed_generator))
-    pred_noise = model.network([x_t, t], training=False)
-    loss = model.compute_loss(y=noise, y_pred=pred_noise, training=False)
+    x_t, t, target, weights = model.training_batch(images, _tf_replica_seed(model.eval_seed_generator))
+    prediction = model.network([x_t, t], training=False)
+    loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=False)
     _track_loss(model, loss, images)
     return _logs(model)
 
@@ -115,7 +117,8 @@ def _tf_update_ema(model):
 
     In replica context a plain `assign` would write each device's copy from
     that replica alone; `strategy.extended.update` writes every copy of each
-    mirrored EMA weight from the (synchronised) network weight on its device.
+    mirrored EMA weight from the (synchronised) network weight on its device,
+    with the decay of `model.ema_decay()`.
     """
     import tensorflow as tf
 
@@ -125,7 +128,9 @@ def _tf_update_ema(model):
         return
 
     def update(strategy):
-        decay = model.ema
+        # The step count was advanced by the optimizer update before this
+        # merge: the same decay as `model.update_ema()`.
+        decay = model.ema_decay()
 
         def assign(ema_weight, weight):
             return ema_weight.assign(decay * ema_weight + (1.0 - decay) * tf.cast(weight, ema_weight.dtype))
@@ -157,15 +162,16 @@ def jax_train_step(model, state, data):
     images = images_from(data)
     # The seed generator's state is a non-trainable variable: the draw
     # advances it in the returned state.
-    (x_t, t, noise), non_trainable = _run_stateless(
+    (x_t, t, target, weights), non_trainable = _run_stateless(
         model.non_trainable_variables, non_trainable,
-        lambda: model.noisy_batch(images, model.seed_generator),
+        lambda: model.training_batch(images, model.seed_generator),
     )
 
     def loss_fn(trainable, non_trainable):
-        pred_noise, non_trainable = model.stateless_call(trainable, non_trainable, [x_t, t], training=True)
+        prediction, non_trainable = model.stateless_call(trainable, non_trainable, [x_t, t], training=True)
         loss, (_, non_trainable, _) = model.stateless_compute_loss(
-            trainable, non_trainable, metrics_variables, y=noise, y_pred=pred_noise, training=True
+            trainable, non_trainable, metrics_variables, y=target, y_pred=prediction, sample_weight=weights,
+            training=True,
         )
         scaled_loss, _ = _run_stateless(
             model.optimizer.variables, optimizer_variables, lambda: model.optimizer.scale_loss(loss)
@@ -180,14 +186,20 @@ def jax_train_step(model, state, data):
     )
 
     # The EMA (non-trainable) moves towards the new trainable values; the
-    # loss tracker's variables update in the same scope.
+    # loss tracker's variables update in the same scope. The optimizer's
+    # variables are read (not written) there: its new step count sets the
+    # EMA warm-up's decay.
     def finish():
         model.update_ema()
         _track_loss(model, loss, images)
         return _logs(model)
 
     variables = model.trainable_variables + model.non_trainable_variables + model.metrics_variables
-    logs, values = _run_stateless(variables, trainable + non_trainable + metrics_variables, finish)
+    logs, values = _run_stateless(
+        variables + model.optimizer.variables,
+        trainable + non_trainable + metrics_variables + list(optimizer_variables),
+        finish,
+    )
     num_trainable, num_non_trainable = len(trainable), len(non_trainable)
     non_trainable = values[num_trainable : num_trainable + num_non_trainable]
     metrics_variables = values[num_trainable + num_non_trainable :]
@@ -212,9 +224,9 @@ def jax_test_step(model, state, data):
 def _eager_test_step(model, data):
     """The validation step as stateful `keras.ops` code (PyTorch; JAX inside a StatelessScope)."""
     images = images_from(data)
-    x_t, t, noise = model.noisy_batch(images, model.eval_seed_generator)
-    pred_noise = model.network([x_t, t], training=False)
-    loss = model.compute_loss(y=noise, y_pred=pred_noise, training=False)
+    x_t, t, target, weights = model.training_batch(images, model.eval_seed_generator)
+    prediction = model.network([x_t, t], training=False)
+    loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=False)
     _track_loss(model, loss, images)
     return _logs(model)
 
@@ -226,10 +238,10 @@ def torch_train_step(model, data):
     import torch
 
     images = images_from(data)
-    x_t, t, noise = model.noisy_batch(images, model.seed_generator)
+    x_t, t, target, weights = model.training_batch(images, model.seed_generator)
     model.zero_grad()
-    pred_noise = model.network([x_t, t], training=True)
-    loss = model.compute_loss(y=noise, y_pred=pred_noise, training=True)
+    prediction = model.network([x_t, t], training=True)
+    loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=True)
     model.optimizer.scale_loss(loss).backward()
     trainable = model.network.trainable_variables
     gradients = [v.value.grad for v in trainable]
@@ -270,7 +282,7 @@ def random_seed(seed):
 
 
 def compile_chain(model, chain):
-    """`run(seed, *inputs)` running `chain(eps_fn, noise_fn, *inputs)` with the EMA network, compiled per backend."""
+    """`run(seed, *inputs)` running `chain(model_fn, noise_fn, *inputs)` with the EMA network, compiled per backend."""
     backend = keras.backend.backend()
     if backend == "jax":
         return _jax_compile_chain(model, chain)
@@ -289,14 +301,14 @@ def reset_seed(seed_generator, seed):
     seed_generator.state.assign(ops.convert_to_tensor([seed, 0], dtype=seed_generator.state.dtype))
 
 
-def _stateless_eps(network, trainable, non_trainable):
-    """`eps_fn(x, t)`: the network with the given weight values, which a compiled chain takes as arguments."""
+def _stateless_model_fn(network, trainable, non_trainable):
+    """`model_fn(x, t)`: the network with the given weight values, which a compiled chain takes as arguments."""
 
-    def eps_fn(x, t):
+    def model_fn(x, t):
         outputs, _ = network.stateless_call(trainable, non_trainable, [x, t], training=False)
         return outputs
 
-    return eps_fn
+    return model_fn
 
 
 def _tf_compile_chain(model, chain):
@@ -315,7 +327,7 @@ def _tf_compile_chain(model, chain):
             step_seed = tf.stack([seed, tf.cast(step, "int32")])
             return keras.random.normal(shape, seed=_DrawnSeed(step_seed))
 
-        return chain(_stateless_eps(network, trainable, non_trainable), noise_fn, *inputs)
+        return chain(_stateless_model_fn(network, trainable, non_trainable), noise_fn, *inputs)
 
     compiled = tf.function(fn, jit_compile=True, autograph=False)
 
@@ -342,7 +354,7 @@ def _jax_compile_chain(model, chain):
             data = jax.lax.convert_element_type(jnp.asarray(step, jnp.int32), jnp.uint32)
             return jax.random.normal(jax.random.fold_in(key, data), shape, dtype="float32")
 
-        return chain(_stateless_eps(network, trainable, non_trainable), noise_fn, *inputs)
+        return chain(_stateless_model_fn(network, trainable, non_trainable), noise_fn, *inputs)
 
     jitted = jax.jit(compiled)
 
@@ -359,18 +371,25 @@ def _jax_compile_chain(model, chain):
 
 
 def _torch_compile_chain(model, chain):
-    """Eager under `torch.no_grad()`; the noise comes from the model's sample seed generator, reset per call."""
+    """Eager under `torch.no_grad()`; each draw's noise comes from a seed derived from `(seed, step)`.
+
+    Stateless like the other backends, so a chain run in segments draws the
+    same noise as in one piece.
+    """
     import torch
 
-    def eps_fn(x, t):
+    def model_fn(x, t):
         return model.ema_network([x, t], training=False)
 
-    def noise_fn(shape, step):
-        return keras.random.normal(shape, seed=model.sample_seed_generator)
-
     def run(seed, *inputs):
-        reset_seed(model.sample_seed_generator, random_seed(seed))
+        seed = random_seed(seed)
+
+        def noise_fn(shape, step):
+            # Keras seeds a torch generator with the sum of the two words.
+            step_seed = (seed * 1_000_003 + int(step) + 1) % (2**31 - 1)
+            return keras.random.normal(shape, seed=_DrawnSeed(ops.convert_to_tensor([step_seed, 0], "int32")))
+
         with torch.no_grad():
-            return chain(eps_fn, noise_fn, *inputs)
+            return chain(model_fn, noise_fn, *inputs)
 
     return run

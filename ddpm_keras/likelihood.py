@@ -19,7 +19,7 @@ term is the mean over the `H * W * C` dimensions divided by `ln 2`: bits
 per dimension, as Ho et al. and improved-diffusion report.
 
 `vb_terms_loop` evaluates the terms of a list of timesteps as one
-`keras.ops.fori_loop`, with the samplers' interface (`eps_fn(x_t, t)`,
+`keras.ops.fori_loop`, with the samplers' interface (`model_fn(x_t, t)`,
 `noise_fn(shape, step)`; see `ddpm_keras.sampling`), so a caller compiles
 it once; `stratified_timesteps` chooses the timesteps of an exact bound or
 of an unbiased estimate from fewer network calls. Everything is written in
@@ -32,6 +32,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras._checks import is_int
+from ddpm_keras.diffusion import check_prediction_type
 
 MODEL_VARIANCES = ("fixedsmall", "fixedlarge")
 NUM_BINS = 256
@@ -191,12 +192,20 @@ def prior_bpd(diffusion, x_0):
     return _mean_flat_bits(normal_kl(mean, log_variance, 0.0, 0.0))
 
 
-def vb_terms_bpd(diffusion, pred_noise, x_0, x_t, t, clip_denoised=True, model_variance="fixedsmall"):
+def vb_terms_bpd(
+    diffusion, model_output, x_0, x_t, t, clip_denoised=True, model_variance="fixedsmall", prediction_type="epsilon"
+):
     """The terms `L_{t-1}` (t > 0) and `L_0` (t = 0) of the bound for one draw of `x_t`, per image.
+
+    The reverse step's mean is the posterior mean `q_posterior(x_0', x_t, t)`
+    of the `x_0'` that the network's output stands for
+    (`diffusion.split_prediction`), clipped to the data range when
+    `clip_denoised`.
 
     Args:
         diffusion: A `GaussianDiffusion`.
-        pred_noise: The network's noise prediction for `x_t` at `t`.
+        model_output: The network's output for `x_t` at `t`: the predicted
+            noise, `v` or `x_0`, as `prediction_type` says.
         x_0: The images `(B, H, W, C)`, in the data range.
         x_t: `q_sample(x_0, t, noise)`.
         t: Int tensor `(B,)` of timesteps in `[0, T)`.
@@ -204,6 +213,8 @@ def vb_terms_bpd(diffusion, pred_noise, x_0, x_t, t, clip_denoised=True, model_v
             before putting it in the posterior. Defaults to `True`.
         model_variance: One of `MODEL_VARIANCES`, see
             `model_log_variance`. Defaults to `"fixedsmall"`.
+        prediction_type: One of `diffusion.PREDICTION_TYPES`, what the
+            network predicts. Defaults to `"epsilon"`.
 
     Returns:
         A float32 tensor `(B,)` in bits per dimension: where `t > 0`,
@@ -211,9 +222,10 @@ def vb_terms_bpd(diffusion, pred_noise, x_0, x_t, t, clip_denoised=True, model_v
         the decoder's `-log p(x_0 | x_1)`.
     """
     true_mean, _, true_log_variance = diffusion.q_posterior(x_0, x_t, t)
-    model_mean, _, _ = diffusion.p_mean_variance(
-        ops.cast(pred_noise, x_t.dtype), x_t, t, clip_denoised=clip_denoised
-    )
+    x_0_pred, _ = diffusion.split_prediction(model_output, x_t, t, prediction_type)
+    if clip_denoised:
+        x_0_pred = ops.clip(x_0_pred, diffusion.clip_min, diffusion.clip_max)
+    model_mean, _, _ = diffusion.q_posterior(x_0_pred, x_t, t)
     log_variance = _gather(model_log_variance(diffusion, model_variance), t, x_t)
     kl = _mean_flat_bits(normal_kl(true_mean, true_log_variance, model_mean, log_variance))
     decoder_nll = -_mean_flat_bits(
@@ -224,17 +236,21 @@ def vb_terms_bpd(diffusion, pred_noise, x_0, x_t, t, clip_denoised=True, model_v
     return ops.where(ops.equal(ops.cast(t, "int32"), 0), decoder_nll, kl)
 
 
-def vb_terms_loop(eps_fn, noise_fn, diffusion, x_0, timesteps, clip_denoised=True, model_variance="fixedsmall"):
+def vb_terms_loop(
+    model_fn, noise_fn, diffusion, x_0, timesteps, clip_denoised=True, model_variance="fixedsmall",
+    prediction_type="epsilon",
+):
     """The bound's terms at `timesteps` for a batch, as one `keras.ops.fori_loop`.
 
     Step `i` draws `noise = noise_fn(x_0.shape, i)`, diffuses
-    `x_t = q_sample(x_0, t_i, noise)`, calls `eps_fn(x_t, t_i)` and
+    `x_t = q_sample(x_0, t_i, noise)`, calls `model_fn(x_t, t_i)` and
     evaluates `vb_terms_bpd`. The timesteps are a tensor input, so one
     compiled loop serves every choice of `n` timesteps.
 
     Args:
-        eps_fn: Callable `(x_t, t) -> predicted noise`, `t` an int32
-            tensor `(B,)` of training timesteps.
+        model_fn: Callable `(x_t, t) -> the network's output` (the noise,
+            `v` or `x_0` of `prediction_type`), `t` an int32 tensor `(B,)`
+            of training timesteps.
         noise_fn: Callable `(shape, step) -> standard normal noise`, a
             distinct `step` per draw.
         diffusion: A `GaussianDiffusion`.
@@ -243,6 +259,8 @@ def vb_terms_loop(eps_fn, noise_fn, diffusion, x_0, timesteps, clip_denoised=Tru
         clip_denoised: Boolean. Defaults to `True`.
         model_variance: One of `MODEL_VARIANCES`. Defaults to
             `"fixedsmall"`.
+        prediction_type: One of `diffusion.PREDICTION_TYPES`. Defaults to
+            `"epsilon"`.
 
     Returns:
         A float32 tensor `(n, B)`: row `i` is the term of `timesteps[i]`
@@ -250,10 +268,11 @@ def vb_terms_loop(eps_fn, noise_fn, diffusion, x_0, timesteps, clip_denoised=Tru
 
     Example:
 
-    >>> terms = vb_terms_loop(eps_fn, noise_fn, diffusion, images, np.arange(diffusion.num_timesteps))
+    >>> terms = vb_terms_loop(model_fn, noise_fn, diffusion, images, np.arange(diffusion.num_timesteps))
     >>> bpd = ops.sum(terms, axis=0) + prior_bpd(diffusion, images)  # the bound per image
     """
     check_model_variance(model_variance)
+    check_prediction_type(prediction_type)
     x_0 = ops.cast(ops.convert_to_tensor(x_0), "float32")
     timesteps = ops.cast(ops.convert_to_tensor(timesteps), "int32")
     num_steps, batch = timesteps.shape[0], x_0.shape[0]
@@ -261,7 +280,7 @@ def vb_terms_loop(eps_fn, noise_fn, diffusion, x_0, timesteps, clip_denoised=Tru
     def step(i, terms):
         t = ops.broadcast_to(ops.take(timesteps, i), (batch,))
         x_t = diffusion.q_sample(x_0, t, ops.cast(noise_fn(x_0.shape, i), "float32"))
-        term = vb_terms_bpd(diffusion, eps_fn(x_t, t), x_0, x_t, t, clip_denoised, model_variance)
+        term = vb_terms_bpd(diffusion, model_fn(x_t, t), x_0, x_t, t, clip_denoised, model_variance, prediction_type)
         return ops.slice_update(terms, (i, 0), ops.reshape(ops.cast(term, "float32"), (1, batch)))
 
     return ops.fori_loop(0, num_steps, step, ops.zeros((num_steps, batch), "float32"))

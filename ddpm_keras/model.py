@@ -7,29 +7,33 @@ from keras import ops
 from ddpm_keras import _train_steps
 from ddpm_keras._checks import check_positive_int
 from ddpm_keras import likelihood
-from ddpm_keras import sampling
+from ddpm_keras import objectives
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import check_prediction_type
 from ddpm_keras.distribute import num_replicas_in_sync
-
-LOSS_WEIGHTINGS = (None, "min_snr")
+from ddpm_keras.generation import GenerationMixin
+from ddpm_keras.generation import derived_seed
+from ddpm_keras.objectives import LOSS_WEIGHTINGS  # noqa: F401 - also importable from here
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
-class DiffusionModel(keras.Model):
+class DiffusionModel(GenerationMixin, keras.Model):
     """A DDPM: a noise-prediction network, its EMA shadow and the diffusion.
 
     `fit` trains `network` on the simplified objective of Ho et al. 2020:
     for each image a timestep `t ~ U[0, T)` and noise `eps ~ N(0, I)` are
     drawn, `x_t = q_sample(x_0, t, eps)`, and the compiled loss (the mean
-    squared error by default) between `eps` and `network([x_t, t])` is
-    minimised. After each optimizer step every weight of `ema_network` moves
-    towards the network's: `ema_w = ema * ema_w + (1 - ema) * w`. Samples
-    come from the EMA network.
+    squared error by default) between the target of `prediction_type`
+    (`diffusion.prediction_target(x_0, eps, t)`: `eps` itself by default)
+    and `network([x_t, t])` is minimised, each example weighted by
+    `loss_weighting`. After each optimizer step every weight of
+    `ema_network` moves towards the network's:
+    `ema_w = decay * ema_w + (1 - decay) * w`, `decay = ema` (or its
+    warm-up, `ema_warmup`). Samples come from the EMA network.
 
     Args:
-        network: A Keras model `[x_t, t] -> predicted noise`, such as
-            `build_unet(...)`.
+        network: A Keras model `[x_t, t] -> prediction` (the noise, `v`
+            or `x_0`, as `prediction_type` says), such as `build_unet(...)`.
         diffusion: A `GaussianDiffusion`.
         ema_network: A model of the same structure, holding the exponential
             moving average of the weights. Defaults to `None`: a clone of
@@ -46,7 +50,11 @@ class DiffusionModel(keras.Model):
             example's loss is weighted by min-SNR-gamma (Hang et al. 2023),
             the weight that matches `prediction_type`:
             `min(SNR, gamma) / SNR` for epsilon, `min(SNR, gamma)` for x0,
-            `min(SNR, gamma) / (SNR + 1)` for v. Defaults to `None`.
+            `min(SNR, gamma) / (SNR + 1)` for v
+            (`objectives.min_snr_weights`). With the default loss, the mean
+            over the batch of each example's weight times its mean squared
+            error over pixels; a compiled Keras loss gets the weights as
+            `sample_weight`, shaped `(batch, 1, 1, 1)`. Defaults to `None`.
         snr_gamma: Float > 0, min-SNR's `gamma`. Defaults to `5.0`.
         ema_warmup: Boolean, start the EMA decay low and raise it to `ema`:
             `min(ema, (1 + n) / (10 + n))` after `n` optimizer steps, so the
@@ -55,7 +63,7 @@ class DiffusionModel(keras.Model):
 
     Call arguments:
         inputs: `[x_t, t]`: noisy images and int timesteps `(batch,)`.
-            Returns the training network's noise prediction. A tensor of
+            Returns the training network's prediction. A tensor of
             images alone is taken at `t = 0`.
 
     Example:
@@ -95,13 +103,8 @@ class DiffusionModel(keras.Model):
                 "x_T itself and says nothing about x_0. Use prediction_type='v' (or 'x0'). "
                 "Received: a diffusion with alphas_cumprod[T - 1] == 0"
             )
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
-                f"Unknown loss_weighting: {loss_weighting!r}. Expected one of {LOSS_WEIGHTINGS} "
-                "(None: every timestep alike; 'min_snr': min-SNR-gamma, Hang et al. 2023)."
-            )
-        if isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float)) or not snr_gamma > 0:
-            raise ValueError(f"snr_gamma must be a positive float, e.g. 5.0. Received: snr_gamma={snr_gamma!r}")
+        objectives.check_loss_weighting(loss_weighting)
+        snr_gamma = objectives.check_snr_gamma(snr_gamma)
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
             ema_network.set_weights(network.get_weights())
@@ -114,13 +117,19 @@ class DiffusionModel(keras.Model):
         self.seed = seed
         self.prediction_type = prediction_type
         self.loss_weighting = loss_weighting
-        self.snr_gamma = float(snr_gamma)
+        self.snr_gamma = snr_gamma
         self.ema_warmup = bool(ema_warmup)
+        # The loss weight of each timestep (float64 math, gathered per
+        # example in the training step), or None: every timestep alike.
+        weights = objectives.timestep_weights(diffusion, prediction_type, loss_weighting, snr_gamma)
+        self._timestep_weights = None if weights is None else weights.astype(np.float32)
         self.seed_generator = keras.random.SeedGenerator(seed, name="train_seed")
         # Validation draws its noise and timesteps from a generator that is
         # reset at the start of every evaluation: losses compare across epochs.
         self.eval_seed = 0 if seed is None else int(seed)
         self.eval_seed_generator = keras.random.SeedGenerator(self.eval_seed, name="eval_seed")
+        # Unused since sampling draws from seeds derived per step; kept so
+        # that the model's variables, and so its saved files, stay the same.
         self.sample_seed_generator = keras.random.SeedGenerator(0, name="sample_seed")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # Epochs completed, saved with the weights so that a checkpoint says
@@ -151,21 +160,95 @@ class DiffusionModel(keras.Model):
         return self.network([x_t, t], training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The compiled loss between the true and predicted noise; MSE if none was compiled."""
+        """The loss between the training target and the network's output, each example weighted.
+
+        Prediction and target are cast to float32 first (mixed precision).
+        With no compiled loss: `mean_i(w_i * mean_pixels((y_i - y_pred_i)^2))`
+        (`w_i = 1` without `sample_weight`), plus the layers' added losses.
+        With a compiled Keras loss: that loss, given `sample_weight` reshaped
+        to `(batch, 1, 1, 1)`, which broadcasts against the values of a loss
+        per pixel (every built-in regression loss: MSE, MAE, Huber, ...).
+        Under a `tf.distribute` strategy both are this replica's share of
+        the global mean, as Keras's compiled losses are.
+
+        Args:
+            x: Unused.
+            y: The target, `diffusion.prediction_target(...)`; `None` in
+                Keras's symbolic build (zeros are used).
+            y_pred: The network's output.
+            sample_weight: `None` or a float tensor `(batch,)`, the weight
+                of each example (see `training_batch`).
+            training: Boolean.
+
+        Returns:
+            A float32 scalar tensor.
+        """
         if y is None:
             # Keras's symbolic build of a compiled loss passes no target; the
-            # target of the denoising loss is the noise, shaped as y_pred.
+            # target of the denoising loss is shaped as y_pred.
             y = ops.zeros_like(y_pred)
+        y, y_pred = ops.cast(y, "float32"), ops.cast(y_pred, "float32")
         if self.loss is None:
-            loss = ops.mean(ops.square(ops.cast(y, "float32") - ops.cast(y_pred, "float32")))
+            per_example = ops.mean(ops.square(y - y_pred), axis=tuple(range(1, len(y_pred.shape))))
+            if sample_weight is not None:
+                per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            loss = ops.mean(per_example)
             for extra in self.losses:
                 loss = loss + ops.cast(ops.sum(extra), "float32")
             # As Keras's compiled losses: this replica's share of the global
             # mean under a tf.distribute strategy (the gradients are summed).
             return loss / float(num_replicas_in_sync())
+        _check_compiled_loss(self.loss)
+        if sample_weight is not None:
+            # A (batch,) weight would broadcast against the last axis of the per-pixel values.
+            sample_weight = ops.reshape(
+                ops.cast(sample_weight, "float32"), (-1,) + (1,) * (len(y_pred.shape) - 1)
+            )
         return super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
+
+    def timestep_weights(self, t):
+        """The loss weight of each example from its timestep, or `None` without `loss_weighting`.
+
+        Args:
+            t: Int tensor `(batch,)` of timesteps in `[0, T)`.
+
+        Returns:
+            `None`, or a float32 tensor `(batch,)`: the float64 table of
+            `objectives.timestep_weights` (rounded to float32) gathered at
+            `t`.
+
+        Example:
+
+        >>> model = DiffusionModel(network, diffusion, prediction_type="v", loss_weighting="min_snr")
+        >>> model.timestep_weights(ops.convert_to_tensor([0, 999]))
+        """
+        if self._timestep_weights is None:
+            return None
+        return ops.take(ops.convert_to_tensor(self._timestep_weights), ops.cast(t, "int32"), axis=0)
+
+    def training_batch(self, images, seed):
+        """One batch of the denoising objective: `(x_t, t, target, weights)`.
+
+        Draws `(x_t, t, eps)` with `noisy_batch`; `target` is
+        `diffusion.prediction_target(images, eps, t, prediction_type)` and
+        `weights` is `timestep_weights(t)` (`None` when unweighted). The
+        training and validation steps of every backend take their loss
+        from it: `compute_loss(y=target, y_pred=network([x_t, t]),
+        sample_weight=weights)`.
+
+        Args:
+            images: Float tensor `(batch, H, W, C)`, the clean images `x_0`.
+            seed: A `keras.random.SeedGenerator` (or what `keras.random`
+                takes as a seed), as in `noisy_batch`.
+
+        Returns:
+            `(x_t, t, target, weights)`.
+        """
+        x_t, t, noise = self.noisy_batch(images, seed)
+        target = self.diffusion.prediction_target(images, noise, t, self.prediction_type)
+        return x_t, t, target, self.timestep_weights(t)
 
     def noisy_batch(self, images, seed):
         """Draws `t ~ U[0, T)` and `eps ~ N(0, I)`; returns `(x_t, t, eps)`."""
@@ -185,10 +268,38 @@ class DiffusionModel(keras.Model):
         """
         return _train_steps.step_for(_train_steps.TRAIN_STEPS, "fit")(self, *args)
 
-    def update_ema(self):
-        """Moves every EMA weight towards the network's: `ema * ema_w + (1 - ema) * w`."""
+    def ema_decay(self):
+        """The decay of the EMA update that follows the optimizer's latest step.
+
+        `ema`, or with `ema_warmup` `min(ema, (1 + n) / (10 + n))` where
+        `n = optimizer.iterations` is the count of optimizer updates done
+        (diffusers' `EMAModel` warm-up): `2 / 11` after the first update,
+        `ema` from `n >= (10 ema - 1) / (1 - ema)` on (`n >= 8,991` for
+        `ema = 0.999`).
+
+        Returns:
+            `ema` (a Python float), or with `ema_warmup` a float32 scalar
+            tensor.
+        """
+        if not self.ema_warmup:
+            return self.ema
+        if getattr(self, "optimizer", None) is None:
+            raise ValueError(
+                "ema_warmup reads the optimizer's step count: compile the model first. Received: optimizer=None"
+            )
+        n = ops.cast(self.optimizer.iterations, "float32")
+        return ops.minimum(self.ema, (1.0 + n) / (10.0 + n))
+
+    def update_ema(self, decay=None):
+        """Moves every EMA weight towards the network's: `decay * ema_w + (1 - decay) * w`.
+
+        Args:
+            decay: `None` (`ema_decay()`) or a float (or a scalar tensor)
+                in `[0, 1]`. Defaults to `None`.
+        """
+        decay = self.ema_decay() if decay is None else decay
         for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
-            ema_weight.assign(self.ema * ema_weight + (1.0 - self.ema) * ops.cast(weight, ema_weight.dtype))
+            ema_weight.assign(decay * ema_weight + (1.0 - decay) * ops.cast(weight, ema_weight.dtype))
 
     def test_step(self, *args):
         """The validation loss on noise from the evaluation seed; `(data)`, or `(state, data)` on JAX."""
@@ -198,257 +309,6 @@ class DiffusionModel(keras.Model):
         """`keras.Model.evaluate`, with the validation noise reset to its fixed seed."""
         _train_steps.reset_seed(self.eval_seed_generator, self.eval_seed)
         return super().evaluate(*args, **kwargs)
-
-    def generate_images(
-        self,
-        num_images=16,
-        seed=None,
-        sampler="ddpm",
-        num_steps=None,
-        eta=0.0,
-        clip_denoised=True,
-        batch_size=None,
-        return_trajectory=False,
-        trajectory_every=None,
-        corrector_steps=1,
-        snr=0.16,
-        verbose=1,
-    ):
-        """Samples images with the EMA network.
-
-        The whole reverse chain runs as one compiled function (`fori_loop`),
-        traced once per (sampler, batch shape, steps, options) and reused.
-        See `ddpm_keras.sampling` for the samplers; all walk "trailing"
-        spaced timesteps that start at `t = T - 1`.
-
-        Args:
-            num_images: Integer, how many images. Defaults to `16`.
-            seed: Integer or `None`. The same seed (and `batch_size`) gives
-                the same images. Defaults to `None` (a fresh random seed).
-            sampler: `"ddpm"` (ancestral; respaced when `num_steps < T`,
-                Nichol & Dhariwal 2021), `"ddim"` (Song et al. 2021) or
-                `"pc"` (DDPM predictor + Langevin corrector, Song et al.
-                2021). Defaults to `"ddpm"`.
-            num_steps: Integer in `[1, T]` or `None`: `T` for `"ddpm"` and
-                `"pc"`, `50` for `"ddim"`. Defaults to `None`.
-            eta: Float in `[0, 1]`, DDIM's noise scale: `0` deterministic,
-                `1` the DDPM posterior variance. Defaults to `0.0`.
-            clip_denoised: Boolean, clip the predicted `x_0` to the data
-                range at each step. Defaults to `True`.
-            batch_size: Integer or `None`, images per compiled call. Larger
-                requests run in chunks of this size (the last padded), with
-                a progress bar over chunks when `verbose`. Chunk `k` draws
-                its noise from a seed derived from `(seed, k)`, so results
-                are deterministic for a given `(seed, batch_size)` but
-                differ between batch sizes. Defaults to `None` (one chunk,
-                seeded with `seed` itself).
-            return_trajectory: Boolean, also return the intermediate
-                samples. Defaults to `False`.
-            trajectory_every: Integer or `None`, steps between trajectory
-                frames. Defaults to `None` (`max(1, num_steps // 20)`, about
-                20 frames).
-            corrector_steps: Integer >= 0, Langevin steps after each `"pc"`
-                predictor step. Defaults to `1`.
-            snr: Float > 0, the `"pc"` corrector's signal-to-noise ratio
-                (its step size). Defaults to `0.16`.
-            verbose: `0` or `1`, show the progress bar over chunks (only
-                when there is more than one). Defaults to `1`.
-
-        Returns:
-            A NumPy float32 array `(num_images, H, W, C)` in
-            `[clip_min, clip_max]` (`[-1, 1]` by default); with
-            `return_trajectory=True`, `(images, trajectory)` where
-            `trajectory` is `(frames, num_images, H, W, C)`, clipped to the
-            data range: `x_T`, the sample after every `trajectory_every`-th
-            step, and the final images (`trajectory[-1] == images`).
-
-        Example:
-
-        >>> images = model.generate_images(16, seed=0, sampler="ddim", num_steps=50)
-        >>> images, frames = model.generate_images(4, return_trajectory=True)
-        """
-        num_images = check_positive_int("num_images", num_images)
-        num_steps = sampling.check_sampler_args(
-            sampler, num_steps, self.diffusion.num_timesteps, eta, corrector_steps, snr
-        )
-        batch_size = num_images if batch_size is None else min(check_positive_int("batch_size", batch_size), num_images)
-        every = None
-        if return_trajectory:
-            every = max(1, num_steps // 20) if trajectory_every is None else check_positive_int(
-                "trajectory_every", trajectory_every
-            )
-        shape = (batch_size,) + self.image_shape
-        options = {
-            "sampler": sampler, "num_steps": num_steps, "eta": float(eta),
-            "clip_denoised": bool(clip_denoised), "corrector_steps": int(corrector_steps),
-            "snr": float(snr), "trajectory_every": every,
-        }
-
-        def chain(eps_fn, noise_fn):
-            return sampling.sample_loop(eps_fn, noise_fn, self.diffusion, noise_fn(shape, -1), **options)
-
-        run = self._compiled(("generate", shape) + tuple(sorted(options.items())), chain)
-        num_chunks = -(-num_images // batch_size)
-        progbar = keras.utils.Progbar(num_chunks, unit_name="chunk") if verbose and num_chunks > 1 else None
-        chunks = []
-        for k, chunk_seed in enumerate(_chunk_seeds(seed, num_chunks)):
-            outputs = run(chunk_seed)
-            chunks.append([ops.convert_to_numpy(o) for o in (outputs if return_trajectory else (outputs,))])
-            if progbar is not None:
-                progbar.update(k + 1)
-        images = self._to_images(np.concatenate([c[0] for c in chunks], axis=0)[:num_images])
-        if not return_trajectory:
-            return images
-        trajectory = self._to_images(np.concatenate([c[1] for c in chunks], axis=1)[:, :num_images])
-        return images, trajectory
-
-    def inpaint(self, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True):
-        """Fills in the unknown region of `images` (replacement method, RePaint resampling).
-
-        At each reverse step the known region is replaced by the original
-        diffused to the new noise level, `q_sample(x_0, t - 1)`; with
-        `resample > 1` each step is redone after re-noising with
-        `q(x_t | x_{t-1})` (Lugmayr et al. 2022, jump length 1). The output
-        equals `images` exactly where `mask == 1`.
-
-        Args:
-            images: Float array `(N, H, W, C)` (or one image `(H, W, C)`) in
-                the data range.
-            mask: Array of 0 and 1, 1 where the pixel is known; `(H, W)`,
-                `(H, W, 1)`, `(H, W, C)`, `(N, H, W, 1)` or `(N, H, W, C)`.
-            seed: Integer or `None`. Defaults to `None`.
-            sampler: `"ddpm"` or `"ddim"`. Defaults to `"ddpm"`.
-            num_steps: Integer or `None`, as in `generate_images`.
-                Defaults to `None`.
-            eta: Float in `[0, 1]`, for `"ddim"`. Defaults to `0.0`.
-            resample: Integer >= 1, RePaint's resampling count `r`
-                (cost: `r` network calls per step). Defaults to `1`.
-            clip_denoised: Boolean. Defaults to `True`.
-
-        Returns:
-            A NumPy float32 array shaped as `images` (batched).
-
-        Example:
-
-        >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0
-        >>> filled = model.inpaint(images, mask, seed=0, resample=5)
-        """
-        images = self._check_images(images, "images")
-        mask = _broadcast_mask(mask, images.shape)
-        num_steps = sampling.check_sampler_args(
-            sampler, num_steps, self.diffusion.num_timesteps, eta, samplers=sampling.INPAINT_SAMPLERS
-        )
-        resample = check_positive_int("resample", resample)
-        shape = images.shape
-        options = {
-            "sampler": sampler, "num_steps": num_steps, "eta": float(eta),
-            "resample": resample, "clip_denoised": bool(clip_denoised),
-        }
-
-        def chain(eps_fn, noise_fn, x_0, known):
-            return sampling.inpaint_loop(eps_fn, noise_fn, self.diffusion, noise_fn(shape, -1), x_0, known, **options)
-
-        run = self._compiled(("inpaint", shape) + tuple(sorted(options.items())), chain)
-        filled = self._to_images(run(seed, ops.convert_to_tensor(images), ops.convert_to_tensor(mask)))
-        return np.where(mask == 1.0, images, filled)
-
-    def encode(self, images, num_steps=50):
-        """DDIM inversion: the latents `x_T` that deterministic DDIM decodes to `images`.
-
-        Runs the DDIM ODE (eta = 0) forward from `x_0` to `x_T` over the
-        same `num_steps` trailing-spaced timesteps as `decode`.
-
-        Args:
-            images: Float array `(N, H, W, C)` (or `(H, W, C)`) in the data
-                range.
-            num_steps: Integer in `[1, T]`. Defaults to `50`.
-
-        Returns:
-            A NumPy float32 array `(N, H, W, C)`, roughly standard normal.
-
-        Example:
-
-        >>> latents = model.encode(images)
-        >>> reconstructed = model.decode(latents)
-        """
-        images = self._check_images(images, "images")
-        sampling.check_num_steps(num_steps, self.diffusion.num_timesteps)
-
-        def chain(eps_fn, noise_fn, x_0):
-            return sampling.ddim_encode_loop(eps_fn, self.diffusion, x_0, num_steps)
-
-        run = self._compiled(("encode", images.shape, num_steps), chain)
-        return np.asarray(ops.convert_to_numpy(run(0, ops.convert_to_tensor(images))), dtype=np.float32)
-
-    def decode(self, noises, num_steps=50, clip_denoised=True):
-        """Deterministic DDIM (eta = 0) from given latents `x_T` to images.
-
-        Args:
-            noises: Float array `(N, H, W, C)` (or `(H, W, C)`), the `x_T`.
-            num_steps: Integer in `[1, T]`. Defaults to `50`.
-            clip_denoised: Boolean. Defaults to `True`.
-
-        Returns:
-            A NumPy float32 array `(N, H, W, C)` in the data range.
-
-        Example:
-
-        >>> images = model.decode(np.random.normal(size=(4, 32, 32, 3)))
-        """
-        noises = self._check_images(noises, "noises")
-        sampling.check_num_steps(num_steps, self.diffusion.num_timesteps)
-
-        def chain(eps_fn, noise_fn, x_T):
-            return sampling.sample_loop(
-                eps_fn, noise_fn, self.diffusion, x_T, "ddim", num_steps, clip_denoised=clip_denoised
-            )
-
-        run = self._compiled(("decode", noises.shape, num_steps, bool(clip_denoised)), chain)
-        return self._to_images(run(0, ops.convert_to_tensor(noises)))
-
-    def interpolate(self, num_images=8, seed=None, num_steps=50, images=None, noises=None, clip_denoised=True):
-        """Images along a spherical interpolation (slerp) between two latents.
-
-        The latents are two standard normal draws from `seed`, the given
-        `noises`, or the DDIM inversions (`encode`) of two given `images`;
-        the path is decoded with deterministic DDIM (`decode`), so the
-        endpoints are exactly the decodes of the two latents.
-
-        Args:
-            num_images: Integer >= 2, images along the path. Defaults to
-                `8`.
-            seed: Integer or `None`, the seed of the two latents when
-                neither `images` nor `noises` is given. Defaults to `None`.
-            num_steps: Integer in `[1, T]`, DDIM steps. Defaults to `50`.
-            images: `None` or a pair `(a, b)` of images `(H, W, C)` to
-                interpolate between. Defaults to `None`.
-            noises: `None` or a pair `(z_a, z_b)` of latents `(H, W, C)`.
-                Defaults to `None`.
-            clip_denoised: Boolean. Defaults to `True`.
-
-        Returns:
-            A NumPy float32 array `(num_images, H, W, C)` in the data range.
-
-        Example:
-
-        >>> path = model.interpolate(8, seed=0)
-        >>> morph = model.interpolate(8, images=(image_a, image_b))
-        """
-        num_images = check_positive_int("num_images", num_images)
-        if num_images < 2:
-            raise ValueError(f"num_images must be at least 2 (the two endpoints). Received: num_images={num_images}")
-        sampling.check_num_steps(num_steps, self.diffusion.num_timesteps)
-        if images is not None and noises is not None:
-            raise ValueError("Pass images or noises, not both. Received both.")
-        if images is not None:
-            latents = self.encode(self._check_pair(images, "images"), num_steps)
-        elif noises is not None:
-            latents = self._check_pair(noises, "noises")
-        else:
-            latents = np.random.default_rng(seed).standard_normal((2,) + self.image_shape).astype(np.float32)
-        path = sampling.slerp(latents[0], latents[1], np.linspace(0.0, 1.0, num_images)).astype(np.float32)
-        path[0], path[-1] = latents[0], latents[1]
-        return self.decode(path, num_steps, clip_denoised)
 
     def bits_per_dim(
         self,
@@ -471,8 +331,10 @@ class DiffusionModel(keras.Model):
         term is the mean over `H * W * C` divided by `ln 2`. The images are
         taken as 8-bit data: a value `x` stands for the bin of width
         `(clip_max - clip_min) / 255` centred on it, of the 256 levels of
-        the data range (the outer bins extended to infinity). See
-        `ddpm_keras.likelihood`.
+        the data range (the outer bins extended to infinity). The reverse
+        step's mean puts the `x_0` that the network's output stands for
+        (read as `prediction_type`, `GaussianDiffusion.split_prediction`)
+        in the posterior. See `ddpm_keras.likelihood`.
 
         With `num_steps` `None` (or `T`), every timestep: the bound itself,
         up to the Monte Carlo error of its one draw of noise per term and
@@ -537,8 +399,10 @@ class DiffusionModel(keras.Model):
             data = self._check_images(data, "data")
         options = {"clip_denoised": bool(clip_denoised), "model_variance": model_variance}
 
-        def chain(eps_fn, noise_fn, x_0, steps):
-            return likelihood.vb_terms_loop(eps_fn, noise_fn, self.diffusion, x_0, steps, **options)
+        def chain(model_fn, noise_fn, x_0, steps):
+            return likelihood.vb_terms_loop(
+                model_fn, noise_fn, self.diffusion, x_0, steps, prediction_type=self.prediction_type, **options
+            )
 
         term_sums, prior_sum, num_images = np.zeros(len(timesteps)), 0.0, 0
         target = -(-len(data) // (batch_size or len(data))) if isinstance(data, np.ndarray) else None
@@ -546,7 +410,7 @@ class DiffusionModel(keras.Model):
         for k, (chunk, count) in enumerate(_image_chunks(self, data, batch_size)):
             run = self._compiled(("bits_per_dim", chunk.shape, len(timesteps)) + tuple(sorted(options.items())), chain)
             x_0 = ops.convert_to_tensor(chunk)
-            terms = ops.convert_to_numpy(run(_derived_seed(seed, k), x_0, ops.convert_to_tensor(timesteps, "int32")))
+            terms = ops.convert_to_numpy(run(derived_seed(seed, k), x_0, ops.convert_to_tensor(timesteps, "int32")))
             term_sums += np.asarray(terms, np.float64)[:, :count].sum(axis=1)
             prior_sum += float(np.sum(ops.convert_to_numpy(likelihood.prior_bpd(self.diffusion, x_0))[:count]))
             num_images += count
@@ -564,53 +428,6 @@ class DiffusionModel(keras.Model):
             "bpd": bpd, "prior_bpd": prior, "decoder_bpd": float(terms_bpd[0]), "timesteps": timesteps,
             "terms_bpd": terms_bpd, "weights": weights, "num_images": num_images,
         }
-
-    def _check_images(self, images, name):
-        """`images` as float32 `(N, H, W, C)` of this model's image shape, or a ValueError."""
-        images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[0] < 1 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{name} must have shape (N,) + {self.image_shape} or {self.image_shape}. "
-                f"Received: {name}.shape={images.shape}"
-            )
-        if not np.all(np.isfinite(images)):
-            raise ValueError(f"{name} must be finite. Received: {name} with NaN or inf values")
-        return images
-
-    def _check_pair(self, pair, name):
-        """A pair `(a, b)` of `(H, W, C)` arrays as float32 `(2, H, W, C)`."""
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"{name} must be a pair (a, b). Received: {name} of type {type(pair).__name__}")
-        return np.concatenate([self._check_images(item, name) for item in pair], axis=0)
-
-    def _to_images(self, images):
-        """A sampler's output as a NumPy float32 array clipped to the data range."""
-        images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
-        return np.clip(images, self.diffusion.clip_min, self.diffusion.clip_max)
-
-    def _compiled(self, key, chain):
-        """The compiled form of `chain`, built once per `key` and cached."""
-        if key not in self._samplers:
-            self._samplers[key] = self._compile_chain(chain)
-        return self._samplers[key]
-
-    def _compile_chain(self, chain):
-        """Compiles a sampling chain with the EMA network; the backend-specific part of sampling.
-
-        Args:
-            chain: Callable `(eps_fn, noise_fn, *inputs) -> outputs`, written
-                in `keras.ops` (see `ddpm_keras.sampling`).
-
-        Returns:
-            `run(seed, *inputs) -> outputs`: the same seed gives the same outputs.
-
-        On TensorFlow, one `tf.function(jit_compile=True)`; on JAX, `jax.jit`
-        with the EMA weights as arguments and noise from a key folded with
-        each draw's step; on PyTorch, eager under `torch.no_grad()`.
-        """
-        return _train_steps.compile_chain(self, chain)
 
     def get_config(self):
         return {
@@ -633,19 +450,6 @@ class DiffusionModel(keras.Model):
         ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
         diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
         return cls(network, diffusion, ema_network=ema_network, **config)
-
-
-def _chunk_seeds(seed, num_chunks):
-    """The seed of each chunk: `seed` itself for one chunk, else derived from `(seed, k)`."""
-    if num_chunks == 1:
-        return [seed]
-    base = np.random.default_rng().integers(2**31 - 1) if seed is None else int(seed)
-    return [_derived_seed(base, k) for k in range(num_chunks)]
-
-
-def _derived_seed(base, k):
-    """An int seed in `[0, 2^31 - 1)` derived from `(base, k)`."""
-    return int(np.random.SeedSequence([int(base) % 2**32, k]).generate_state(1)[0] % (2**31 - 1))
 
 
 def _image_chunks(model, data, batch_size):
@@ -679,26 +483,6 @@ def _image_chunks(model, data, batch_size):
         yield np.concatenate([pending, padding]), len(pending)
 
 
-def _broadcast_mask(mask, shape):
-    """An inpainting mask as float32 `shape`, checked to be 0/1 and broadcastable."""
-    mask = np.asarray(ops.convert_to_numpy(mask), dtype=np.float32)
-    if mask.ndim == 2:
-        mask = mask[..., None]
-    try:
-        mask = np.broadcast_to(mask, shape).astype(np.float32)
-    except ValueError:
-        raise ValueError(
-            f"mask must broadcast to the images' shape {tuple(shape)}: use (H, W), (H, W, 1), "
-            f"(H, W, C), (N, H, W, 1) or (N, H, W, C). Received: mask.shape={mask.shape}"
-        ) from None
-    if not np.all((mask == 0.0) | (mask == 1.0)):
-        raise ValueError(
-            "mask must hold only 0 (to fill in) and 1 (known). "
-            f"Received: values {np.unique(mask)[:5]}..."
-        )
-    return mask
-
-
 def _freeze(model):
     """Makes every layer and variable of `model` non-trainable.
 
@@ -711,6 +495,18 @@ def _freeze(model):
         layer.trainable = False
     for variable in model.weights:
         variable.trainable = False
+
+
+def _check_compiled_loss(loss):
+    """Raises a `ValueError` for a compiled loss object that does not reduce to a scalar."""
+    reduction = getattr(loss, "reduction", "sum_over_batch_size")
+    if isinstance(loss, keras.losses.Loss) and reduction in (None, "none"):
+        name = type(loss).__name__
+        raise ValueError(
+            f"DiffusionModel needs a compiled loss that reduces to a scalar, not one value per element: "
+            f"compile with the default reduction='sum_over_batch_size' (per-example weights come from "
+            f"loss_weighting). Received: loss={name}(reduction={reduction!r})"
+        )
 
 
 def _check_same_structure(network, ema_network):

@@ -195,6 +195,29 @@ def test_fast_samplers_sample_their_exact_distribution(sampler, num_steps, eta):
     assert_matches_moments(samples, mean, var)
 
 
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0), ("ddim", 0.5)])
+def test_every_stochastic_step_is_its_exact_affine_map_plus_its_noise(sampler, eta):
+    # Each step is x' = gain x + offset + sqrt(noise_var) z: with every frame kept, the
+    # standardised residuals of all steps (2048 x 16 pixels x 9 steps) must be N(0, 1) to
+    # within 4.5 standard errors (~1.5% in the variance): a 10% error in sigma fails.
+    model, _ = make_model(clip=10.0)
+    _, frames = model.generate_images(
+        2048, seed=1, sampler=sampler, num_steps=10, eta=eta, return_trajectory=True, trajectory_every=1
+    )
+    frames = frames.astype(np.float64)
+    kept = linear_alphas_cumprod(100)[trailing(100, 10)]
+    prev = np.append(1.0, kept[:-1])
+    residuals = []
+    for step, i in enumerate(reversed(range(1, 10))):  # the last step (to the data) adds no noise
+        gain, offset, noise_var = step_gain(kept[i], prev[i], sampler, eta)
+        residuals.append((frames[step + 1] - gain * frames[step] - offset) / math.sqrt(noise_var))
+    z = np.stack(residuals)
+    assert abs(z.mean()) < 4.5 / math.sqrt(z.size)
+    assert z.var() == pytest.approx(1.0, abs=4.5 * math.sqrt(2.0 / z.size))
+    gain, offset, _ = step_gain(kept[0], prev[0], sampler, eta)
+    np.testing.assert_allclose(frames[-1], gain * frames[-2] + offset, atol=1e-5)
+
+
 def test_pc_corrector_moves_samples_to_its_exact_distribution():
     # 32x32 images: ||z|| / ||s|| concentrates (relative spread ~ 1/sqrt(1024)), so the
     # reference's deterministic step size is off by O(1/D) ~ 1e-3 relative, far below the SE.
@@ -243,7 +266,7 @@ def test_batch_size_chunks_give_the_count_deterministically(capsys):
     model, _ = make_model()
     images = model.generate_images(96, seed=5, sampler="ddpm", num_steps=10, batch_size=32)
     assert images.shape == (96, 4, 4, 1)
-    assert "3/3" in capsys.readouterr().out
+    assert "30/30" in capsys.readouterr().out  # progress over the 3 chunks x 10 steps
     np.testing.assert_array_equal(images, model.generate_images(96, seed=5, num_steps=10, batch_size=32, verbose=0))
     assert not np.allclose(images[:32], images[32:64])  # chunks draw different noise
     assert_matches_moments(images, *reference_moments(linear_alphas_cumprod(100)[trailing(100, 10)])[-1])
@@ -329,7 +352,7 @@ def test_interpolation_endpoints_are_the_decoded_noises():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"sampler": "foo"}, r"Received: sampler='foo'. Expected one of \('ddpm', 'ddim', 'pc'\)"),
+        ({"sampler": "foo"}, r"Received: sampler='foo'. Expected one of \('ddpm', 'ddim', 'pc', 'dpmpp_2m'"),
         ({"num_steps": 101}, r"num_steps must be an integer in \[1, 100\].*Received: num_steps=101"),
         ({"num_steps": 0}, "Received: num_steps=0"),
         ({"sampler": "ddim", "eta": 1.5}, "Received: eta=1.5"),
