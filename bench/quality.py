@@ -48,6 +48,7 @@ from ddpm_keras.metrics import inception_features  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
+from ddpm_keras.presets import model_options  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402
 
 PETAL_COUNTS = 6  # 4 to 9 petals
@@ -94,7 +95,7 @@ def train_diffusion(img_size, epochs):
     config = get_preset("tiny")
     config["unet"]["img_size"] = img_size
     model = DiffusionModel(build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]),
-                           ema=config["training"]["ema"], seed=0)
+                           **model_options(config), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(config["training"]["learning_rate"]))
     data = load_synthetic(2048, img_size=img_size, batch_size=config["training"]["batch_size"], seed=0)
     start = time.perf_counter()

@@ -118,10 +118,11 @@ def time_fit(preset, batch_size, steps, jit_compile, precision="float32"):
     from ddpm_keras import DiffusionModel
     from ddpm_keras import GaussianDiffusion
     from ddpm_keras.distribute import set_precision
+    from ddpm_keras.presets import model_options
 
     set_precision(precision)
     config, network = _build(preset)
-    model = DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), ema=config["training"]["ema"], seed=0)
+    model = DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), **model_options(config), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(config["training"]["learning_rate"]), jit_compile=jit_compile)
     return network, _fit_durations(model, config, batch_size, steps)
 

@@ -8,7 +8,8 @@
     ddpm-keras inpaint --checkpoint RUN_DIR --image flower.jpg --mask mask.png --out inpainted.png
     ddpm-keras interpolate --checkpoint RUN_DIR --out path.png
 
-Every default comes from `ddpm_keras.presets`.
+Every default comes from `ddpm_keras.presets`; the options of `train` are in
+`ddpm_keras.cli_train`.
 """
 
 import argparse
@@ -19,9 +20,6 @@ import sys
 import tempfile
 import time
 
-from ddpm_keras.distribute import PRECISIONS
-from ddpm_keras.distribute import STRATEGIES
-from ddpm_keras.presets import PRESETS
 from ddpm_keras.presets import get_preset
 
 PROG = "ddpm-keras"
@@ -67,39 +65,9 @@ def build_parser():
         "(network, EMA, optimizer, epoch; atomically), appends to RUN_DIR/log.csv and, every "
         "--plot-every epochs, writes a grid of samples to RUN_DIR/samples/.",
     )
-    train.add_argument("--preset", default="flowers64", choices=sorted(PRESETS), help="model and training defaults")
-    train.add_argument(
-        "--dataset",
-        default=None,
-        help="oxford_flowers102 (tfds), synthetic (procedural flowers, no download) or PATH to a "
-        "folder of images. Default: the preset's (flowers64: oxford_flowers102, tiny: synthetic)",
-    )
-    train.add_argument("--split", default="train", help="tfds split of oxford_flowers102, e.g. train+validation+test")
-    train.add_argument("--data-dir", default=None, help="tfds data directory (default: ~/tensorflow_datasets)")
-    train.add_argument("--epochs", type=positive_int, default=None, help="total epochs to reach. Default: the preset's")
-    train.add_argument(
-        "--steps-per-epoch", type=positive_int, default=None, help="batches per epoch (the data repeats). Default: one pass"
-    )
-    train.add_argument("--batch-size", type=positive_int, default=None, help="Default: the preset's")
-    train.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate. Default: the preset's")
-    train.add_argument("--img-size", type=positive_int, default=None, help="image size in pixels. Default: the preset's")
-    train.add_argument("--out", default=None, help="run directory. Default: checkpoints/PRESET-DATASET")
-    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/model.keras at the next epoch")
-    train.add_argument("--plot-every", type=non_negative_int, default=None, help="epochs between sample grids (0: never). Default: the preset's")
-    train.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and sample grids")
-    train.add_argument("--precision", default="float32", choices=PRECISIONS,
-                       help="mixed_bfloat16 for recent GPUs, TPUs and AVX512_BF16 CPUs; mixed_float16 adds loss "
-                       "scaling for older GPUs. Weights, EMA and samples stay float32")
-    train.add_argument("--strategy", default="none", choices=STRATEGIES,
-                       help="mirrored: every GPU of this machine; multiworker: several machines (TF_CONFIG). "
-                       "--batch-size is the global batch")
-    train.add_argument("--jit-compile", action="store_true",
-                       help="compile the training step with XLA (pays for small models and on GPUs)")
-    train.add_argument("--fid-every", type=non_negative_int, default=0,
-                       help="epochs between FID/KID measurements of EMA samples against the training images "
-                       "(0: never); they go into log.csv, quality.csv and quality.png")
-    train.add_argument("--fid-samples", type=positive_int, default=1000, help="samples per FID/KID measurement")
-    _add_extractor_args(train)
+    from ddpm_keras.cli_train import add_train_arguments
+
+    add_train_arguments(train)
 
     sample = commands.add_parser(
         "sample",
@@ -239,7 +207,10 @@ def _is_user_error(error):
 
 def train(args):
     """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
-    config = get_preset(args.preset)
+    from ddpm_keras.cli_train import apply_model_flags
+    from ddpm_keras.cli_train import model_record
+
+    config = apply_model_flags(get_preset(args.preset), args)
     training = config["training"]
     dataset_name = args.dataset or training["dataset"]
     epochs = args.epochs or training["epochs"]
@@ -275,7 +246,8 @@ def train(args):
         dataset = dataset.repeat()
     os.makedirs(run_dir, exist_ok=True)
     _write_json(os.path.join(run_dir, "run.json"), {**vars(args), "dataset": dataset_name, "epochs": epochs,
-                                                    "batch_size": batch_size, "preset_config": config})
+                                                    "batch_size": batch_size, "preset_config": config,
+                                                    "model": model_record(model)})
     # Every worker saves (collective ops), only the chief into the run directory.
     write_dir = run_dir if is_chief() else tempfile.mkdtemp(prefix="ddpm-keras-worker-")
     # The quality monitor first: the checkpoint's log.csv then records its figures.
@@ -361,9 +333,11 @@ def interpolate(args):
 def _build_or_resume(args, config, model_path, epochs, run_dir):
     """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
     from ddpm_keras.callbacks import resume_log
+    from ddpm_keras.cli_train import check_resumed_model
 
     if args.resume:
         model = _load_model(model_path)
+        check_resumed_model(args, model, model_path)
         completed = int(model.epoch)
         if completed >= epochs:
             raise CLIError(
@@ -383,11 +357,10 @@ def _build_model(config, learning_rate, seed):
     from ddpm_keras import DiffusionModel
     from ddpm_keras import GaussianDiffusion
     from ddpm_keras import build_unet
+    from ddpm_keras.presets import model_options
 
     network = build_unet(**config["unet"])
-    model = DiffusionModel(
-        network, GaussianDiffusion(**config["diffusion"]), ema=config["training"]["ema"], seed=seed
-    )
+    model = DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), **model_options(config), seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate or config["training"]["learning_rate"]))
     return model
 

@@ -2,11 +2,23 @@
 
 Each preset is a plain dict with three parts: `unet` (the arguments of
 `build_unet`), `diffusion` (of `GaussianDiffusion`) and `training` (batch
-size, Adam learning rate, EMA decay, epochs, the dataset it was tuned for,
-and the epochs between sample grids).
+size, Adam learning rate, epochs, the dataset it was tuned for, the epochs
+between sample grids, and the options of `DiffusionModel` named in
+`MODEL_OPTIONS`: the EMA decay and its warm-up, the prediction type, the
+loss weighting and min-SNR's gamma).
+
+Example:
+
+>>> config = get_preset("tiny")
+>>> model = DiffusionModel(
+...     build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]), **model_options(config)
+... )
 """
 
 import copy
+
+# The keys of a preset's "training" dict that are `DiffusionModel` arguments.
+MODEL_OPTIONS = ("ema", "prediction_type", "loss_weighting", "snr_gamma", "ema_warmup")
 
 PRESETS = {
     # The keras.io example's hyperparameters (Ho et al. 2020 at 64 px).
@@ -20,10 +32,15 @@ PRESETS = {
             "norm_groups": 8,
             "first_conv_channels": 64,
         },
-        "diffusion": {"timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+        "diffusion": {
+            "timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+            "rescale_zero_terminal_snr": False,
+        },
         "training": {
             "batch_size": 32, "learning_rate": 2e-4, "ema": 0.999, "epochs": 800,
             "dataset": "oxford_flowers102", "plot_every": 10,
+            # Ho et al. 2020: the noise, every timestep alike, a constant EMA decay.
+            "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False,
         },
     },
     # Learns visible flower shapes on a 2-core CPU within minutes.
@@ -37,10 +54,14 @@ PRESETS = {
             "norm_groups": 8,
             "first_conv_channels": 16,
         },
-        "diffusion": {"timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},
+        "diffusion": {
+            "timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+            "rescale_zero_terminal_snr": False,
+        },
         "training": {
             "batch_size": 32, "learning_rate": 1e-3, "ema": 0.995, "epochs": 20,
             "dataset": "synthetic", "plot_every": 5,
+            "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False,
         },
     },
 }
@@ -51,3 +72,20 @@ def get_preset(name):
     if name not in PRESETS:
         raise ValueError(f"Unknown preset: {name!r}. Expected one of {sorted(PRESETS)}.")
     return copy.deepcopy(PRESETS[name])
+
+
+def model_options(config):
+    """The `DiffusionModel` keyword arguments of a preset (its `MODEL_OPTIONS`).
+
+    Args:
+        config: A preset dict, as `get_preset` returns it.
+
+    Returns:
+        A dict from each name of `MODEL_OPTIONS` to the preset's value.
+
+    Example:
+
+    >>> model_options(get_preset("tiny"))["prediction_type"]
+    'epsilon'
+    """
+    return {name: config["training"][name] for name in MODEL_OPTIONS}

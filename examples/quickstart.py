@@ -4,12 +4,12 @@ import keras
 
 from ddpm_keras import DiffusionModel, GaussianDiffusion, build_unet
 from ddpm_keras.data import load_synthetic
-from ddpm_keras.presets import get_preset
+from ddpm_keras.presets import get_preset, model_options
 from ddpm_keras.visualize import save_image_grid
 
 preset = get_preset("tiny")
 network = build_unet(**preset["unet"])
-model = DiffusionModel(network, GaussianDiffusion(**preset["diffusion"]), ema=preset["training"]["ema"])
+model = DiffusionModel(network, GaussianDiffusion(**preset["diffusion"]), **model_options(preset))
 model.compile(optimizer=keras.optimizers.Adam(preset["training"]["learning_rate"]))
 dataset = load_synthetic(1024, img_size=preset["unet"]["img_size"], batch_size=preset["training"]["batch_size"])
 model.fit(dataset, epochs=5)

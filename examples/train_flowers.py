@@ -15,7 +15,7 @@ import keras
 from ddpm_keras import DiffusionModel, GaussianDiffusion, build_unet
 from ddpm_keras.callbacks import RunCheckpoint, SamplePlotter
 from ddpm_keras.data import load_dataset
-from ddpm_keras.presets import PRESETS, get_preset
+from ddpm_keras.presets import PRESETS, get_preset, model_options
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--preset", default="flowers64", choices=sorted(PRESETS))
@@ -35,7 +35,7 @@ flowers_ds = load_dataset(
 
 # The UNet, the diffusion utility and the model that trains one with the other.
 network = build_unet(**config["unet"])
-model = DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), ema=training["ema"])
+model = DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), **model_options(config))
 model.compile(optimizer=keras.optimizers.Adam(training["learning_rate"]))
 
 model.fit(

@@ -30,11 +30,49 @@ c = model.generate_images(num_images=2, seed=4)
 val = [model.evaluate(tiny_images(8), batch_size=8, verbose=0) for _ in range(2)]
 """
 
+# v-prediction, min-SNR weights, zero terminal SNR and the EMA warm-up, in the same interpreter.
+# The first step's loss is compared with a float64 NumPy computation on the same draws (made by
+# hand from a generator seeded as the model's) and the weights before the step; the EMA after
+# each of two steps with the warm-up's decay min(ema, (1 + n) / (10 + n)), n = 1, 2.
+OBJECTIVE = """
+from ddpm_keras import DiffusionModel, GaussianDiffusion
+
+v_model = DiffusionModel(
+    tiny_unet(), GaussianDiffusion(timesteps=10, beta_end=0.2, rescale_zero_terminal_snr=True), ema=0.9, seed=5,
+    prediction_type="v", loss_weighting="min_snr", ema_warmup=True,
+)
+v_model.compile(optimizer=keras.optimizers.Adam(1e-3))
+for e in v_model.ema_network.weights:
+    e.assign(np.full(e.shape, 0.5, "float32"))
+v_images = tiny_images(8)
+x_t, t, noise = v_model.noisy_batch(ops.convert_to_tensor(v_images), keras.random.SeedGenerator(5))
+prediction = to_numpy(v_model.network([x_t, t])).astype("float64")
+t, noise, x_0 = to_numpy(t).astype(int), to_numpy(noise).astype("float64"), v_images.astype("float64")
+root = np.sqrt(np.cumprod(1.0 - np.linspace(1e-4, 0.2, 10)))
+ab = ((root - root[-1]) * root[0] / (root[0] - root[-1])) ** 2  # Lin et al. 2023, Algorithm 1
+snr = ab / (1.0 - ab)
+ab_t = ab[t][:, None, None, None]
+target = np.sqrt(ab_t) * noise - np.sqrt(1.0 - ab_t) * x_0
+weights = (np.minimum(snr, 5.0) / (snr + 1.0))[t]
+v_expected = float(np.mean(weights * np.mean((prediction - target) ** 2, axis=(1, 2, 3))))
+shadow = [np.full(e.shape, 0.5) for e in v_model.ema_network.weights]
+v_losses, v_ema_errors = [], []
+for n in (1, 2):
+    v_losses += v_model.fit(v_images, batch_size=8, epochs=1, verbose=0, shuffle=False).history["loss"]
+    decay = min(0.9, (1.0 + n) / (10.0 + n))
+    shadow = [decay * e + (1.0 - decay) * to_numpy(w) for e, w in zip(shadow, v_model.network.weights)]
+    v_ema_errors.append(max(
+        float(np.abs(to_numpy(e) - s).max()) for e, s in zip(v_model.ema_network.weights, shadow)
+    ))
+"""
+
 RESULTS = """
 emit(
     losses=first + more, ema_error=ema_error, iterations=int(model.optimizer.iterations),
     sample_dtype=str(a.dtype), sample_shape=list(a.shape), same_seed=float(np.abs(a - b).max()),
     other_seed=float(np.abs(a - c).mean()), finite=bool(np.isfinite(a).all()), val=val,
+    v_losses=v_losses, v_expected=v_expected, v_timesteps=sorted(set(t.tolist())), v_ema_errors=v_ema_errors,
+    v_iterations=int(to_numpy(v_model.optimizer.iterations)),
 )
 """
 
@@ -80,7 +118,7 @@ def runs(tmp_path_factory):
 
 
 def _train_and_load(backend, path, save=False):
-    code = TRAIN + RESULTS.replace("emit(", "trained = dict(") + (SAVE if save else "")
+    code = TRAIN + OBJECTIVE + RESULTS.replace("emit(", "trained = dict(") + (SAVE if save else "")
     code += LOAD.replace("emit(", "emit(trained=trained, ")
     return run_snippet(code, backend, env={"DDPM_PATH": path})
 
@@ -102,6 +140,19 @@ def test_fit_ema_and_sampling(backend, runs):
     assert result["other_seed"] > 1e-3
     # The validation noise restarts from its seed at each evaluate().
     assert result["val"][0] == result["val"][1] and 0.3 < result["val"][0] < 2.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v_prediction_min_snr_loss_and_ema_warmup(backend, runs):
+    skip_unless_installed(backend)
+    result = runs(backend)["trained"]
+    assert len(result["v_losses"]) == 2 and all(np.isfinite(result["v_losses"]))
+    assert len(result["v_timesteps"]) >= 4  # several timesteps: a wrong weight would show
+    # The step's weighted loss is NumPy's on the same draws, to float32 rounding.
+    assert result["v_losses"][0] == pytest.approx(result["v_expected"], rel=1e-5)
+    # The warm-up's decay after updates 1 and 2 (2/11, 3/12): the step count is read on every backend.
+    assert result["v_iterations"] == 2
+    assert max(result["v_ema_errors"]) < 1e-6
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -50,7 +50,42 @@ def test_train_writes_model_log_and_sample_grids(run_dir):
     assert sorted(os.listdir(os.path.join(run_dir, "samples"))) == ["epoch_0001.png", "epoch_0002.png"]
     with Image.open(os.path.join(run_dir, "samples", "epoch_0002.png")) as picture:
         assert picture.size == (4 * (4 * (32 + 2) + 2),) * 2  # 16 samples of 32 px, 4x
-    assert os.path.exists(os.path.join(run_dir, "run.json"))
+    with open(os.path.join(run_dir, "run.json")) as f:
+        run = json.load(f)
+    # The preset's objective (flags not given), as the model trained it.
+    assert run["prediction_type"] is None and run["model"]["prediction_type"] == "epsilon"
+    assert run["model"]["loss_weighting"] is None and run["model"]["ema_warmup"] is False
+
+
+V_FLAGS = ["--prediction-type", "v", "--loss-weighting", "min_snr", "--snr-gamma", "3", "--beta-schedule", "sigmoid",
+           "--zero-terminal-snr", "--ema-warmup"]
+
+
+def test_objective_flags_override_the_preset_and_a_resumed_run_keeps_them(tmp_path, capsys):
+    out = str(tmp_path / "v-run")
+    assert main(["train", *FAST, "--epochs", "1", "--plot-every", "0", "--out", out, *V_FLAGS]) == 0
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert (model.prediction_type, model.loss_weighting, model.snr_gamma, model.ema_warmup) == ("v", "min_snr", 3.0, True)
+    assert model.diffusion.beta_schedule == "sigmoid" and model.diffusion.zero_terminal_snr
+    with open(os.path.join(out, "run.json")) as f:
+        run = json.load(f)
+    assert (run["prediction_type"], run["loss_weighting"], run["snr_gamma"]) == ("v", "min_snr", 3.0)
+    assert run["zero_terminal_snr"] is True and run["ema_warmup"] is True and run["beta_schedule"] == "sigmoid"
+    assert run["preset_config"]["training"]["loss_weighting"] == "min_snr"
+    assert run["model"]["diffusion"]["rescale_zero_terminal_snr"] is True and run["model"]["snr_gamma"] == 3.0
+    # A resumed run takes its options from the saved model; one given that differs is a one-line error.
+    capsys.readouterr()
+    resume = ["train", *FAST, "--epochs", "2", "--plot-every", "0", "--out", out, "--resume"]
+    assert main([*resume, "--prediction-type", "x0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--prediction-type x0 differs from the resumed model's 'v'" in err and len(err.splitlines()) == 1
+    assert main([*resume, "--no-ema-warmup"]) == 2
+    assert "--no-ema-warmup differs" in capsys.readouterr().err
+    assert main([*resume, "--prediction-type", "v"]) == 0
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert int(model.epoch) == 2 and model.prediction_type == "v" and model.diffusion.zero_terminal_snr
+    with open(os.path.join(out, "run.json")) as f:
+        assert json.load(f)["model"]["loss_weighting"] == "min_snr"
 
 
 def test_train_fid_every_logs_fid_and_kid(run_dir):
@@ -200,6 +235,7 @@ def test_kill_9_mid_training_keeps_the_last_finished_epoch(tmp_path):
         (["train", *FAST, "--resume"], "No checkpoint at"),
         (["train", "--preset", "tiny", "--dataset", "no/such/folder"], "no/such/folder"),
         (["sample", "--checkpoint", "missing_dir", "--out", "x.jpg"], "No checkpoint"),
+        (["train", *FAST, "--zero-terminal-snr"], "Use prediction_type='v'"),
     ],
 )
 def test_bad_values_are_one_line_errors(argv, message, tmp_path, capsys, monkeypatch):
@@ -219,6 +255,14 @@ def test_argument_errors_name_the_value(capsys):
         main(["train", "--epochs", "-1"])
     assert exit_info.value.code == 2
     assert "--epochs: expected a positive integer, got -1" in capsys.readouterr().err
+    for argv, message in [
+        (["--snr-gamma", "0"], "--snr-gamma: expected a positive number, got 0.0"),
+        (["--loss-weighting", "snr"], "--loss-weighting: invalid choice: 'snr'"),
+        (["--prediction-type", "noise"], "--prediction-type: invalid choice: 'noise'"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["train", *argv])
+        assert message in capsys.readouterr().err
 
 
 def test_help_explains_every_option_and_its_default(capsys):
@@ -226,6 +270,7 @@ def test_help_explains_every_option_and_its_default(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     for option in ["--preset", "--dataset", "--split", "--epochs", "--steps-per-epoch", "--batch-size",
-                   "--out", "--resume", "--plot-every", "--seed"]:
+                   "--out", "--resume", "--plot-every", "--seed", "--prediction-type", "--loss-weighting",
+                   "--snr-gamma", "--beta-schedule", "--zero-terminal-snr", "--ema-warmup"]:
         assert option in text
     assert "(default: flowers64)" in text and "(default: 0)" in text

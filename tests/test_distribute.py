@@ -46,6 +46,24 @@ def draw():
 noises = [n.numpy() for n in strategy.experimental_local_results(draw())]
 a = model.generate_images(num_images=2, seed=5)
 b = model.generate_images(num_images=2, seed=5)
+
+# v-prediction with min-SNR weights and the EMA warm-up: the decay of the cross-replica update
+# after the first step is min(ema, 2 / 11).
+from ddpm_keras import DiffusionModel, GaussianDiffusion
+with strategy.scope():
+    v_model = DiffusionModel(
+        tiny_unet(), GaussianDiffusion(timesteps=10, beta_end=0.2, rescale_zero_terminal_snr=True), ema=0.9,
+        seed=0, prediction_type="v", loss_weighting="min_snr", ema_warmup=True,
+    )
+    v_model.compile(optimizer=keras.optimizers.Adam(1e-3))
+for e in v_model.ema_network.weights:
+    e.assign(np.full(e.shape, 0.5, "float32"))
+v_losses = v_model.fit(tiny_images(8), batch_size=8, epochs=1, verbose=0, shuffle=False).history["loss"]
+v_ema_error, v_replica_spread = 0.0, 0.0
+for w, e in zip(v_model.network.weights, v_model.ema_network.weights):
+    expected = (2.0 / 11.0) * 0.5 + (9.0 / 11.0) * copies(w)[0]
+    v_ema_error = max([v_ema_error] + [float(np.abs(c - expected).max()) for c in copies(e)])
+    v_replica_spread = max(v_replica_spread, float(np.abs(copies(e)[0] - copies(e)[1]).max()))
 emit(
     replicas=strategy.num_replicas_in_sync, losses=losses, ema_error=ema_error,
     replica_spread=replica_spread, network_spread=network_spread,
@@ -53,12 +71,20 @@ emit(
     noise_std=[float(n.std()) for n in noises],
     iterations=int(to_numpy(model.optimizer.iterations)), same_seed=float(np.abs(a - b).max()),
     samples_finite=bool(np.isfinite(a).all()),
+    v_losses=v_losses, v_ema_error=v_ema_error, v_replica_spread=v_replica_spread,
+    v_iterations=int(to_numpy(v_model.optimizer.iterations)),
 )
 """
 
 
-def test_mirrored_strategy_on_two_cpus():
-    result = run_snippet(MIRRORED)
+@pytest.fixture(scope="module")
+def mirrored():
+    """The results of the MIRRORED snippet, run once in its own interpreter."""
+    return run_snippet(MIRRORED)
+
+
+def test_mirrored_strategy_on_two_cpus(mirrored):
+    result = mirrored
     assert result["replicas"] == 2
     assert result["iterations"] == 1
     # The tracker reports the global mean loss (~1), not a replica's half share.
@@ -71,6 +97,16 @@ def test_mirrored_strategy_on_two_cpus():
     assert all(0.8 < s < 1.2 for s in result["noise_std"])
     assert result["noise_difference"] > 0.5
     assert result["same_seed"] == 0.0 and result["samples_finite"]
+
+
+def test_v_prediction_with_min_snr_and_ema_warmup_on_two_cpus(mirrored):
+    result = mirrored
+    assert result["v_iterations"] == 1
+    # The weighted v loss of an untrained UNet (~0 output): mean weight x mean squared v, below 1.
+    assert len(result["v_losses"]) == 1 and 0.01 < result["v_losses"][0] < 1.5
+    # The cross-replica EMA update used the warm-up's decay, on both copies alike.
+    assert result["v_replica_spread"] == 0.0
+    assert result["v_ema_error"] < 1e-6
 
 
 def test_unknown_strategy_names_the_choices():
