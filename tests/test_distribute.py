@@ -1,6 +1,5 @@
 """MirroredStrategy on two logical CPUs: per-replica noise, one EMA on every replica, the unscaled loss."""
 
-import numpy as np
 import pytest
 
 from ddpm_keras.distribute import get_strategy

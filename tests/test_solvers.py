@@ -11,74 +11,29 @@ rules gives it exactly.
 
 import math
 
-import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
 from ddpm_keras import samplers
 from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
 
-MU, S = 0.1, 0.2
-T = 100
-
-
-@keras.saving.register_keras_serializable(package="ddpm_keras_tests")
-class ExactPredictor(keras.layers.Layer):
-    """The exact epsilon, v or x0 prediction for Gaussian data N(mu, s^2), given the alphas_cumprod."""
-
-    def __init__(self, alphas_cumprod, prediction_type="epsilon", **kwargs):
-        super().__init__(**kwargs)
-        self.alphas_cumprod, self.prediction_type = list(alphas_cumprod), prediction_type
-
-    def call(self, inputs):
-        x, t = inputs
-        ab = ops.take(ops.convert_to_tensor(self.alphas_cumprod, "float32"), t)[:, None, None, None]
-        x_start = MU + ops.sqrt(ab) * S**2 * (x - ops.sqrt(ab) * MU) / (ab * S**2 + 1.0 - ab)
-        eps = (x - ops.sqrt(ab) * MU) * ops.sqrt(1.0 - ab) / (ab * S**2 + 1.0 - ab)
-        if self.prediction_type == "x0":
-            return x_start
-        if self.prediction_type == "v":
-            return ops.sqrt(ab) * eps - ops.sqrt(1.0 - ab) * x_start
-        return eps
-
-    def get_config(self):
-        return {**super().get_config(), "alphas_cumprod": self.alphas_cumprod, "prediction_type": self.prediction_type}
-
-
-def make_model(prediction_type="epsilon", zero_terminal_snr=False, clip=10.0, img_size=4):
-    diffusion = GaussianDiffusion(
-        timesteps=T, beta_end=0.2, clip_min=-clip, clip_max=clip, rescale_zero_terminal_snr=zero_terminal_snr
-    )
-    images, t = keras.Input((img_size, img_size, 1)), keras.Input((), dtype="int32")
-    output = ExactPredictor(diffusion.terms_float64["alphas_cumprod"], prediction_type)([images, t])
-    return DiffusionModel(keras.Model([images, t], output), diffusion, prediction_type=prediction_type), diffusion
-
-
-def exact_x0(x, ab):
-    return MU + math.sqrt(ab) * S**2 * (x - math.sqrt(ab) * MU) / (ab * S**2 + 1.0 - ab)
-
-
-def exact_flow(x_T, ab_from, ab_to):
-    """The probability-flow ODE from level ab_from to ab_to: the standardised value is kept."""
-    v_from, v_to = ab_from * S**2 + 1 - ab_from, ab_to * S**2 + 1 - ab_to
-    return math.sqrt(ab_to) * MU + math.sqrt(v_to / v_from) * (x_T - math.sqrt(ab_from) * MU)
-
-
-def levels(log_snr):
-    """(alpha, sigma) of logSNR values lambda = log(alpha / sigma)."""
-    log_snr = np.asarray(log_snr, np.float64)
-    return np.sqrt(1 / (1 + np.exp(-2 * log_snr))), np.sqrt(1 / (1 + np.exp(2 * log_snr)))
+from gaussian_exact import MU
+from gaussian_exact import S
+from gaussian_exact import T
+from gaussian_exact import exact_flow
+from gaussian_exact import exact_x0
+from gaussian_exact import levels
+from gaussian_exact import make_model
+from gaussian_exact import trailing_kept
 
 
 def run_coefficients(table, alphas, sigmas, x):
     """Runs a deterministic solver's coefficient table in NumPy with the exact denoiser."""
     history = [0.0, 0.0]
     for i in range(len(table["a"])):
-        ab = alphas[i] ** 2
-        m = exact_x0(x, ab)
+        m = exact_x0(x, alphas[i] ** 2)
         x = table["a"][i] * x + table["c0"][i] * m + table["c1"][i] * history[0] + table["c2"][i] * history[1]
         history = [m, history[0]]
     return x
@@ -176,9 +131,6 @@ def reference_dpmpp(kept, x_T, order, stochastic=False, noises=None):
         x_outputs.append(x)
     return x, x_outputs
 
-
-def trailing_kept(diffusion, num_steps):
-    return diffusion.terms_float64["alphas_cumprod"][samplers.spaced_timesteps(T, num_steps)]
 
 
 @pytest.mark.parametrize("sampler, order", [("dpmpp_2m", 2), ("dpmpp_3m", 3)])
@@ -296,6 +248,10 @@ def test_logsnr_and_karras_spacings_follow_their_grids():
     assert not np.array_equal(karras, steps)
     with pytest.raises(ValueError, match=r"Unknown timestep_spacing: 'uniform'. Expected one of"):
         samplers.sampling_timesteps(diffusion, 20, "uniform")
+    # On a short schedule the grids crowd at the ends: the steps are moved apart, never merged.
+    for spacing in ("karras", "logsnr"):
+        short = samplers.sampling_timesteps(GaussianDiffusion(30), 25, spacing)
+        assert len(short) == 25 and short[-1] == 29 and short[0] >= 0 and np.all(np.diff(short) > 0)
 
 
 def test_dynamic_thresholding_matches_its_definition():

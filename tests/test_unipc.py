@@ -8,64 +8,19 @@ steps are affine in x and the stored predictions, so its whole map is affine in 
 an independent float64 transcription of the published update rules gives it exactly.
 """
 
-import keras
 import numpy as np
 import pytest
-from keras import ops
 
-from ddpm_keras import DiffusionModel
-from ddpm_keras import GaussianDiffusion
 from ddpm_keras import samplers
 from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
 from ddpm_keras.samplers.unipc import unipc_coefficients
 
-MU, S = 0.1, 0.2
-T = 100
-
-
-class ExactPredictor(keras.layers.Layer):
-    """The exact noise (or x_0) prediction for Gaussian data N(mu, s^2), given the alphas_cumprod."""
-
-    def __init__(self, alphas_cumprod, prediction_type="epsilon", **kwargs):
-        super().__init__(**kwargs)
-        self.alphas_cumprod, self.prediction_type = list(alphas_cumprod), prediction_type
-
-    def call(self, inputs):
-        x, t = inputs
-        ab = ops.take(ops.convert_to_tensor(self.alphas_cumprod, "float32"), t)[:, None, None, None]
-        if self.prediction_type == "x0":
-            return MU + ops.sqrt(ab) * S**2 * (x - ops.sqrt(ab) * MU) / (ab * S**2 + 1.0 - ab)
-        return (x - ops.sqrt(ab) * MU) * ops.sqrt(1.0 - ab) / (ab * S**2 + 1.0 - ab)
-
-    def get_config(self):
-        return {**super().get_config(), "alphas_cumprod": self.alphas_cumprod, "prediction_type": self.prediction_type}
-
-
-def make_model(prediction_type="epsilon", zero_terminal_snr=False, img_size=4):
-    """A 4x4x1 model over T = 100 steps whose network is exact; the clip range never binds."""
-    diffusion = GaussianDiffusion(
-        timesteps=T, beta_end=0.2, clip_min=-10.0, clip_max=10.0, rescale_zero_terminal_snr=zero_terminal_snr,
-    )
-    images, t = keras.Input((img_size, img_size, 1)), keras.Input((), dtype="int32")
-    output = ExactPredictor(diffusion.terms_float64["alphas_cumprod"], prediction_type)([images, t])
-    return DiffusionModel(keras.Model([images, t], output), diffusion, prediction_type=prediction_type), diffusion
-
-
-def exact_x0(x, ab):
-    return MU + np.sqrt(ab) * S**2 * (x - np.sqrt(ab) * MU) / (ab * S**2 + 1.0 - ab)
-
-
-def exact_flow(x, ab_from, ab_to):
-    """The probability-flow ODE from level ab_from to ab_to: the standardised value is kept."""
-    v_from, v_to = ab_from * S**2 + 1 - ab_from, ab_to * S**2 + 1 - ab_to
-    return np.sqrt(ab_to) * MU + np.sqrt(v_to / v_from) * (x - np.sqrt(ab_from) * MU)
-
-
-def levels(log_snr):
-    """(alpha, sigma) of logSNR values lambda = log(alpha / sigma)."""
-    log_snr = np.asarray(log_snr, np.float64)
-    return np.sqrt(1 / (1 + np.exp(-2 * log_snr))), np.sqrt(1 / (1 + np.exp(2 * log_snr)))
-
+from gaussian_exact import T
+from gaussian_exact import exact_flow
+from gaussian_exact import exact_x0
+from gaussian_exact import levels
+from gaussian_exact import make_model
+from gaussian_exact import trailing_kept
 
 def run_coefficients(table, alphas, x, corrector=True):
     """Runs `unipc_coefficients` in NumPy with the exact denoiser: correct x~_i, then predict x~_{i+1}."""
@@ -169,9 +124,6 @@ def reference_unipc(kept, x_T, order=2):
         x = update(x, ms, i, last_order, corrector=False)
     return x
 
-
-def trailing_kept(diffusion, num_steps):
-    return diffusion.terms_float64["alphas_cumprod"][samplers.spaced_timesteps(T, num_steps)]
 
 
 @pytest.mark.parametrize("num_steps", [2, 8, 20])

@@ -1,7 +1,6 @@
 """DDIM (Song et al. 2021): the deterministic probability-flow sampler, its stochastic family and its inversion."""
 
 import numpy as np
-from keras import ops
 
 from ddpm_keras.samplers.common import Chain
 from ddpm_keras.samplers.common import batch_steps

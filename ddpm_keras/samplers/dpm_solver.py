@@ -76,6 +76,19 @@ def step_orders(h, order, few_steps=FEW_STEPS):
     return orders
 
 
+def path_steps(alphas, sigmas, order, few_steps=FEW_STEPS):
+    """The steps along a path of levels: `(alphas, sigmas, e^{-h}, h, orders)`, float64.
+
+    `e^{-h}` is the ratio `alpha_i sigma_{i+1} / (sigma_i alpha_{i+1})`: 0,
+    not NaN, for a step from zero SNR or to the data (`h` infinite there).
+    """
+    alphas, sigmas = np.asarray(alphas, np.float64), np.asarray(sigmas, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exp_neg_h = alphas[:-1] * sigmas[1:] / (sigmas[:-1] * alphas[1:])
+        h = -np.log(exp_neg_h)
+    return alphas, sigmas, exp_neg_h, h, step_orders(h, order, few_steps)
+
+
 def dpmpp_coefficients(alphas, sigmas, order=2, stochastic=False, few_steps=FEW_STEPS):
     """The per-step coefficients of DPM-Solver++ along a path of noise levels, in float64.
 
@@ -97,13 +110,9 @@ def dpmpp_coefficients(alphas, sigmas, order=2, stochastic=False, few_steps=FEW_
     >>> ab = np.linspace(0.01, 0.99, 11)
     >>> c = dpmpp_coefficients(np.sqrt(ab), np.sqrt(1 - ab), order=2)
     """
-    alphas, sigmas = np.asarray(alphas, np.float64), np.asarray(sigmas, np.float64)
     if order not in (1, 2, 3) or (stochastic and order == 3):
         raise ValueError(f"order must be 1, 2 or 3 (1 or 2 for the SDE solver). Received: order={order!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exp_neg_h = alphas[:-1] * sigmas[1:] / (sigmas[:-1] * alphas[1:])
-        h = -np.log(exp_neg_h)
-    orders = step_orders(h, order, few_steps)
+    alphas, sigmas, exp_neg_h, h, orders = path_steps(alphas, sigmas, order, few_steps)
     n = len(h)
     names = ("a", "c0", "c1", "c2", "noise")
     table = {name: np.zeros(n) for name in names}

@@ -47,10 +47,11 @@ def sampling_timesteps(diffusion, num_steps, spacing="trailing"):
 
     The network only knows its integer training timesteps, so each
     fractional position is mapped to the timestep whose `lambda` is
-    nearest; where two positions fall on the same timestep the lower one
-    moves down by one (and a `ValueError` says when `num_steps` is too many
-    for that). With zero terminal SNR (`lambda = -inf` at `T - 1`) the
-    grid spans `[T - 2, 0]` and `T - 1` is added as the first point.
+    nearest; positions closer than one timestep (where few timesteps are
+    asked of a short schedule) are moved apart to neighbouring timesteps,
+    so every step is distinct. With zero terminal SNR (`lambda = -inf` at
+    `T - 1`) the grid spans `[T - 2, 0]` and `T - 1` is added as the first
+    point.
 
     Args:
         diffusion: A `GaussianDiffusion`.
@@ -78,17 +79,17 @@ def sampling_timesteps(diffusion, num_steps, spacing="trailing"):
         inverse_rho = 1.0 / KARRAS_RHO
         sigmas = (sigma_max**inverse_rho + ramp * (sigma_min**inverse_rho - sigma_max**inverse_rho)) ** KARRAS_RHO
         targets = -np.log(sigmas)
-    # log_snr decreases with t: nearest timestep of each target, from the noisy end down.
+    # log_snr decreases with t: the nearest timestep of each target, ascending.
     candidates = log_snr[: top + 1]
-    timesteps = np.abs(candidates[None, :] - targets[:, None]).argmin(axis=1)
-    timesteps[0] = top
+    timesteps = np.sort(np.abs(candidates[None, :] - targets[:, None]).argmin(axis=1))
+    timesteps[-1] = top
+    # Targets closer than one timestep share it: move the lower ones up, then (if that
+    # passes the top) the upper ones down, so that the steps are distinct.
     for i in range(1, count):
-        timesteps[i] = min(timesteps[i], timesteps[i - 1] - 1)
-    if timesteps[-1] < 0:
-        raise ValueError(
-            f"num_steps={num_steps} is too many for timestep_spacing={spacing!r} on {num_timesteps} "
-            "timesteps: positions would share a timestep. Use fewer steps or timestep_spacing='trailing'."
-        )
+        timesteps[i] = max(timesteps[i], timesteps[i - 1] + 1)
+    timesteps[-1] = min(timesteps[-1], top)
+    for i in range(count - 2, -1, -1):
+        timesteps[i] = min(timesteps[i], timesteps[i + 1] - 1)
     if top != num_timesteps - 1:
         timesteps = np.append(num_timesteps - 1, timesteps)
     return np.sort(timesteps).astype(np.int64)

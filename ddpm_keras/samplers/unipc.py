@@ -53,7 +53,7 @@ from ddpm_keras.samplers.common import batch_steps
 from ddpm_keras.samplers.common import gather_scalar
 from ddpm_keras.samplers.dpm_solver import FEW_STEPS
 from ddpm_keras.samplers.dpm_solver import path_levels
-from ddpm_keras.samplers.dpm_solver import step_orders
+from ddpm_keras.samplers.dpm_solver import path_steps
 
 UNIPC_ORDERS = (1, 2, 3)
 
@@ -80,13 +80,9 @@ def unipc_coefficients(alphas, sigmas, order=2, few_steps=FEW_STEPS):
     >>> ab = np.linspace(0.01, 0.99, 11)
     >>> c = unipc_coefficients(np.sqrt(ab), np.sqrt(1 - ab), order=2)
     """
-    alphas, sigmas = np.asarray(alphas, np.float64), np.asarray(sigmas, np.float64)
     if order not in UNIPC_ORDERS:
         raise ValueError(f"order must be one of {UNIPC_ORDERS}. Received: order={order!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        exp_neg_h = alphas[:-1] * sigmas[1:] / (sigmas[:-1] * alphas[1:])
-        h = -np.log(exp_neg_h)
-    orders = step_orders(h, order, few_steps)
+    alphas, sigmas, exp_neg_h, h, orders = path_steps(alphas, sigmas, order, few_steps)
     n = len(h)
     table = {name: np.zeros(n) for name in ("a", "p0", "p1", "p2", "c0", "c1", "c2", "c3")}
     table["a"] = sigmas[1:] / sigmas[:-1]
