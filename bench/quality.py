@@ -1,7 +1,7 @@
 """Sample quality (FID, KID) per sampler and step count, on a model trained here, with an offline extractor.
 
 Usage: python bench/quality.py [--img-size 16] [--epochs 40] [--num-samples 1000] [--seeds 0,1,2]
-       [--configs ddpm:1000,ddpm:50,ddpm:20,ddim:50,ddim:20,ddim1:50] [--out DIR] [--load DIR]
+       [--configs ddpm:1000,ddpm:50,ddim:250,dpmpp_2m:20,dpmpp_2m_sde@karras:20,...] [--out DIR] [--load DIR]
 
 What it does, all on data the project draws itself (no download):
 
@@ -15,7 +15,8 @@ What it does, all on data the project draws itself (no download):
 3. Reference statistics from 4,096 other synthetic flowers; the "data"
    row is the FID of `--num-samples` further real images against them: the
    floor that sampling error alone gives at this sample count.
-4. For each sampler config (`name:steps`; `ddim1` is DDIM with eta = 1) and
+4. For each sampler config (`name[@spacing]:steps`; `ddim1` is DDIM with
+   eta = 1, `@logsnr` and `@karras` a timestep spacing other than trailing) and
    each sampling seed: `--num-samples` images from the EMA network, their
    FID and KID. Prints mean and standard deviation over seeds, and the
    sampling time per 1,000 images.
@@ -56,11 +57,15 @@ REGRESSED = ("radius", "centre_x", "centre_y", "petal_colour", "background", "di
 
 
 def parse_configs(text):
+    """`name[@spacing]:steps,...`: `ddim1` is DDIM with eta = 1, `@logsnr` or `@karras` the timestep spacing."""
     configs = []
     for item in text.split(","):
         name, steps = item.split(":")
+        name, _, spacing = name.partition("@")
         sampler, eta = ("ddim", 1.0) if name == "ddim1" else (name, 0.0)
-        configs.append({"label": f"{name}-{steps}", "sampler": sampler, "num_steps": int(steps), "eta": eta})
+        label = f"{name}{'@' + spacing if spacing else ''}-{steps}"
+        configs.append({"label": label, "sampler": sampler, "num_steps": int(steps), "eta": eta,
+                        "timestep_spacing": spacing or "trailing"})
     return configs
 
 
@@ -116,7 +121,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--configs", default="ddpm:1000,ddpm:50,ddpm:20,ddim:50,ddim:20,ddim1:50")
+    parser.add_argument("--configs", default="ddpm:1000,ddpm:50,ddpm:20,ddim:250,ddim:20,dpmpp_2m:20,dpmpp_3m:20,"
+                        "unipc:20,dpmpp_2m_sde:10,dpmpp_2m_sde:20,dpmpp_2m_sde:50")
     parser.add_argument("--batch-size", type=int, default=500, help="images per compiled sampling call")
     parser.add_argument("--out", default=None)
     parser.add_argument("--load", default=None, help="use model.keras and extractor.keras of an earlier --out")
@@ -149,7 +155,8 @@ def main():
         for seed in seeds:
             start = time.perf_counter()
             images = model.generate_images(args.num_samples, seed=seed, batch_size=args.batch_size, verbose=0,
-                                           sampler=config["sampler"], num_steps=config["num_steps"], eta=config["eta"])
+                                           sampler=config["sampler"], num_steps=config["num_steps"], eta=config["eta"],
+                                           timestep_spacing=config["timestep_spacing"])
             seconds.append(time.perf_counter() - start)
             values = sample_distances(images, reference, extractor)
             fids.append(values["fid"])

@@ -11,6 +11,7 @@ from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
 from ddpm_keras.metrics.distances import DISTANCES
+from ddpm_keras.presets import DEFAULT_SAMPLING
 from ddpm_keras.visualize import plot_metrics
 from ddpm_keras.visualize import save_image_grid
 
@@ -19,9 +20,6 @@ LOG_FILE = "log.csv"
 QUALITY_LOG_FILE = "quality.csv"
 QUALITY_PLOT_FILE = "quality.png"
 SAMPLES_DIR = "samples"
-
-# The fastest sampler of the model: 50 deterministic DDIM steps.
-DEFAULT_SAMPLING = {"sampler": "ddim", "num_steps": 50}
 
 
 class SamplePlotter(keras.callbacks.Callback):
@@ -39,7 +37,7 @@ class SamplePlotter(keras.callbacks.Callback):
         num_images: Integer, the number of samples. Defaults to `16`.
         seed: Integer, the seed of the samples. Defaults to `0`.
         sampling: Dict of keyword arguments of `generate_images` choosing the
-            sampler. Defaults to `DEFAULT_SAMPLING` (DDIM, 50 steps).
+            sampler. Defaults to `presets.DEFAULT_SAMPLING`.
         scale: Integer, the upscaling of the saved grid. Defaults to `4` for
             images of 32 px or less, else `2`.
         show: Boolean or `None`, display inline; `None` displays when
@@ -221,9 +219,11 @@ class QualityMonitor(keras.callbacks.Callback):
 
 
 def describe_sampling(sampling):
-    """`"ddim, 50 steps"`: a `generate_images` sampling dict in words."""
+    """`"ddim, 50 steps"` (`"..., karras spacing"` when not trailing): a `generate_images` sampling dict in words."""
     steps = sampling.get("num_steps")
-    return f"{sampling.get('sampler', 'ddpm')}, {'all' if steps is None else steps} steps"
+    spacing = sampling.get("timestep_spacing", "trailing")
+    return (f"{sampling.get('sampler', 'ddpm')}, {'all' if steps is None else steps} steps"
+            + ("" if spacing == "trailing" else f", {spacing} spacing"))
 
 
 def save_atomically(model, path):

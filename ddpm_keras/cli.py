@@ -3,7 +3,7 @@
     ddpm-keras train --preset tiny --epochs 20          # synthetic flowers, CPU
     ddpm-keras train                                     # Oxford Flowers 102, 64 px
     ddpm-keras train --resume                            # continue after a stop
-    ddpm-keras sample --checkpoint checkpoints/tiny-synthetic --out samples.png --sampler ddim --gif denoise.gif
+    ddpm-keras sample --checkpoint checkpoints/tiny-synthetic --out samples.png --gif denoise.gif
     ddpm-keras evaluate --checkpoint RUN_DIR --num-samples 1000 --metrics fid,kid,bpd --out metrics.json
     ddpm-keras inpaint --checkpoint RUN_DIR --image flower.jpg --mask mask.png --out inpainted.png
     ddpm-keras interpolate --checkpoint RUN_DIR --out path.png
@@ -77,7 +77,7 @@ def build_parser():
     )
     _add_checkpoint_args(sample)
     sample.add_argument("--num-images", type=positive_int, default=16, help="number of images")
-    _add_sampler_args(sample, samplers=("ddpm", "ddim", "pc"))
+    _add_sampler_args(sample)
     sample.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per compiled call, for large requests. Default: all at once")
     sample.add_argument("--gif", default=None, help="also write the denoising trajectory as an animated GIF")
@@ -101,7 +101,7 @@ def build_parser():
                           help=f"comma-separated, from {','.join(EVALUATE_METRICS)}")
     evaluate.add_argument("--num-samples", type=positive_int, default=1000, help="generated images for fid, kid, is")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the samples and of bpd's noise")
-    _add_sampler_args(evaluate, samplers=("ddim", "ddpm", "pc"), default_steps="50 for ddim, all T for ddpm and pc")
+    _add_sampler_args(evaluate)
     evaluate.add_argument("--batch-size", type=positive_int, default=128, help="images per compiled sampling call")
     _add_extractor_args(evaluate)
     evaluate.add_argument("--classifier", default=None,
@@ -125,7 +125,7 @@ def build_parser():
     inpaint.add_argument("--image", required=True, help="the image (any size: centre-cropped and resized)")
     inpaint.add_argument("--mask", required=True, help="a black-and-white image: white = keep, black = fill")
     inpaint.add_argument("--num-images", type=positive_int, default=4, help="number of fillings to draw")
-    _add_sampler_args(inpaint, samplers=("ddpm", "ddim"))
+    _add_sampler_args(inpaint, inpainting=True)
     inpaint.add_argument("--resample", type=positive_int, default=1,
                          help="RePaint resampling count per step (blends the edges; costs that many network calls)")
 
@@ -133,12 +133,14 @@ def build_parser():
         "interpolate",
         help="spherical interpolation between two noises or two images",
         formatter_class=formatter,
-        description="Decode a spherical interpolation between two latent noises with deterministic DDIM. "
-        "With --images A B the two latents come from DDIM inversion of two real images.",
+        description="Decode a spherical interpolation between two latent noises with a deterministic sampler "
+        "(DDIM by default). With --images A B the two latents come from DDIM inversion of two real images.",
     )
     _add_checkpoint_args(interpolate)
     interpolate.add_argument("--num-images", type=positive_int, default=8, help="images along the path, ends included")
-    interpolate.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
+    interpolate.add_argument("--sampler", default="ddim", choices=_deterministic_samplers(),
+                             help="the deterministic sampler that decodes the path (ddim with --images)")
+    interpolate.add_argument("--steps", type=positive_int, default=50, help="decoding steps")
     interpolate.add_argument("--images", nargs=2, metavar=("A", "B"), default=None, help="two image files to interpolate")
     return parser
 
@@ -149,12 +151,51 @@ def _add_checkpoint_args(parser):
     parser.add_argument("--out", required=True, help="output PNG file")
 
 
-def _add_sampler_args(parser, samplers, default_steps="all T for ddpm and pc, 50 for ddim"):
-    parser.add_argument("--sampler", default=samplers[0], choices=samplers,
+def _add_sampler_args(parser, inpainting=False):
+    """--sampler, --steps, --eta, --timestep-spacing (and --thresholding): defaults from `presets.DEFAULT_SAMPLING`."""
+    from ddpm_keras import samplers
+    from ddpm_keras.presets import DEFAULT_SAMPLING
+
+    choices = samplers.INPAINT_SAMPLERS if inpainting else samplers.SAMPLERS
+    default = "ddpm" if inpainting else DEFAULT_SAMPLING["sampler"]
+    default_steps = "all T" if inpainting else (
+        f"{DEFAULT_SAMPLING['num_steps']} for the default sampler, else the sampler's own (ddpm, pc: all T; "
+        f"ddim: {samplers.DEFAULT_DDIM_STEPS}; the solvers: {samplers.DEFAULT_SOLVER_STEPS})"
+    )
+    parser.add_argument("--sampler", default=default, choices=choices,
                         help="ddpm: ancestral; ddim: Song et al. 2021 (deterministic with --eta 0); "
-                        "pc: DDPM predictor + Langevin corrector")
+                        "pc: DDPM predictor + Langevin corrector; dpmpp_2m, dpmpp_3m: DPM-Solver++ (deterministic); "
+                        "dpmpp_2m_sde: its stochastic form; unipc: UniPC (deterministic)")
     parser.add_argument("--steps", type=positive_int, default=None, help=f"reverse steps. Default: {default_steps}")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    default_spacing = "trailing" if inpainting else (
+        f"{DEFAULT_SAMPLING.get('timestep_spacing', 'trailing')} for the default sampler, else trailing"
+    )
+    parser.add_argument("--timestep-spacing", default=None, choices=samplers.TIMESTEP_SPACINGS,
+                        help=f"which training timesteps the steps visit. Default: {default_spacing}")
+    if not inpainting:
+        parser.add_argument("--thresholding", type=float, default=None, metavar="Q",
+                            help="dynamic thresholding of the predicted x_0 at quantile Q, e.g. 0.995 "
+                            "(Imagen), instead of clipping")
+
+
+def sampling_options(args):
+    """The `generate_images` options of a command's sampler arguments; the default sampler gets its default steps."""
+    from ddpm_keras.presets import DEFAULT_SAMPLING
+
+    default = args.sampler == DEFAULT_SAMPLING["sampler"]
+    steps = DEFAULT_SAMPLING["num_steps"] if args.steps is None and default else args.steps
+    spacing = args.timestep_spacing or (DEFAULT_SAMPLING.get("timestep_spacing", "trailing") if default else "trailing")
+    options = {"sampler": args.sampler, "num_steps": steps, "eta": args.eta, "timestep_spacing": spacing}
+    if getattr(args, "thresholding", None) is not None:
+        options["thresholding"] = args.thresholding
+    return options
+
+
+def _deterministic_samplers():
+    from ddpm_keras.generation import DETERMINISTIC_SAMPLERS
+
+    return DETERMINISTIC_SAMPLERS
 
 
 def _add_extractor_args(parser):
@@ -279,9 +320,11 @@ def sample(args):
     if args.gif:
         _check_suffix(args.gif, ".gif", "--gif")
     start = time.perf_counter()
+    options = sampling_options(args)
+    options["num_steps"] = _at_most_timesteps(options["num_steps"], model)
     result = model.generate_images(
-        num_images=args.num_images, seed=args.seed, sampler=args.sampler, num_steps=args.steps,
-        eta=args.eta, batch_size=args.batch_size, return_trajectory=bool(args.gif),
+        num_images=args.num_images, seed=args.seed, batch_size=args.batch_size, return_trajectory=bool(args.gif),
+        **options,
     )
     images, trajectory = result if args.gif else (result, None)
     seconds = time.perf_counter() - start
@@ -290,6 +333,11 @@ def sample(args):
     if args.gif:
         save_gif(trajectory, args.gif, scale=_display_scale(images))
         print(f"Wrote the denoising trajectory ({len(trajectory)} frames) to {args.gif}.")
+
+
+def _at_most_timesteps(num_steps, model):
+    """A default step count capped at the model's T (a model with few timesteps samples them all)."""
+    return None if num_steps is None else min(num_steps, model.diffusion.num_timesteps)
 
 
 def inpaint(args):
@@ -305,7 +353,7 @@ def inpaint(args):
         raise CLIError(f"The mask {args.mask} is white everywhere: nothing to fill (black marks the region to fill).")
     images = np.repeat(image[None], args.num_images, axis=0)
     filled = model.inpaint(images, mask, seed=args.seed, sampler=args.sampler, num_steps=args.steps,
-                           eta=args.eta, resample=args.resample)
+                           eta=args.eta, resample=args.resample, timestep_spacing=args.timestep_spacing or "trailing")
     masked = np.where(mask > 0, image, 0.0)[None]
     rows = [image[None], masked, filled]
     _save_grid(np.concatenate([np.pad(r, ((0, args.num_images - len(r)), (0, 0), (0, 0), (0, 0)),
@@ -323,7 +371,10 @@ def interpolate(args):
     if args.images:
         size = model.image_shape[:2]
         images = tuple(_read_image(path, size)[None] for path in args.images)
-    path = model.interpolate(num_images=args.num_images, seed=args.seed, num_steps=args.steps, images=images)
+    if images is not None and args.sampler != "ddim":
+        raise CLIError(f"--images needs --sampler ddim (the inverse of the DDIM encoding). Received: --sampler {args.sampler}")
+    path = model.interpolate(num_images=args.num_images, seed=args.seed, num_steps=args.steps, images=images,
+                             sampler=args.sampler)
     grid = path if images is None else np.concatenate([images[0], path, images[1]])
     _save_grid(grid, args.out, ncols=len(grid))
     print(f"Wrote {args.num_images} interpolated images to {args.out}"

@@ -6,7 +6,6 @@ import time
 
 import keras
 
-from ddpm_keras.callbacks import DEFAULT_SAMPLING
 from ddpm_keras.callbacks import QualityMonitor
 from ddpm_keras.callbacks import describe_sampling
 from ddpm_keras.cli import _check_suffix
@@ -90,11 +89,13 @@ def evaluate(args):
 
 
 def _evaluation_sampling(args, num_timesteps):
-    """The sampler options of `evaluate`: DDIM defaults to the sample grids' step count (at most T)."""
-    steps = args.steps
-    if steps is None and args.sampler == DEFAULT_SAMPLING["sampler"]:
-        steps = min(DEFAULT_SAMPLING["num_steps"], num_timesteps)
-    return {"sampler": args.sampler, "num_steps": steps, "eta": args.eta}
+    """The sampler options of `evaluate`: the default sampler takes the sample grids' step count (at most T)."""
+    from ddpm_keras.cli import sampling_options
+
+    options = sampling_options(args)
+    if options["num_steps"] is not None:
+        options["num_steps"] = min(options["num_steps"], num_timesteps)
+    return options
 
 
 def _print_table(results):

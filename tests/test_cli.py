@@ -108,7 +108,7 @@ def test_evaluate_prints_a_table_and_writes_json(run_dir, extractors, tmp_path, 
     assert set(results) == {"fid", "kid", "kid_std", "is", "is_std", "bpd"}
     assert report["dataset"] == "synthetic" and report["num_samples"] == 8  # the dataset from run.json
     assert results["fid"] > 0 and 1.0 <= results["is"] <= 5.0 and 0 < results["bpd"] < 100
-    assert report["sampling"] == {"sampler": "ddim", "num_steps": 3, "eta": 0.0}
+    assert report["sampling"] == {"sampler": "ddim", "num_steps": 3, "eta": 0.0, "timestep_spacing": "trailing"}
     printed = capsys.readouterr().out
     assert "FID" in printed and "bits/dim" in printed and f"{results['fid']:.5g}" in printed
     # The training run's reference statistics were reused from the cache: one file.
@@ -153,7 +153,7 @@ def test_sample_writes_a_png_grid(run_dir, tmp_path, capsys):
     assert main(["sample", "--checkpoint", run_dir, "--num-images", "2", "--seed", "1", "--out", out]) == 0
     with Image.open(out) as picture:
         assert picture.size == (4 * (2 * (32 + 2) + 2), 4 * (32 + 2 + 2))
-    assert "Wrote 2 samples" in capsys.readouterr().out
+    assert "Wrote 2 samples (dpmpp_2m_sde)" in capsys.readouterr().out  # presets.DEFAULT_SAMPLING
 
 
 def test_sample_with_ddim_writes_the_trajectory_gif(run_dir, tmp_path):
