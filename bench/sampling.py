@@ -14,6 +14,10 @@ For each preset (random weights: a step's cost does not depend on them):
 - DDIM-50 vs DDPM-1000 wall time for the same images: run for real at
   `tiny` (unless `--skip-full`), extrapolated from per-step times at
   `flowers64` (labelled "extrap.").
+- segments: `--segment-steps-total` DDPM steps at `tiny` run as one
+  compiled call against segments of 50 and of 10 steps (what a progress bar
+  between segments costs), each timed after a first call that compiles,
+  the best of `--repeats`.
 """
 
 import argparse
@@ -72,6 +76,16 @@ def predict_loop_seconds_per_step(model, num_images, num_steps):
     return (time.perf_counter() - start) / num_steps
 
 
+def segment_seconds_per_step(model, num_images, num_steps, segment_steps, repeats):
+    """Best seconds per step over `repeats` timed runs of `num_steps` DDPM steps in segments (after a compile run)."""
+    def run():
+        model.generate_images(num_images, seed=0, sampler="ddpm", num_steps=num_steps, verbose=0,
+                              segment_steps=segment_steps)
+
+    run()
+    return min(timed(run) for _ in range(repeats)) / num_steps
+
+
 def bench_preset(preset, num_images, steps, run_full):
     keras.backend.clear_session()
     model = build_model(preset)
@@ -99,6 +113,8 @@ def main():
     parser.add_argument("--tiny-steps", type=int, default=20)
     parser.add_argument("--flowers64-steps", type=int, default=3)
     parser.add_argument("--skip-full", action="store_true", help="extrapolate DDPM-1000/DDIM-50 at tiny too")
+    parser.add_argument("--segment-steps-total", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     per_step, wall = [], []
     for preset in args.presets:
@@ -123,6 +139,17 @@ def main():
     for p, ddim, ddpm, how, ddim_compile, ddpm_compile in wall:
         compile_text = "-" if ddim_compile is None else f"{ddim_compile:.1f} / {ddpm_compile:.1f}"
         print(f"{p:<10}{ddim:>12.2f}{ddpm:>14.2f}{ddpm / ddim:>8.1f}x{how:>10}{compile_text:>24}")
+
+    keras.backend.clear_session()
+    model = build_model("tiny")
+    total = args.segment_steps_total
+    whole = segment_seconds_per_step(model, args.num_images, total, None, args.repeats)
+    print(f"\nSegments: {total} DDPM steps at tiny, {args.num_images} images, best of {args.repeats}")
+    print(f"{'segment steps':<16}{'s/step':>10}{'vs one call':>13}")
+    print(f"{'one call':<16}{whole:>10.5f}{'1.000':>13}")
+    for size in (50, 10):
+        seconds = segment_seconds_per_step(model, args.num_images, total, size, args.repeats)
+        print(f"{size:<16}{seconds:>10.5f}{seconds / whole:>13.3f}")
 
 
 if __name__ == "__main__":
