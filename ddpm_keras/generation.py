@@ -360,7 +360,7 @@ class GenerationMixin:
         run_init = self._compiled(key + ("init",), init)
         run_segment = self._compiled(key + ("segment",), segment)
         seed = _train_steps.random_seed(seed)
-        loop_state = run_init(seed, *((() if drawn else (x_T,)) + tuple(inputs)))
+        loop_state = run_init(seed, *((() if drawn else (ops.convert_to_tensor(x_T),)) + tuple(inputs)))
         size = num_steps if segment_steps is None else check_positive_int("segment_steps", segment_steps)
         for begin in range(0, num_steps, size):
             end = min(begin + size, num_steps)

@@ -93,10 +93,18 @@ weights = [to_numpy(w) for w in loaded.ema_network.weights]
 weight_error = max(float(np.abs(w - reference[f"arr_{i}"]).max()) for i, w in enumerate(weights))
 eps = to_numpy(loaded.ema_network([reference["x"], reference["t"]]))
 images = loaded.generate_images(num_images=2, seed=1)
+# The deterministic solvers from one x_T: the same weights give the same images on every backend.
+start = np.random.default_rng(2).standard_normal((2, 16, 16, 3)).astype("float32")
+solved = {name: loaded.generate_images(sampler=name, num_steps=6, initial_noise=start, verbose=0).tolist()
+          for name in ("dpmpp_2m", "dpmpp_3m", "unipc")}
+# A stochastic solver run in segments draws the same noise as in one piece.
+whole = loaded.generate_images(2, seed=3, sampler="dpmpp_2m_sde", num_steps=6, segment_steps=None, verbose=0)
+parts = loaded.generate_images(2, seed=3, sampler="dpmpp_2m_sde", num_steps=6, segment_steps=4, verbose=0)
 emit(
     kind=type(loaded).__name__, weight_error=weight_error,
     eps_error=float(np.abs(eps - reference["eps"]).max()), iterations=int(loaded.optimizer.iterations),
     images_finite=bool(np.isfinite(images).all()), images_spread=float(images.std()),
+    solved=solved, segment_error=float(np.abs(whole - parts).max()), sde_spread=float(whole.std()),
 )
 """
 
@@ -164,6 +172,9 @@ def test_keras_file_saved_under_tensorflow_loads(backend, runs):
     assert result["eps_error"] < 1e-4
     assert result["iterations"] == 5
     assert result["images_finite"] and result["images_spread"] > 0.05
+    for name, images in result["solved"].items():
+        np.testing.assert_allclose(images, runs("tensorflow")["solved"][name], atol=1e-4, err_msg=name)
+    assert result["segment_error"] < 1e-6 and result["sde_spread"] > 0.05
 
 
 # The likelihood bound of one set of weights on every backend. bits_per_dim draws its noise
