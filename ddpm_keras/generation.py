@@ -124,6 +124,7 @@ class GenerationMixin:
             timestep_spacing=timestep_spacing, thresholding=thresholding,
         )
         batch_size = num_images if batch_size is None else min(check_positive_int("batch_size", batch_size), num_images)
+        segment_steps = None if segment_steps is None else check_positive_int("segment_steps", segment_steps)
         every = None
         if return_trajectory:
             every = max(1, num_steps // 20) if trajectory_every is None else check_positive_int(
@@ -361,7 +362,7 @@ class GenerationMixin:
         run_segment = self._compiled(key + ("segment",), segment)
         seed = _train_steps.random_seed(seed)
         loop_state = run_init(seed, *((() if drawn else (ops.convert_to_tensor(x_T),)) + tuple(inputs)))
-        size = num_steps if segment_steps is None else check_positive_int("segment_steps", segment_steps)
+        size = num_steps if segment_steps is None else segment_steps
         for begin in range(0, num_steps, size):
             end = min(begin + size, num_steps)
             loop_state = run_segment(seed, loop_state, _index(begin), _index(end), *inputs)
