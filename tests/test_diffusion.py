@@ -173,7 +173,7 @@ def test_config_round_trip():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"beta_schedule": "sigmoid"}, "sigmoid"),
+        ({"beta_schedule": "quadratic"}, "quadratic"),
         ({"timesteps": -3}, "timesteps=-3"),
         ({"timesteps": 2.5}, "timesteps=2.5"),
         ({"beta_start": 0.0}, "beta_start=0.0"),
