@@ -209,9 +209,9 @@ class GenerationMixin:
         }
 
         def build(model_fn, noise_fn, x_0, known):
-            spaced, timestep_map = samplers.sampling_schedule(self.diffusion, num_steps, timestep_spacing)
-            context = samplers.SamplingContext(
-                model_fn, noise_fn, spaced, timestep_map, self.prediction_type, bool(clip_denoised),
+            context = samplers.make_context(
+                model_fn, noise_fn, self.diffusion, num_steps, self.prediction_type, bool(clip_denoised),
+                timestep_spacing=timestep_spacing,
             )
             return samplers.inpaint_chain(context, x_0, known, sampler, float(eta), resample)
 
@@ -245,8 +245,7 @@ class GenerationMixin:
         samplers.check_num_steps(num_steps, self.diffusion.num_timesteps)
 
         def build(model_fn, noise_fn, x_0):
-            spaced, timestep_map = samplers.sampling_schedule(self.diffusion, num_steps)
-            context = samplers.SamplingContext(model_fn, noise_fn, spaced, timestep_map, self.prediction_type)
+            context = samplers.make_context(model_fn, noise_fn, self.diffusion, num_steps, self.prediction_type)
             return samplers.ddim_encode_chain(context)
 
         x_0 = ops.convert_to_tensor(images)

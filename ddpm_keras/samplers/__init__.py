@@ -138,11 +138,19 @@ def build_chain(
     """
     spec = _spec(sampler)
     num_steps = default_num_steps(sampler, num_steps, diffusion.num_timesteps)
-    spaced, timestep_map = sampling_schedule(diffusion, num_steps, timestep_spacing)
-    context = SamplingContext(
-        model_fn, noise_fn, spaced, timestep_map, prediction_type, clip_denoised, thresholding,
+    context = make_context(
+        model_fn, noise_fn, diffusion, num_steps, prediction_type, clip_denoised, thresholding, timestep_spacing,
     )
     return spec.build(context, **{name: options[name] for name in spec.options if name in options})
+
+
+def make_context(
+    model_fn, noise_fn, diffusion, num_steps, prediction_type="epsilon", clip_denoised=True, thresholding=None,
+    timestep_spacing="trailing",
+):
+    """The `SamplingContext` of `num_steps` steps over `diffusion` (respaced with `timestep_spacing`)."""
+    spaced, timestep_map = sampling_schedule(diffusion, num_steps, timestep_spacing)
+    return SamplingContext(model_fn, noise_fn, spaced, timestep_map, prediction_type, clip_denoised, thresholding)
 
 
 def sample_loop(model_fn, noise_fn, diffusion, x_T, sampler="ddpm", num_steps=None, trajectory_every=None, **kwargs):
@@ -167,8 +175,7 @@ def sample_loop(model_fn, noise_fn, diffusion, x_T, sampler="ddpm", num_steps=No
 def ddim_encode_loop(model_fn, diffusion, x_0, num_steps=DEFAULT_DDIM_STEPS, prediction_type="epsilon",
                      timestep_spacing="trailing"):
     """DDIM inversion: the `x_T` that deterministic DDIM with the same steps decodes to about `x_0`."""
-    spaced, timestep_map = sampling_schedule(diffusion, num_steps, timestep_spacing)
-    context = SamplingContext(model_fn, None, spaced, timestep_map, prediction_type)
+    context = make_context(model_fn, None, diffusion, num_steps, prediction_type, timestep_spacing=timestep_spacing)
     return run_chain(ddim_encode_chain(context), x_0)
 
 
@@ -177,9 +184,8 @@ def inpaint_loop(model_fn, noise_fn, diffusion, x_T, x_0, mask, sampler="ddpm", 
                  thresholding=None):
     """Inpainting by replacement with RePaint resampling; see `inpaint.inpaint_chain`."""
     num_steps = default_num_steps(sampler, num_steps, diffusion.num_timesteps)
-    spaced, timestep_map = sampling_schedule(diffusion, num_steps, timestep_spacing)
-    context = SamplingContext(
-        model_fn, noise_fn, spaced, timestep_map, prediction_type, clip_denoised, thresholding,
+    context = make_context(
+        model_fn, noise_fn, diffusion, num_steps, prediction_type, clip_denoised, thresholding, timestep_spacing,
     )
     return run_chain(inpaint_chain(context, x_0, mask, sampler, eta, resample), x_T)
 
@@ -224,7 +230,7 @@ __all__ = [
     "Chain", "DEFAULT_DDIM_STEPS", "DEFAULT_SOLVER_STEPS", "INPAINT_SAMPLERS", "REGISTRY", "SAMPLERS",
     "SamplerSpec", "SamplingContext", "TIMESTEP_SPACINGS", "advance", "build_chain", "check_num_steps",
     "check_sampler_args", "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_loop",
-    "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish", "inpaint_loop", "make_denoiser",
+    "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish", "inpaint_loop", "make_context", "make_denoiser",
     "respaced", "run_chain", "sample_loop", "sampling_schedule", "sampling_timesteps",
     "slerp", "spaced_timesteps", "start", "trajectory_length", "unipc_coefficients",
 ]
