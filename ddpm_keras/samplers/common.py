@@ -138,7 +138,7 @@ def gather_scalar(table, i):
 
 def batch_steps(x, t):
     """A scalar step index as an int32 tensor `(batch,)`."""
-    return ops.full((x.shape[0],), t, dtype="int32")
+    return ops.full((ops.shape(x)[0],), t, dtype="int32")
 
 
 # ---------------------------------------------------------------- running

@@ -1,6 +1,7 @@
 """DDIM (Song et al. 2021): the deterministic probability-flow sampler, its stochastic family and its inversion."""
 
 import numpy as np
+from keras import ops
 
 from ddpm_keras.samplers.common import Chain
 from ddpm_keras.samplers.common import batch_steps
@@ -64,7 +65,7 @@ def ddim_chain(context, eta=0.0):
     coefficients = ddim_coefficients(context.diffusion, eta)
 
     def step(i, x):
-        noise = context.noise_fn(x.shape, i) if eta > 0 else 0.0
+        noise = context.noise_fn(ops.shape(x), i) if eta > 0 else 0.0
         return ddim_step(denoise, coefficients, x, batch_steps(x, last - i), noise)
 
     return Chain(initial_state, single_state(step), context.num_steps)

@@ -36,6 +36,6 @@ def ddpm_chain(context):
     denoise, diffusion, last = context.denoiser(), context.diffusion, context.num_steps - 1
 
     def step(i, x):
-        return ddpm_step(denoise, diffusion, x, batch_steps(x, last - i), context.noise_fn(x.shape, i))
+        return ddpm_step(denoise, diffusion, x, batch_steps(x, last - i), context.noise_fn(ops.shape(x), i))
 
     return Chain(initial_state, single_state(step), context.num_steps)

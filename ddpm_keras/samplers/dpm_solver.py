@@ -181,7 +181,7 @@ def dpmpp_chain(context, order=2, stochastic=False):
             + gather_scalar(table["c2"], i) * before
         )
         if stochastic:
-            x_next = x_next + gather_scalar(table["noise"], i) * context.noise_fn(x.shape, i)
+            x_next = x_next + gather_scalar(table["noise"], i) * context.noise_fn(ops.shape(x), i)
         return x_next, x_start, previous
 
     return Chain(init, step, context.num_steps)

@@ -45,10 +45,10 @@ def inpaint_chain(context, x_0, mask, sampler="ddpm", eta=0.0, resample=1):
         return ddim_step(denoise, coefficients, x, t, noise)
 
     def attempt(x, t, first_draw):
-        x_prev = reverse(x, t, noise_fn(x.shape, first_draw))
+        x_prev = reverse(x, t, noise_fn(ops.shape(x), first_draw))
         known = (
             gather(np.sqrt(terms["alphas_cumprod_prev"]), t, x) * x_0
-            + gather(np.sqrt(1.0 - terms["alphas_cumprod_prev"]), t, x) * noise_fn(x.shape, first_draw + 1)
+            + gather(np.sqrt(1.0 - terms["alphas_cumprod_prev"]), t, x) * noise_fn(ops.shape(x), first_draw + 1)
         )
         return mask * known + (1.0 - mask) * x_prev
 
@@ -60,7 +60,7 @@ def inpaint_chain(context, x_0, mask, sampler="ddpm", eta=0.0, resample=1):
             # q(x_t | x_{t-1}) of the (respaced) chain: beta_t = 1 - ab_t / ab_{t-1}.
             return (
                 gather(np.sqrt(1.0 - terms["betas"]), t, x) * x_prev
-                + gather(np.sqrt(terms["betas"]), t, x) * noise_fn(x.shape, 3 * (i * resample + r) + 2)
+                + gather(np.sqrt(terms["betas"]), t, x) * noise_fn(ops.shape(x), 3 * (i * resample + r) + 2)
             )
 
         x = ops.fori_loop(0, resample - 1, resample_once, x)

@@ -35,10 +35,10 @@ def pc_chain(context, corrector_steps=1, snr=0.16):
 
     def step(i, x):
         t = last - i
-        x = ddpm_step(denoise, diffusion, x, batch_steps(x, t), context.noise_fn(x.shape, draws * i))
+        x = ddpm_step(denoise, diffusion, x, batch_steps(x, t), context.noise_fn(ops.shape(x), draws * i))
 
         def correct(k, x):
-            noise = context.noise_fn(x.shape, draws * i + 1 + k)
+            noise = context.noise_fn(ops.shape(x), draws * i + 1 + k)
             return langevin_step(score_denoise, diffusion, x, batch_steps(x, t - 1), noise, snr)
 
         # x is now at step t - 1; there is no score at the data (t = 0).
