@@ -281,15 +281,21 @@ def random_seed(seed):
     return secrets.randbelow(2**31 - 1) if seed is None else int(seed)
 
 
-def compile_chain(model, chain):
-    """`run(seed, *inputs)` running `chain(model_fn, noise_fn, *inputs)` with the EMA network, compiled per backend."""
+def compile_chain(model, chain, network=None):
+    """`run(seed, *inputs)` running `chain(model_fn, noise_fn, *inputs)` with the EMA weights, compiled per backend.
+
+    `network` is the EMA network itself (the default) or a copy of it with
+    another dtype policy (`ddpm_keras.precision.inference_network`), which
+    runs with the EMA network's variable values.
+    """
     backend = keras.backend.backend()
+    network = model.ema_network if network is None else network
     if backend == "jax":
-        return _jax_compile_chain(model, chain)
+        return _jax_compile_chain(model.ema_network, network, chain)
     if backend == "tensorflow":
-        return _tf_compile_chain(model, chain)
+        return _tf_compile_chain(model.ema_network, network, chain)
     if backend == "torch":
-        return _torch_compile_chain(model, chain)
+        return _torch_compile_chain(model.ema_network, network, chain)
     raise NotImplementedError(
         "Sampling supports the tensorflow, jax and torch backends. "
         f"Received: KERAS_BACKEND={backend!r}."
@@ -302,25 +308,31 @@ def reset_seed(seed_generator, seed):
 
 
 def _stateless_model_fn(network, trainable, non_trainable):
-    """`model_fn(x, t)`: the network with the given weight values, which a compiled chain takes as arguments."""
+    """`model_fn(x, t)`: the network with the given weight values, which a compiled chain takes as arguments.
+
+    The output is float32 whatever the network computes in, so the chain's
+    arithmetic stays in float32.
+    """
 
     def model_fn(x, t):
         outputs, _ = network.stateless_call(trainable, non_trainable, [x, t], training=False)
-        return outputs
+        return ops.cast(outputs, "float32")
 
     return model_fn
 
 
-def _tf_compile_chain(model, chain):
-    """One `tf.function(jit_compile=True)` taking the EMA weights and the seed as arguments.
+def weight_values(network):
+    """The values of `network`'s trainable and non-trainable variables, as a compiled chain takes them."""
+    return [v.value for v in network.trainable_variables], [v.value for v in network.non_trainable_variables]
 
-    Reading no variable inside the XLA function keeps it valid for models
-    built under a `tf.distribute` strategy (XLA cannot read a mirrored
-    variable's copy on another device); each draw's seed is `[seed, step]`.
+
+def tf_chain_function(network, chain):
+    """`fn(trainable, non_trainable, seed, *inputs)`: `chain` on TensorFlow with the weights and an int32 seed as arguments.
+
+    Each noise draw's seed is `[seed, step]`. Not compiled: `compile_chain`
+    and `ddpm_keras.export` wrap it in `tf.function(jit_compile=True)`.
     """
     import tensorflow as tf
-
-    network = model.ema_network
 
     def fn(trainable, non_trainable, seed, *inputs):
         def noise_fn(shape, step):
@@ -329,12 +341,25 @@ def _tf_compile_chain(model, chain):
 
         return chain(_stateless_model_fn(network, trainable, non_trainable), noise_fn, *inputs)
 
-    compiled = tf.function(fn, jit_compile=True, autograph=False)
+    return fn
+
+
+def _tf_compile_chain(weights_network, network, chain):
+    """One `tf.function(jit_compile=True)` taking the EMA weights and the seed as arguments.
+
+    Reading no variable inside the XLA function keeps it valid for models
+    built under a `tf.distribute` strategy (XLA cannot read a mirrored
+    variable's copy on another device).
+    """
+    import tensorflow as tf
+
+    compiled = tf.function(tf_chain_function(network, chain), jit_compile=True, autograph=False)
 
     def run(seed, *inputs):
+        trainable, non_trainable = weight_values(weights_network)
         return compiled(
-            [tf.convert_to_tensor(v.value) for v in network.trainable_variables],
-            [tf.convert_to_tensor(v.value) for v in network.non_trainable_variables],
+            [tf.convert_to_tensor(v) for v in trainable],
+            [tf.convert_to_tensor(v) for v in non_trainable],
             tf.constant(random_seed(seed), "int32"),
             *inputs,
         )
@@ -342,12 +367,10 @@ def _tf_compile_chain(model, chain):
     return run
 
 
-def _jax_compile_chain(model, chain):
+def _jax_compile_chain(weights_network, network, chain):
     """`jax.jit` of the chain with the EMA weights as arguments (not frozen constants) and an explicit key."""
     import jax
     import jax.numpy as jnp
-
-    network = model.ema_network
 
     def compiled(trainable, non_trainable, key, *inputs):
         def noise_fn(shape, step):
@@ -359,18 +382,12 @@ def _jax_compile_chain(model, chain):
     jitted = jax.jit(compiled)
 
     def run(seed, *inputs):
-        key = jax.random.key(random_seed(seed))
-        return jitted(
-            [v.value for v in network.trainable_variables],
-            [v.value for v in network.non_trainable_variables],
-            key,
-            *inputs,
-        )
+        return jitted(*weight_values(weights_network), jax.random.key(random_seed(seed)), *inputs)
 
     return run
 
 
-def _torch_compile_chain(model, chain):
+def _torch_compile_chain(weights_network, network, chain):
     """Eager under `torch.no_grad()`; each draw's noise comes from a seed derived from `(seed, step)`.
 
     Stateless like the other backends, so a chain run in segments draws the
@@ -379,7 +396,9 @@ def _torch_compile_chain(model, chain):
     import torch
 
     def model_fn(x, t):
-        return model.ema_network([x, t], training=False)
+        if network is weights_network:
+            return network([x, t], training=False)
+        return _stateless_model_fn(network, *weight_values(weights_network))(x, t)
 
     def run(seed, *inputs):
         seed = random_seed(seed)

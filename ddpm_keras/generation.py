@@ -15,6 +15,8 @@ from keras import ops
 from ddpm_keras import _train_steps
 from ddpm_keras import samplers
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras.precision import check_inference_dtype
+from ddpm_keras.precision import inference_network
 
 SEGMENT_STEPS = 50
 DETERMINISTIC_SAMPLERS = tuple(name for name, spec in samplers.REGISTRY.items() if not spec.stochastic)
@@ -41,6 +43,7 @@ class GenerationMixin:
         timestep_spacing="trailing",
         thresholding=None,
         segment_steps=SEGMENT_STEPS,
+        dtype=None,
     ):
         """Samples images with the EMA network.
 
@@ -96,6 +99,11 @@ class GenerationMixin:
                 2022) instead of clipping. Defaults to `None`.
             segment_steps: Integer or `None`, steps per compiled segment;
                 `None` runs the chain in one call. Defaults to `50`.
+            dtype: `None`, `"float32"`, `"bfloat16"` or `"float16"`: the
+                precision the network computes in (its weights stay
+                float32; the sampler's arithmetic on `x_t` is float32
+                whatever this says). Defaults to `None` (the network's own
+                policy, float32 for a float32-trained network).
 
         Returns:
             A NumPy float32 array `(num_images, H, W, C)` in
@@ -119,10 +127,10 @@ class GenerationMixin:
                 )
             num_images = len(initial_noise)
         num_images = check_positive_int("num_images", 16 if num_images is None else num_images)
-        num_steps = samplers.check_sampler_args(
-            sampler, num_steps, self.diffusion.num_timesteps, eta, corrector_steps, snr,
-            timestep_spacing=timestep_spacing, thresholding=thresholding,
+        options = self._generation_options(
+            sampler, num_steps, eta, clip_denoised, corrector_steps, snr, timestep_spacing, thresholding, dtype
         )
+        num_steps = options["num_steps"]
         batch_size = num_images if batch_size is None else min(check_positive_int("batch_size", batch_size), num_images)
         segment_steps = None if segment_steps is None else check_positive_int("segment_steps", segment_steps)
         every = None
@@ -130,17 +138,7 @@ class GenerationMixin:
             every = max(1, num_steps // 20) if trajectory_every is None else check_positive_int(
                 "trajectory_every", trajectory_every
             )
-        options = {
-            "sampler": sampler, "num_steps": num_steps, "eta": float(eta),
-            "clip_denoised": bool(clip_denoised), "corrector_steps": int(corrector_steps),
-            "snr": float(snr), "timestep_spacing": timestep_spacing,
-            "thresholding": None if thresholding is None else float(thresholding),
-        }
-
-        def build(model_fn, noise_fn):
-            return samplers.build_chain(
-                model_fn, noise_fn, self.diffusion, prediction_type=self.prediction_type, **options
-            )
+        build = self._generation_chain(options)
 
         num_chunks = -(-num_images // batch_size)
         progress = _Progress(num_chunks * num_steps, verbose and (num_chunks > 1 or _segments(num_steps, segment_steps) > 1))
@@ -150,6 +148,7 @@ class GenerationMixin:
             outputs = self._run_chain(
                 ("generate", tuple(sorted(options.items()))), build, (batch_size,) + self.image_shape, num_steps,
                 chunk_seed, x_T=x_T, trajectory_every=every, segment_steps=segment_steps, progress=progress,
+                dtype=options["dtype"],
             )
             chunks.append([ops.convert_to_numpy(o) for o in (outputs if return_trajectory else (outputs,))])
         images = self._to_images(np.concatenate([c[0] for c in chunks], axis=0)[:num_images])
@@ -157,6 +156,61 @@ class GenerationMixin:
             return images
         trajectory = self._to_images(np.concatenate([c[1] for c in chunks], axis=1)[:, :num_images])
         return images, trajectory
+
+    def export_generator(self, path, **options):
+        """Writes the generator as a TensorFlow SavedModel: `(seed, num_images) -> uint8 images`.
+
+        See `ddpm_keras.export.export_generator` for the options (the
+        sampler and its settings, fixed at export) and the signature.
+
+        Example:
+
+        >>> model.export_generator("flowers_generator", sampler="dpmpp_2m_sde", num_steps=20)
+        """
+        from ddpm_keras.export import export_generator
+
+        return export_generator(self, path, **options)
+
+    def _generation_options(
+        self, sampler, num_steps, eta, clip_denoised, corrector_steps, snr, timestep_spacing, thresholding, dtype
+    ):
+        """The checked options of a sampling chain, as `generate_images` and the export key them."""
+        num_steps = samplers.check_sampler_args(
+            sampler, num_steps, self.diffusion.num_timesteps, eta, corrector_steps, snr,
+            timestep_spacing=timestep_spacing, thresholding=thresholding,
+        )
+        return {
+            "sampler": sampler, "num_steps": num_steps, "eta": float(eta),
+            "clip_denoised": bool(clip_denoised), "corrector_steps": int(corrector_steps),
+            "snr": float(snr), "timestep_spacing": timestep_spacing,
+            "thresholding": None if thresholding is None else float(thresholding),
+            "dtype": check_inference_dtype(dtype),
+        }
+
+    def _generation_chain(self, options):
+        """`build(model_fn, noise_fn) -> Chain` for `_generation_options`' options."""
+        chain_options = {key: value for key, value in options.items() if key != "dtype"}
+
+        def build(model_fn, noise_fn):
+            return samplers.build_chain(
+                model_fn, noise_fn, self.diffusion, prediction_type=self.prediction_type, **chain_options
+            )
+
+        return build
+
+    def inference_network(self, dtype=None):
+        """The EMA network, or a copy of it computing in `dtype` (made once, run with the EMA weights)."""
+        dtype = check_inference_dtype(dtype)
+        if dtype == "float32":
+            return self.ema_network
+        # A plain object holds the copies: a dict attribute would make Keras
+        # track them as sublayers, and save them with the model.
+        cache = getattr(self, "_inference_networks", None)
+        if cache is None:
+            cache = self._inference_networks = _NetworkCache()
+        if dtype not in cache.networks:
+            cache.networks[dtype] = inference_network(self.ema_network, dtype)
+        return cache.networks[dtype]
 
     def inpaint(
         self, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True,
@@ -340,7 +394,7 @@ class GenerationMixin:
 
     def _run_chain(
         self, key, build, shape, num_steps, seed, x_T=None, inputs=(), trajectory_every=None,
-        segment_steps=SEGMENT_STEPS, progress=None,
+        segment_steps=SEGMENT_STEPS, progress=None, dtype="float32",
     ):
         """Runs the chain `build(model_fn, noise_fn, *inputs)` from `x_T` (or noise from `seed`) in segments.
 
@@ -357,8 +411,8 @@ class GenerationMixin:
         def segment(model_fn, noise_fn, loop_state, begin, end, *args):
             return samplers.advance(build(model_fn, noise_fn, *args), loop_state, begin, end, trajectory_every)
 
-        run_init = self._compiled(key + ("init",), init)
-        run_segment = self._compiled(key + ("segment",), segment)
+        run_init = self._compiled(key + ("init",), init, dtype)
+        run_segment = self._compiled(key + ("segment",), segment, dtype)
         seed = _train_steps.random_seed(seed)
         loop_state = run_init(seed, *((() if drawn else (ops.convert_to_tensor(x_T),)) + tuple(inputs)))
         size = num_steps if segment_steps is None else segment_steps
@@ -394,7 +448,7 @@ class GenerationMixin:
         images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
         return np.clip(images, self.diffusion.clip_min, self.diffusion.clip_max)
 
-    def _compiled(self, key, chain):
+    def _compiled(self, key, chain, dtype="float32"):
         """The compiled form of `chain`, built once per `key` and cached.
 
         `chain(model_fn, noise_fn, *inputs) -> outputs` is written in
@@ -404,9 +458,17 @@ class GenerationMixin:
         weights as arguments and noise from a key folded with each draw's
         step, on PyTorch eager code under `torch.no_grad()`.
         """
+        key = key + (dtype,)
         if key not in self._samplers:
-            self._samplers[key] = _train_steps.compile_chain(self, chain)
+            self._samplers[key] = _train_steps.compile_chain(self, chain, self.inference_network(dtype))
         return self._samplers[key]
+
+
+class _NetworkCache:
+    """The reduced-precision copies of a model's EMA network, by dtype."""
+
+    def __init__(self):
+        self.networks = {}
 
 
 class _Progress:

@@ -76,3 +76,43 @@ def test_jit_compiled_training_keeps_the_ema_exact():
 def test_unknown_precision_names_the_choices():
     with pytest.raises(ValueError, match="Unknown precision: 'float16'.*mixed_bfloat16"):
         set_precision("float16")
+
+
+# ------------------------------------------------------------ reduced-precision sampling
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 0.01), ("float16", 0.002)])
+def test_reduced_precision_sampling_runs_the_ema_weights_in_16_bits(dtype, tolerance):
+    model = tiny_model(timesteps=20)
+    num_weights = len(model.weights)
+    rng = np.random.default_rng(0)
+    for weight in model.ema_network.weights:
+        weight.assign(weight.numpy() + rng.normal(0.0, 0.05, weight.shape).astype("float32"))
+    x = ops.convert_to_tensor(tiny_images(2))
+    t = ops.convert_to_tensor([3, 17], "int32")
+    network = model.inference_network(dtype)
+    first_conv = next(layer for layer in network.layers if isinstance(layer, keras.layers.Conv2D))
+    assert ops.convert_to_numpy(first_conv(x)).dtype.name == dtype
+    assert {v.dtype for v in network.weights} == {"float32"}
+
+    options = {"num_images": 4, "seed": 0, "sampler": "ddim", "num_steps": 5, "verbose": 0}
+    full = model.generate_images(**options)
+    reduced = model.generate_images(dtype=dtype, **options)
+    assert reduced.dtype == np.float32
+    difference = np.abs(reduced - full).mean()
+    # 16-bit rounding moves the samples a little (an ignored dtype would move them not at all) while the
+    # copy runs the EMA weights (its own initial weights would give other images altogether).
+    assert 0.0 < difference < tolerance * np.abs(full).mean()
+
+    # The copy follows the EMA weights as they change, and is no part of the model's weights.
+    for weight in model.ema_network.weights:
+        weight.assign(weight.numpy() * 0.9)
+    full = model.generate_images(**options)
+    assert 0.0 < np.abs(model.generate_images(dtype=dtype, **options) - full).mean() < tolerance * np.abs(full).mean()
+    assert len(model.weights) == num_weights
+
+
+def test_unknown_sampling_dtype_is_one_line():
+    model = tiny_model(timesteps=20)
+    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'bfloat16', 'float16'\).*Received: dtype='half'"):
+        model.generate_images(2, dtype="half")
