@@ -25,6 +25,18 @@ def kernel_init(scale):
     )
 
 
+ATTENTION_RESIDUALS = ("input", "normalized")
+
+
+def check_attention_residual(name, value):
+    """Raises a one-line `ValueError` unless `value` is one of `ATTENTION_RESIDUALS`."""
+    if value not in ATTENTION_RESIDUALS:
+        raise ValueError(
+            f"{name} must be one of {ATTENTION_RESIDUALS}: 'input' adds the attention to the block's input "
+            f"(Ho et al.), 'normalized' to its GroupNorm output (the keras.io example). Received: {name}={value!r}"
+        )
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TimeEmbedding(layers.Layer):
     """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017).
@@ -70,29 +82,41 @@ class AttentionBlock(layers.Layer):
     """Single-head self-attention over the pixels of a feature map.
 
     `x + proj(attention(norm(x)))` with GroupNorm, query/key/value and an
-    output projection initialised near zero, as in Ho et al. 2020. (The
-    keras.io example adds the *normalised* input back; here the residual is
-    the block's input, as in the paper's reference code. The parameter count
-    is the same.) The softmax runs in float32 under mixed precision.
+    output projection initialised near zero, as in Ho et al. 2020. The
+    keras.io example instead adds the *normalised* input back,
+    `norm(x) + proj(attention(norm(x)))`: `residual="normalized"` computes
+    that, for the weights of its checkpoints (`ddpm_keras.convert`). Both
+    have the same weights. The softmax runs in float32 under mixed precision.
 
     Args:
         units: Integer, the number of channels of the input and output.
         groups: Integer, the number of groups of the GroupNormalization.
             Defaults to `8`.
+        residual: `"input"` (the block's input, as in the paper's reference
+            code) or `"normalized"` (the GroupNorm's output, as in the
+            keras.io example): what the attention's projection is added to.
+            Defaults to `"input"`.
 
     Call arguments:
         inputs: Tensor `(batch, height, width, units)`.
+
+    Example:
+
+    >>> block = AttentionBlock(64, groups=8)
+    >>> y = block(keras.random.normal((2, 16, 16, 64)))  # (2, 16, 16, 64)
     """
 
-    def __init__(self, units, groups=8, **kwargs):
+    def __init__(self, units, groups=8, residual="input", **kwargs):
         super().__init__(**kwargs)
         if units % groups:
             raise ValueError(
                 "units must be divisible by groups. "
                 f"Received: units={units}, groups={groups}"
             )
+        check_attention_residual("residual", residual)
         self.units = units
         self.groups = groups
+        self.residual = residual
         self.norm = layers.GroupNormalization(groups=groups, dtype=self.dtype_policy)
         self.query = layers.Dense(units, kernel_initializer=kernel_init(1.0), dtype=self.dtype_policy)
         self.key = layers.Dense(units, kernel_initializer=kernel_init(1.0), dtype=self.dtype_policy)
@@ -114,12 +138,12 @@ class AttentionBlock(layers.Layer):
         weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
         attended = ops.einsum("bij,bjc->bic", weights, v)
         attended = ops.reshape(attended, (-1, height, width, channels))
-        return inputs + self.proj(attended)
+        return (x if self.residual == "normalized" else inputs) + self.proj(attended)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update({"units": self.units, "groups": self.groups})
+        config.update({"units": self.units, "groups": self.groups, "residual": self.residual})
         return config

@@ -7,6 +7,7 @@ from ddpm_keras._checks import check_positive_int
 from ddpm_keras._checks import image_size
 from ddpm_keras.layers import AttentionBlock
 from ddpm_keras.layers import TimeEmbedding
+from ddpm_keras.layers import check_attention_residual
 from ddpm_keras.layers import kernel_init
 
 
@@ -44,6 +45,7 @@ def build_unet(
     activation_fn=keras.activations.swish,
     first_conv_channels=64,
     dropout=0.0,
+    attention_residual="input",
 ):
     """Builds the noise-prediction UNet of the keras.io DDPM example.
 
@@ -79,6 +81,11 @@ def build_unet(
             setting the time embedding's size (4x). Defaults to `64`.
         dropout: Float in `[0, 1)`, dropout inside each residual block.
             Defaults to `0.0`.
+        attention_residual: `"input"` or `"normalized"`, what each
+            attention block adds its output to: its input (Ho et al.'s
+            code) or its GroupNorm's output (the keras.io example, whose
+            checkpoints `ddpm_keras.convert` imports). Same weights either
+            way. Defaults to `"input"`.
 
     Returns:
         A functional `keras.Model` named `"unet"` with inputs
@@ -120,6 +127,7 @@ def build_unet(
         )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+    check_attention_residual("attention_residual", attention_residual)
 
     images = keras.Input(shape=(height, width, img_channels), name="images")
     timesteps = keras.Input(shape=(), dtype="int32", name="timesteps")
@@ -136,7 +144,7 @@ def build_unet(
     def block(x, level_width, attention):
         x = residual_block(x, temb, level_width, norm_groups, activation_fn, dropout)
         if attention:
-            x = AttentionBlock(level_width, groups=norm_groups)(x)
+            x = AttentionBlock(level_width, groups=norm_groups, residual=attention_residual)(x)
         return x
 
     skips = [x]

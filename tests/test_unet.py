@@ -38,6 +38,7 @@ def test_output_shape_and_near_zero_output_at_init(img_size, channels):
         ({"has_attention": [False]}, "has_attention"),
         ({"dropout": 1.0}, "dropout=1.0"),
         ({"img_channels": 0}, "img_channels=0"),
+        ({"attention_residual": "normalised"}, "attention_residual='normalised'"),
     ],
 )
 def test_bad_configuration_is_a_value_error_naming_it(kwargs, message):
@@ -57,8 +58,9 @@ def test_time_embedding_matches_the_sinusoid_formula():
     np.testing.assert_allclose(got, np.concatenate([np.sin(angles), np.cos(angles)], -1), atol=2e-4)
 
 
-def test_attention_block_matches_numpy_attention():
-    layer = AttentionBlock(8, groups=2)
+@pytest.mark.parametrize("residual", ["input", "normalized"])
+def test_attention_block_matches_numpy_attention(residual):
+    layer = AttentionBlock(8, groups=2, residual=residual)
     x = np.random.default_rng(1).standard_normal((2, 3, 4, 8)).astype(np.float32)
     layer.build(x.shape)
     # Give the projection real weights so the attention path is visible.
@@ -77,8 +79,26 @@ def test_attention_block_matches_numpy_attention():
     scores = q @ k.transpose(0, 2, 1) / math.sqrt(8)
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
-    expected = x + dense(layer.proj, weights @ v).reshape(2, 3, 4, 8)
+    # The paper adds the block's input back, the keras.io example the normalised input.
+    base = x if residual == "input" else normed.reshape(2, 3, 4, 8)
+    expected = base + dense(layer.proj, weights @ v).reshape(2, 3, 4, 8)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_residual_is_saved_and_a_config_without_it_means_input():
+    config = AttentionBlock(8, groups=2, residual="normalized").get_config()
+    assert AttentionBlock.from_config(config).residual == "normalized"
+    del config["residual"]  # as in the .keras files written before the option
+    assert AttentionBlock.from_config(config).residual == "input"
+    with pytest.raises(ValueError, match="residual='norm'"):
+        AttentionBlock(8, groups=2, residual="norm")
+
+
+def test_attention_residual_keeps_the_weights():
+    args = dict(img_size=16, img_channels=3, widths=[8, 16], has_attention=[False, True], first_conv_channels=8)
+    paper, example = build_unet(**args), build_unet(**args, attention_residual="normalized")
+    assert [w.shape for w in paper.weights] == [w.shape for w in example.weights]
+    assert {layer.residual for layer in paper.layers if isinstance(layer, AttentionBlock)} == {"input"}
 
 
 def test_unet_serializes_with_its_custom_layers(tmp_path):
