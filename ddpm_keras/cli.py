@@ -1,4 +1,4 @@
-"""The `ddpm-keras` command line: train, resume, sample, evaluate, inpaint and interpolate.
+"""The `ddpm-keras` command line: train, resume, sample, evaluate, inpaint, interpolate and export.
 
     ddpm-keras train --preset tiny --epochs 20          # synthetic flowers, CPU
     ddpm-keras train                                     # Oxford Flowers 102, 64 px
@@ -7,6 +7,7 @@
     ddpm-keras evaluate --checkpoint RUN_DIR --num-samples 1000 --metrics fid,kid,bpd --out metrics.json
     ddpm-keras inpaint --checkpoint RUN_DIR --image flower.jpg --mask mask.png --out inpainted.png
     ddpm-keras interpolate --checkpoint RUN_DIR --out path.png
+    ddpm-keras export --checkpoint RUN_DIR --out generator    # TensorFlow SavedModel
 
 Every default comes from `ddpm_keras.presets`; the options of `train` are in
 `ddpm_keras.cli_train`.
@@ -142,6 +143,14 @@ def build_parser():
                              help="the deterministic sampler that decodes the path (ddim with --images)")
     interpolate.add_argument("--steps", type=positive_int, default=50, help="decoding steps")
     interpolate.add_argument("--images", nargs=2, metavar=("A", "B"), default=None, help="two image files to interpolate")
+
+    from ddpm_keras.cli_export import add_export_parser
+
+    add_export_parser(commands, formatter)
+
+    from ddpm_keras.cli_convert import add_import_parser
+
+    add_import_parser(commands, formatter)
     return parser
 
 
@@ -154,6 +163,7 @@ def _add_checkpoint_args(parser):
 def _add_sampler_args(parser, inpainting=False):
     """--sampler, --steps, --eta, --timestep-spacing (and --thresholding): defaults from `presets.DEFAULT_SAMPLING`."""
     from ddpm_keras import samplers
+    from ddpm_keras.precision import INFERENCE_DTYPES
     from ddpm_keras.presets import DEFAULT_SAMPLING
 
     choices = samplers.INPAINT_SAMPLERS if inpainting else samplers.SAMPLERS
@@ -177,6 +187,9 @@ def _add_sampler_args(parser, inpainting=False):
         parser.add_argument("--thresholding", type=float, default=None, metavar="Q",
                             help="dynamic thresholding of the predicted x_0 at quantile Q, e.g. 0.995 "
                             "(Imagen), instead of clipping")
+        parser.add_argument("--dtype", default=None, choices=INFERENCE_DTYPES,
+                            help="the precision the network computes in while sampling (weights stay float32): "
+                            "bfloat16 or float16 run faster where the hardware supports them. Default: float32")
 
 
 def sampling_options(args):
@@ -187,8 +200,9 @@ def sampling_options(args):
     steps = DEFAULT_SAMPLING["num_steps"] if args.steps is None and default else args.steps
     spacing = args.timestep_spacing or (DEFAULT_SAMPLING.get("timestep_spacing", "trailing") if default else "trailing")
     options = {"sampler": args.sampler, "num_steps": steps, "eta": args.eta, "timestep_spacing": spacing}
-    if getattr(args, "thresholding", None) is not None:
-        options["thresholding"] = args.thresholding
+    for name in ("thresholding", "dtype"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     return options
 
 
@@ -224,9 +238,14 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from ddpm_keras.cli_convert import import_keras_io
         from ddpm_keras.cli_evaluate import evaluate
+        from ddpm_keras.cli_export import export
 
-        commands = {"train": train, "sample": sample, "evaluate": evaluate, "inpaint": inpaint, "interpolate": interpolate}
+        commands = {
+            "train": train, "sample": sample, "evaluate": evaluate, "inpaint": inpaint, "interpolate": interpolate,
+            "export": export, "import-keras-io": import_keras_io,
+        }
         commands[args.command](args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the last finished epoch is in the run directory.", file=sys.stderr)

@@ -1,0 +1,174 @@
+"""A trained model's generator as a self-contained TensorFlow SavedModel.
+
+The SavedModel holds the EMA weights and the whole sampling chain, compiled
+with XLA as `generate_images` runs it. Its serving signature takes two
+integer scalars and returns uint8 images; loading it needs TensorFlow only
+(no Keras, no ddpm_keras), so it serves from TensorFlow Serving, a batch job
+or a web backend:
+
+>>> generator = tf.saved_model.load("flowers_generator")
+>>> images = generator.signatures["serving_default"](
+...     seed=tf.constant(0, tf.int64), num_images=tf.constant(16))["images"]
+
+For a seed in `[0, 2**31)` the images are those of
+`model.generate_images(num_images, seed=seed, ...)` with the exported
+options, as uint8 (`ddpm_keras.visualize.to_uint8`).
+
+Only the TensorFlow backend exports: a SavedModel is a TensorFlow graph, and
+JAX's route to one (`jax2tf`) cannot express an output whose shape is an
+input's value (`num_images`); the JAX and PyTorch samplers also draw other
+noise than TensorFlow's for a seed. A `.keras` file loads on any backend:
+load it under `KERAS_BACKEND=tensorflow` to export it.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+from keras import ops
+
+from ddpm_keras import _train_steps
+from ddpm_keras import samplers
+from ddpm_keras.presets import DEFAULT_SAMPLING
+
+METADATA_FILE = os.path.join("assets.extra", "ddpm_keras.json")
+
+
+def export_generator(
+    model,
+    path,
+    sampler=DEFAULT_SAMPLING["sampler"],
+    num_steps=DEFAULT_SAMPLING["num_steps"],
+    timestep_spacing=DEFAULT_SAMPLING["timestep_spacing"],
+    eta=0.0,
+    clip_denoised=True,
+    thresholding=None,
+    corrector_steps=1,
+    snr=0.16,
+    dtype=None,
+):
+    """Writes `model`'s generator as a TensorFlow SavedModel at `path`.
+
+    The serving signature `serving_default` takes `seed` (int64 scalar, in
+    `[0, 2**31)`) and `num_images` (int32 scalar, >= 1) and returns
+    `{"images": uint8 (num_images, H, W, C)}`. XLA compiles the chain once
+    per `num_images` on first use, as `generate_images` does per batch
+    size. The sampler options are fixed at export and written, with the
+    image shape, to `assets.extra/ddpm_keras.json` inside the SavedModel.
+
+    Args:
+        model: A `DiffusionModel`.
+        path: String, the SavedModel directory to write (replaced if it
+            exists).
+        sampler, num_steps, timestep_spacing, eta, clip_denoised,
+            thresholding, corrector_steps, snr: As in
+            `DiffusionModel.generate_images`. Default to
+            `presets.DEFAULT_SAMPLING`: `"dpmpp_2m_sde"`, 20 steps on the
+            `"karras"` grid.
+        dtype: `None`, `"float32"`, `"bfloat16"` or `"float16"`, the
+            precision the network computes in, as in `generate_images`.
+            Defaults to `None`.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> export_generator(model, "flowers_generator", sampler="ddim", num_steps=50)
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "export_generator writes a TensorFlow SavedModel and needs KERAS_BACKEND=tensorflow. "
+            f"Received: KERAS_BACKEND={keras.backend.backend()!r}. The .keras file loads on any backend: "
+            "load it under tensorflow and export there."
+        )
+    import tensorflow as tf
+
+    options = model._generation_options(
+        sampler, num_steps, eta, clip_denoised, corrector_steps, snr, timestep_spacing, thresholding, dtype
+    )
+    build = model._generation_chain(options)
+    network = model.inference_network(options["dtype"])
+    image_shape = model.image_shape
+    clip_min, clip_max = float(model.diffusion.clip_min), float(model.diffusion.clip_max)
+
+    def init(model_fn, noise_fn, batch):
+        # The batch size comes from an input's shape, which XLA knows when it compiles.
+        x_T = noise_fn((ops.shape(batch)[0],) + image_shape, -1)
+        return samplers.start(build(model_fn, noise_fn), x_T, None)
+
+    def segment(model_fn, noise_fn, loop_state, begin, end):
+        return samplers.advance(build(model_fn, noise_fn), loop_state, begin, end, None)
+
+    module = tf.Module()
+    trainable, non_trainable = _train_steps.weight_values(model.ema_network)
+    module.trainable = [tf.Variable(v, trainable=False) for v in trainable]
+    module.non_trainable = [tf.Variable(v, trainable=False) for v in non_trainable]
+    run_init = tf.function(_train_steps.tf_chain_function(network, init), jit_compile=True, autograph=False)
+    run_segment = tf.function(_train_steps.tf_chain_function(network, segment), jit_compile=True, autograph=False)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([], tf.int64, name="seed"), tf.TensorSpec([], tf.int32, name="num_images")],
+        autograph=False,
+    )
+    def generate(seed, num_images):
+        checks = [
+            tf.debugging.assert_positive(num_images, message="num_images must be >= 1"),
+            tf.debugging.assert_non_negative(seed, message="seed must be in [0, 2**31)"),
+            tf.debugging.assert_less(seed, tf.constant(2**31, tf.int64), message="seed must be in [0, 2**31)"),
+        ]
+        with tf.control_dependencies(checks):
+            seed32 = tf.cast(seed, tf.int32)
+        weights = ([v.read_value() for v in module.trainable], [v.read_value() for v in module.non_trainable])
+        loop_state = run_init(*weights, seed32, tf.zeros(tf.stack([num_images]), tf.float32))
+        loop_state = run_segment(
+            *weights, seed32, loop_state, tf.constant(0, tf.int32), tf.constant(options["num_steps"], tf.int32)
+        )
+        images = (tf.clip_by_value(samplers.finish(loop_state), clip_min, clip_max) - clip_min) / (clip_max - clip_min)
+        return {"images": tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)}
+
+    module.generate = generate
+    metadata = {
+        "image_shape": list(image_shape),
+        "sampler_options": options,
+        "prediction_type": model.prediction_type,
+        "num_timesteps": int(model.diffusion.num_timesteps),
+        "value_range": [clip_min, clip_max],
+        "inputs": {"seed": "int64 scalar in [0, 2**31)", "num_images": "int32 scalar >= 1"},
+        "outputs": {"images": "uint8 (num_images, H, W, C)"},
+    }
+    # Written beside `path` and moved in place, so an interrupted export leaves no half SavedModel.
+    path = os.path.abspath(path)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(path) + ".", dir=os.path.dirname(path))
+    try:
+        tf.saved_model.save(module, staging, signatures={"serving_default": generate.get_concrete_function()})
+        os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
+        with open(os.path.join(staging, METADATA_FILE), "w") as f:
+            json.dump(metadata, f, indent=2, default=_json_default)
+        _replace_directory(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _replace_directory(source, destination):
+    """Moves directory `source` to `destination`, replacing what is there."""
+    if os.path.isdir(destination):
+        old = destination + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(destination, old)
+        os.replace(source, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    elif os.path.exists(destination):
+        raise FileExistsError(f"{destination} exists and is not a directory: choose another path for the SavedModel.")
+    else:
+        os.replace(source, destination)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {value!r}")

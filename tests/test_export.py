@@ -1,0 +1,129 @@
+"""The exported generator: a SavedModel that TensorFlow alone loads and that gives `generate_images`'s images."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_model
+from ddpm_keras.cli import main
+from ddpm_keras.export import METADATA_FILE
+from ddpm_keras.visualize import to_uint8
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a SavedModel needs TensorFlow")
+
+# Loads SavedModels in an interpreter where importing Keras (or ddpm_keras) fails: TensorFlow itself
+# only asks where the top-level `keras` package is, and the test checks it was never imported.
+LOAD_WITHOUT_KERAS = """
+import importlib.abc, json, sys
+import numpy as np
+
+class NoKeras(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("keras", "tf_keras", "ddpm_keras") and name != "keras":
+            raise ImportError("importing " + name + " is blocked in this test")
+
+sys.meta_path.insert(0, NoKeras())
+sys.modules.pop("keras", None)
+import tensorflow as tf
+
+results = {}
+for name, (path, seed, num_images) in json.loads(sys.argv[1]).items():
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    images = serve(seed=tf.constant(seed, tf.int64), num_images=tf.constant(num_images, tf.int32))["images"]
+    np.save(path + "-" + name + ".npy", images.numpy())
+try:
+    serve(seed=tf.constant(-1, tf.int64), num_images=tf.constant(1, tf.int32))
+    results["negative_seed"] = "accepted"
+except tf.errors.InvalidArgumentError as error:
+    results["negative_seed"] = error.message
+results["keras_imported"] = sorted(m for m in sys.modules if m == "keras" or m.startswith(("keras.", "ddpm_keras")))
+print("JSON:" + json.dumps(results))
+"""
+
+
+def _trained_like(model):
+    """Shifts the EMA weights away from their near-zero initial values so that the network's output matters."""
+    rng = np.random.default_rng(0)
+    for weight in model.ema_network.weights:
+        weight.assign(weight.numpy() + rng.normal(0.0, 0.05, weight.shape).astype("float32"))
+    return model
+
+
+def _load_without_keras(runs):
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_KERAS, json.dumps(runs)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("JSON:")]
+    assert result.returncode == 0 and lines, result.stderr[-3000:]
+    return json.loads(lines[-1][5:])
+
+
+def test_the_exported_generator_gives_generate_images_images_without_keras(tmp_path):
+    model = _trained_like(tiny_model(timesteps=50))
+    stochastic = model.export_generator(str(tmp_path / "sde"), sampler="dpmpp_2m_sde", num_steps=8)
+    reduced = model.export_generator(
+        str(tmp_path / "ddim-bf16"), sampler="ddim", num_steps=6, timestep_spacing="trailing", dtype="bfloat16"
+    )
+    results = _load_without_keras({"a": [stochastic, 5, 3], "b": [stochastic, 7, 2], "c": [reduced, 5, 3]})
+
+    assert results["keras_imported"] == []
+    assert "seed must be in [0, 2**31)" in results["negative_seed"]
+    expected = {
+        "a": model.generate_images(3, seed=5, sampler="dpmpp_2m_sde", num_steps=8, timestep_spacing="karras", verbose=0),
+        "b": model.generate_images(2, seed=7, sampler="dpmpp_2m_sde", num_steps=8, timestep_spacing="karras", verbose=0),
+        "c": model.generate_images(3, seed=5, sampler="ddim", num_steps=6, dtype="bfloat16", verbose=0),
+    }
+    for name, path in (("a", stochastic), ("b", stochastic), ("c", reduced)):
+        served = np.load(f"{path}-{name}.npy")
+        assert served.dtype == np.uint8 and served.shape == expected[name].shape
+        np.testing.assert_array_equal(served, to_uint8(expected[name]), err_msg=name)
+    served_a = np.load(f"{stochastic}-a.npy")
+    assert served_a.std() > 10  # Images, not a constant.
+    assert not np.array_equal(served_a[:2], np.load(f"{stochastic}-b.npy"))  # Another seed, other images.
+
+    metadata = json.loads((tmp_path / "sde" / METADATA_FILE).read_text())
+    assert metadata["image_shape"] == [16, 16, 3]
+    assert metadata["sampler_options"]["sampler"] == "dpmpp_2m_sde"
+    assert metadata["sampler_options"]["num_steps"] == 8
+
+
+def test_export_command_writes_a_servable_generator_and_replaces_an_old_one(tmp_path, capsys):
+    import tensorflow as tf
+
+    model = _trained_like(tiny_model(timesteps=20))
+    checkpoint = str(tmp_path / "model.keras")
+    model.save(checkpoint)
+    out = tmp_path / "generator"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier export")
+
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(out), "--sampler", "ddim", "--steps", "4"]) == 0
+    assert "Wrote the generator (ddim, 4 steps)" in capsys.readouterr().out
+    assert not (out / "stale.txt").exists()
+    served = tf.saved_model.load(str(out)).signatures["serving_default"](
+        seed=tf.constant(3, tf.int64), num_images=tf.constant(2, tf.int32)
+    )["images"].numpy()
+    expected = model.generate_images(2, seed=3, sampler="ddim", num_steps=4, verbose=0)
+    np.testing.assert_array_equal(served, to_uint8(expected))
+
+
+def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    model = tiny_model(timesteps=20)
+    checkpoint = str(tmp_path / "model.keras")
+    model.save(checkpoint)
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(a_file)]) == 2
+    assert "--out must name a directory" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="dtype must be one of .* Received: dtype='int8'"):
+        model.export_generator(str(tmp_path / "g"), dtype="int8")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match="needs KERAS_BACKEND=tensorflow. Received: KERAS_BACKEND='jax'"):
+        model.export_generator(str(tmp_path / "g"))
+    assert not (tmp_path / "g").exists()
