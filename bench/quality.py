@@ -1,7 +1,7 @@
 """Sample quality (FID, KID) per sampler and step count, on a model trained here, with an offline extractor.
 
 Usage: python bench/quality.py [--img-size 16] [--epochs 40] [--num-samples 1000] [--seeds 0,1,2]
-       [--configs ddpm:1000,ddpm:50,ddim:250,dpmpp_2m:20,dpmpp_2m_sde@karras:20,...] [--out DIR] [--load DIR]
+       [--configs ddpm:1000,ddpm:50,ddim:250,dpmpp_2m:20,dpmpp_2m_sde@karras:20,dpmpp_2m_sde@karras/bfloat16:20,...] [--out DIR] [--load DIR]
 
 What it does, all on data the project draws itself (no download):
 
@@ -15,8 +15,9 @@ What it does, all on data the project draws itself (no download):
 3. Reference statistics from 4,096 other synthetic flowers; the "data"
    row is the FID of `--num-samples` further real images against them: the
    floor that sampling error alone gives at this sample count.
-4. For each sampler config (`name[@spacing]:steps`; `ddim1` is DDIM with
-   eta = 1, `@logsnr` and `@karras` a timestep spacing other than trailing) and
+4. For each sampler config (`name[@spacing][/dtype]:steps`; `ddim1` is DDIM
+   with eta = 1, `@logsnr` and `@karras` a timestep spacing other than
+   trailing, `/bfloat16` and `/float16` the network in reduced precision) and
    each sampling seed: `--num-samples` images from the EMA network, their
    FID and KID. Prints mean and standard deviation over seeds, and the
    sampling time per 1,000 images.
@@ -57,15 +58,17 @@ REGRESSED = ("radius", "centre_x", "centre_y", "petal_colour", "background", "di
 
 
 def parse_configs(text):
-    """`name[@spacing]:steps,...`: `ddim1` is DDIM with eta = 1, `@logsnr` or `@karras` the timestep spacing."""
+    """`name[@spacing][/dtype]:steps,...`: `ddim1` is DDIM with eta = 1, `@logsnr` or `@karras` the timestep
+    spacing, `/bfloat16` or `/float16` the precision the network computes in."""
     configs = []
     for item in text.split(","):
         name, steps = item.split(":")
+        name, _, dtype = name.partition("/")
         name, _, spacing = name.partition("@")
         sampler, eta = ("ddim", 1.0) if name == "ddim1" else (name, 0.0)
-        label = f"{name}{'@' + spacing if spacing else ''}-{steps}"
+        label = f"{name}{'@' + spacing if spacing else ''}{'/' + dtype if dtype else ''}-{steps}"
         configs.append({"label": label, "sampler": sampler, "num_steps": int(steps), "eta": eta,
-                        "timestep_spacing": spacing or "trailing"})
+                        "timestep_spacing": spacing or "trailing", "dtype": dtype or None})
     return configs
 
 
@@ -156,7 +159,7 @@ def main():
             start = time.perf_counter()
             images = model.generate_images(args.num_samples, seed=seed, batch_size=args.batch_size, verbose=0,
                                            sampler=config["sampler"], num_steps=config["num_steps"], eta=config["eta"],
-                                           timestep_spacing=config["timestep_spacing"])
+                                           timestep_spacing=config["timestep_spacing"], dtype=config["dtype"])
             seconds.append(time.perf_counter() - start)
             values = sample_distances(images, reference, extractor)
             fids.append(values["fid"])

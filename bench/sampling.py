@@ -2,6 +2,7 @@
 
 Usage: python bench/sampling.py [--presets tiny flowers64] [--num-images 16]
        [--tiny-steps 20] [--flowers64-steps 3] [--skip-full]
+       [--sections speed segments precision] [--precision-presets flowers64] [--load FILE]
 
 For each preset (random weights: a step's cost does not depend on them):
 
@@ -18,6 +19,13 @@ For each preset (random weights: a step's cost does not depend on them):
   compiled call against segments of 50 and of 10 steps (what a progress bar
   between segments costs), each timed after a first call that compiles,
   the best of `--repeats`.
+- precision: `--precision-steps` DDIM steps at each of `--precision-presets`
+  with the network computing in float32, bfloat16 and float16
+  (`generate_images(dtype=...)`), the best of `--repeats` after a compile
+  run, and the mean absolute difference of the samples from float32's for
+  the same seed, in units of the data range [-1, 1]. Random weights are
+  perturbed (N(0, 0.02)) so that every layer matters; `--load FILE` uses a
+  trained `.keras` model instead of the presets.
 """
 
 import argparse
@@ -32,6 +40,7 @@ import numpy as np  # noqa: E402
 from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras import GaussianDiffusion  # noqa: E402
 from ddpm_keras import build_unet  # noqa: E402
+from ddpm_keras.precision import INFERENCE_DTYPES  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
 
 
@@ -106,6 +115,26 @@ def bench_preset(preset, num_images, steps, run_full):
     return rows, walls
 
 
+def precision_rows(model, num_images, num_steps, repeats):
+    """(dtype, s/step, mean |samples - float32 samples|) for DDIM at each inference dtype."""
+    options = {"num_images": num_images, "seed": 0, "sampler": "ddim", "num_steps": num_steps, "verbose": 0}
+    rows, reference = [], None
+    for dtype in INFERENCE_DTYPES:
+        images = model.generate_images(dtype=dtype, **options)  # Compiles.
+        seconds = min(timed(lambda: model.generate_images(dtype=dtype, **options)) for _ in range(repeats))
+        reference = images if reference is None else reference
+        rows.append((dtype, seconds / num_steps, float(np.abs(images - reference).mean())))
+    return rows
+
+
+def perturbed(model, scale=0.02, seed=0):
+    """`model` with N(0, scale) added to every EMA weight (random networks output ~0: their last layers start at 0)."""
+    rng = np.random.default_rng(seed)
+    for weight in model.ema_network.weights:
+        weight.assign(keras.ops.convert_to_numpy(weight) + rng.normal(0.0, scale, weight.shape).astype("float32"))
+    return model
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "flowers64"])
@@ -115,7 +144,37 @@ def main():
     parser.add_argument("--skip-full", action="store_true", help="extrapolate DDPM-1000/DDIM-50 at tiny too")
     parser.add_argument("--segment-steps-total", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", default=["speed", "segments", "precision"],
+                        choices=["speed", "segments", "precision"])
+    parser.add_argument("--precision-presets", nargs="+", default=["flowers64"])
+    parser.add_argument("--precision-steps", type=int, default=5)
+    parser.add_argument("--load", default=None, help="a trained .keras model for the precision section")
     args = parser.parse_args()
+    if "speed" in args.sections:
+        speed(args)
+    if "segments" in args.sections:
+        segments(args)
+    if "precision" in args.sections:
+        precision(args)
+
+
+def precision(args):
+    models = [(os.path.basename(args.load), lambda: keras.saving.load_model(args.load))] if args.load else [
+        (preset, lambda preset=preset: perturbed(build_model(preset))) for preset in args.precision_presets
+    ]
+    print(f"\nPrecision: DDIM-{args.precision_steps}, {args.num_images} images, best of {args.repeats} "
+          "(the network in dtype, the chain in float32)")
+    header = f"{'model':<16}{'dtype':<10}{'s/step':>10}{'vs float32':>12}{'mean |x - x_f32|':>18}"
+    print(header)
+    print("-" * len(header))
+    for name, make in models:
+        keras.backend.clear_session()
+        rows = precision_rows(make(), args.num_images, args.precision_steps, args.repeats)
+        for dtype, seconds, difference in rows:
+            print(f"{name:<16}{dtype:<10}{seconds:>10.4f}{seconds / rows[0][1]:>11.2f}x{difference:>18.5f}")
+
+
+def speed(args):
     per_step, wall = [], []
     for preset in args.presets:
         steps = args.tiny_steps if preset == "tiny" else args.flowers64_steps
@@ -140,6 +199,8 @@ def main():
         compile_text = "-" if ddim_compile is None else f"{ddim_compile:.1f} / {ddpm_compile:.1f}"
         print(f"{p:<10}{ddim:>12.2f}{ddpm:>14.2f}{ddpm / ddim:>8.1f}x{how:>10}{compile_text:>24}")
 
+
+def segments(args):
     keras.backend.clear_session()
     model = build_model("tiny")
     total = args.segment_steps_total
