@@ -1,18 +1,24 @@
 """The backend-specific parts of `DiffusionModel`: one training step per backend and the compiled sampler.
 
-Everything else of training (`training_batch`: the draws, the target of the
-prediction type and the loss weights; `compute_loss`; `update_ema` and its
-warm-up decay) is `keras.ops` code on the model, shared by the three
-backends:
+Everything else of training (`training_batch`: the draws, the label
+dropout of a conditional model, the target of the prediction type and the
+loss weights; `compute_loss`; `update_ema` and its warm-up decay) is
+`keras.ops` code on the model, shared by the three backends. A batch is
+`images`, `(images,)` or `(images, labels[, sample_weight])`
+(`batch_data`, which checks the labels against the model while the step
+is traced); the sample weights are ignored.
 
 - TensorFlow: `tf.GradientTape`; under a `tf.distribute` strategy each
-  replica folds its id into the step's seed (its own timesteps and noise)
-  and the EMA is updated once, in cross-replica context, on every copy.
+  replica folds its id into the step's seed (its own timesteps, noise and
+  dropped labels) and the EMA is updated once, in cross-replica context, on
+  every copy. The labels' range is asserted in the graph (a no-op under
+  XLA).
 - JAX: a stateless step. Stateful code (the seed generator, the EMA, the
   loss tracker) runs inside a `keras.StatelessScope` mapping each variable
   to its value in the state lists, and the new values are read back into
-  the returned state; the gradient comes from `jax.value_and_grad` over
-  `stateless_call`.
+  the returned state (the seed generator's: advanced by the draws of `t`,
+  the noise and the label dropout); the gradient comes from
+  `jax.value_and_grad` over `stateless_call`.
 - PyTorch: `zero_grad`, `backward`, gradients from `v.value.grad`,
   `optimizer.apply` and the EMA assign under `torch.no_grad()`.
 
@@ -24,6 +30,7 @@ import secrets
 import keras
 from keras import ops
 
+from ddpm_keras import training_labels
 from ddpm_keras.distribute import num_replicas_in_sync
 
 
@@ -51,6 +58,17 @@ def images_from(data):
     return data
 
 
+def batch_data(model, data):
+    """`(images, labels)` of a training or validation batch; `labels` int32 `(batch,)` or `None`.
+
+    `data` is `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, `y` the
+    labels. A one-line `ValueError` at trace time when they do not fit the
+    model (`training_labels.batch_labels`).
+    """
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return images, training_labels.batch_labels(model.num_classes, images, labels)
+
+
 def _batch_size(images):
     return ops.shape(images)[0]
 
@@ -72,11 +90,11 @@ def _track_loss(model, loss, images):
 def tensorflow_train_step(model, data):
     import tensorflow as tf
 
-    images = images_from(data)
-    x_t, t, target, weights = model.training_batch(images, _tf_replica_seed(model.seed_generator))
+    images, labels = _tf_batch_data(model, data)
+    inputs, target, weights = model.training_batch(images, _tf_replica_seed(model.seed_generator), labels)
     trainable = model.network.trainable_variables
     with tf.GradientTape() as tape:
-        prediction = model.network([x_t, t], training=True)
+        prediction = model.network(inputs, training=True)
         loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=True)
         scaled_loss = model.optimizer.scale_loss(loss)
     gradients = tape.gradient(scaled_loss, trainable)
@@ -87,12 +105,32 @@ def tensorflow_train_step(model, data):
 
 
 def tensorflow_test_step(model, data):
-    images = images_from(data)
-    x_t, t, target, weights = model.training_batch(images, _tf_replica_seed(model.eval_seed_generator))
-    prediction = model.network([x_t, t], training=False)
+    images, labels = _tf_batch_data(model, data)
+    seed = _tf_replica_seed(model.eval_seed_generator)
+    inputs, target, weights = model.training_batch(images, seed, labels, training=False)
+    prediction = model.network(inputs, training=False)
     loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=False)
     _track_loss(model, loss, images)
     return _logs(model)
+
+
+def _tf_batch_data(model, data):
+    """`batch_data`, with the labels asserted in `[0, num_classes)` in the graph (datasets included)."""
+    import tensorflow as tf
+
+    images, labels = batch_data(model, data)
+    if labels is None:
+        return images, labels
+    message = (
+        f"labels must be classes in [0, num_classes) = [0, {model.num_classes}) (the null label "
+        f"{model.null_label} is drawn by the model, cond_drop_prob). Received: a batch whose min or max label is"
+    )
+    num_classes = tf.constant(model.num_classes, labels.dtype)
+    with tf.control_dependencies([
+        tf.debugging.assert_non_negative(tf.reduce_min(labels), message=message),
+        tf.debugging.assert_less(tf.reduce_max(labels), num_classes, message=message),
+    ]):
+        return images, tf.identity(labels)
 
 
 def _tf_replica_seed(seed_generator):
@@ -159,16 +197,16 @@ def jax_train_step(model, state, data):
     import jax
 
     trainable, non_trainable, optimizer_variables, metrics_variables = state
-    images = images_from(data)
-    # The seed generator's state is a non-trainable variable: the draw
-    # advances it in the returned state.
-    (x_t, t, target, weights), non_trainable = _run_stateless(
+    images, labels = batch_data(model, data)
+    # The seed generator's state is a non-trainable variable: the draws (t,
+    # the noise, the dropped labels) advance it in the returned state.
+    (inputs, target, weights), non_trainable = _run_stateless(
         model.non_trainable_variables, non_trainable,
-        lambda: model.training_batch(images, model.seed_generator),
+        lambda: model.training_batch(images, model.seed_generator, labels),
     )
 
     def loss_fn(trainable, non_trainable):
-        prediction, non_trainable = model.stateless_call(trainable, non_trainable, [x_t, t], training=True)
+        prediction, non_trainable = model.stateless_call(trainable, non_trainable, inputs, training=True)
         loss, (_, non_trainable, _) = model.stateless_compute_loss(
             trainable, non_trainable, metrics_variables, y=target, y_pred=prediction, sample_weight=weights,
             training=True,
@@ -223,9 +261,9 @@ def jax_test_step(model, state, data):
 
 def _eager_test_step(model, data):
     """The validation step as stateful `keras.ops` code (PyTorch; JAX inside a StatelessScope)."""
-    images = images_from(data)
-    x_t, t, target, weights = model.training_batch(images, model.eval_seed_generator)
-    prediction = model.network([x_t, t], training=False)
+    images, labels = batch_data(model, data)
+    inputs, target, weights = model.training_batch(images, model.eval_seed_generator, labels, training=False)
+    prediction = model.network(inputs, training=False)
     loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=False)
     _track_loss(model, loss, images)
     return _logs(model)
@@ -237,10 +275,10 @@ def _eager_test_step(model, data):
 def torch_train_step(model, data):
     import torch
 
-    images = images_from(data)
-    x_t, t, target, weights = model.training_batch(images, model.seed_generator)
+    images, labels = batch_data(model, data)
+    inputs, target, weights = model.training_batch(images, model.seed_generator, labels)
     model.zero_grad()
-    prediction = model.network([x_t, t], training=True)
+    prediction = model.network(inputs, training=True)
     loss = model.compute_loss(y=target, y_pred=prediction, sample_weight=weights, training=True)
     model.optimizer.scale_loss(loss).backward()
     trainable = model.network.trainable_variables
@@ -308,14 +346,15 @@ def reset_seed(seed_generator, seed):
 
 
 def _stateless_model_fn(network, trainable, non_trainable):
-    """`model_fn(x, t)`: the network with the given weight values, which a compiled chain takes as arguments.
+    """`model_fn(x, t, *more)`: the network with the given weight values, which a compiled chain takes as arguments.
 
-    The output is float32 whatever the network computes in, so the chain's
-    arithmetic stays in float32.
+    `more` are the network's further inputs (a conditional network's
+    labels). The output is float32 whatever the network computes in, so the
+    chain's arithmetic stays in float32.
     """
 
-    def model_fn(x, t):
-        outputs, _ = network.stateless_call(trainable, non_trainable, [x, t], training=False)
+    def model_fn(*inputs):
+        outputs, _ = network.stateless_call(trainable, non_trainable, list(inputs), training=False)
         return ops.cast(outputs, "float32")
 
     return model_fn
@@ -395,10 +434,10 @@ def _torch_compile_chain(weights_network, network, chain):
     """
     import torch
 
-    def model_fn(x, t):
+    def model_fn(*inputs):
         if network is weights_network:
-            return network([x, t], training=False)
-        return _stateless_model_fn(network, *weight_values(weights_network))(x, t)
+            return network(list(inputs), training=False)
+        return _stateless_model_fn(network, *weight_values(weights_network))(*inputs)
 
     def run(seed, *inputs):
         seed = random_seed(seed)

@@ -5,19 +5,19 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import _train_steps
-from ddpm_keras._checks import check_positive_int
-from ddpm_keras import likelihood
 from ddpm_keras import objectives
+from ddpm_keras import training_labels
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import check_prediction_type
 from ddpm_keras.distribute import num_replicas_in_sync
 from ddpm_keras.generation import GenerationMixin
-from ddpm_keras.generation import derived_seed
+from ddpm_keras.model_likelihood import LikelihoodMixin
 from ddpm_keras.objectives import LOSS_WEIGHTINGS  # noqa: F401 - also importable from here
+from ddpm_keras.unet import network_num_classes
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
-class DiffusionModel(GenerationMixin, keras.Model):
+class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
     """A DDPM: a noise-prediction network, its EMA shadow and the diffusion.
 
     `fit` trains `network` on the simplified objective of Ho et al. 2020:
@@ -31,9 +31,20 @@ class DiffusionModel(GenerationMixin, keras.Model):
     `ema_w = decay * ema_w + (1 - decay) * w`, `decay = ema` (or its
     warm-up, `ema_warmup`). Samples come from the EMA network.
 
+    A class-conditional network (`build_unet(..., num_classes=N)`, inputs
+    `[x_t, t, labels]`) trains on `(images, labels)`: `fit(images, labels)`
+    or a dataset of `(images, labels)` tuples, one int class in `[0, N)` per
+    image. Each training step replaces every label by the null label `N`
+    with probability `cond_drop_prob` (`drop_labels`), so the one network
+    also learns the unconditional model of classifier-free guidance (Ho &
+    Salimans 2022). Validation (`evaluate`, `validation_data`) uses the
+    labels as given: its loss is the conditional one.
+
     Args:
         network: A Keras model `[x_t, t] -> prediction` (the noise, `v`
-            or `x_0`, as `prediction_type` says), such as `build_unet(...)`.
+            or `x_0`, as `prediction_type` says), such as `build_unet(...)`,
+            or `[x_t, t, labels] -> prediction` for a class-conditional one
+            (`ddpm_keras.unet.network_num_classes`).
         diffusion: A `GaussianDiffusion`.
         ema_network: A model of the same structure, holding the exponential
             moving average of the weights. Defaults to `None`: a clone of
@@ -60,11 +71,21 @@ class DiffusionModel(GenerationMixin, keras.Model):
             `min(ema, (1 + n) / (10 + n))` after `n` optimizer steps, so the
             shadow network follows the network early in training instead of
             averaging in its random start. Defaults to `False`.
+        cond_drop_prob: Float in `[0, 1)`, the probability that a training
+            label is replaced by the null label (Ho & Salimans 2022 found
+            0.1 to 0.2 best). Ignored by an unconditional model. Defaults to
+            `0.1`.
+        class_names: `None` or a list of `num_classes` strings, the name of
+            each class (a conditional model only); saved with the model.
+            Defaults to `None`.
 
     Call arguments:
-        inputs: `[x_t, t]`: noisy images and int timesteps `(batch,)`.
-            Returns the training network's prediction. A tensor of
-            images alone is taken at `t = 0`.
+        inputs: `[x_t, t]`, or `[x_t, t, labels]` for a conditional
+            network: noisy images, int timesteps `(batch,)` and int labels
+            `(batch,)`. Returns the training network's prediction. Without
+            labels a conditional network gets the null label (its
+            unconditional prediction); a tensor of images alone is taken at
+            `t = 0`.
 
     Example:
 
@@ -73,6 +94,10 @@ class DiffusionModel(GenerationMixin, keras.Model):
     >>> model.compile(optimizer=keras.optimizers.Adam(2e-4))
     >>> model.fit(dataset, epochs=10)
     >>> images = model.generate_images(num_images=16, seed=0)
+    >>> conditional = DiffusionModel(build_unet(32, 3, [32, 64, 128], [False, True, True], num_classes=10),
+    ...                              GaussianDiffusion(timesteps=1000), cond_drop_prob=0.1)
+    >>> conditional.compile(optimizer=keras.optimizers.Adam(2e-4))
+    >>> conditional.fit(images, labels, batch_size=64, epochs=10)
     """
 
     def __init__(
@@ -86,6 +111,8 @@ class DiffusionModel(GenerationMixin, keras.Model):
         loss_weighting=None,
         snr_gamma=5.0,
         ema_warmup=False,
+        cond_drop_prob=0.1,
+        class_names=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,6 +136,9 @@ class DiffusionModel(GenerationMixin, keras.Model):
             ema_network = keras.models.clone_model(network)
             ema_network.set_weights(network.get_weights())
         _check_same_structure(network, ema_network)
+        self._num_classes = network_num_classes(network)
+        self.cond_drop_prob = training_labels.check_cond_drop_prob(cond_drop_prob)
+        self.class_names = training_labels.check_class_names(class_names, self._num_classes)
         self.network = network
         self.ema_network = ema_network
         _freeze(self.ema_network)
@@ -146,18 +176,62 @@ class DiffusionModel(GenerationMixin, keras.Model):
         return tuple(self.network.inputs[0].shape[1:])
 
     @property
+    def num_classes(self):
+        """The number of classes of a class-conditional network, or `None` for an unconditional one."""
+        return self._num_classes
+
+    @property
+    def null_label(self):
+        """The label of the unconditional model, `num_classes` (or `None` for an unconditional network)."""
+        return self._num_classes
+
+    @property
     def metrics(self):
         return [self.loss_tracker]
 
     def call(self, inputs, training=False):
-        if isinstance(inputs, (list, tuple)):
-            x_t, t = inputs
-        else:
+        if not isinstance(inputs, (list, tuple)):
             # Keras builds a compiled loss by calling the model on a batch of
             # images alone.
-            x_t = inputs
-            t = ops.zeros((ops.shape(x_t)[0],), dtype="int32")
-        return self.network([x_t, t], training=training)
+            inputs = [inputs, ops.zeros((ops.shape(inputs)[0],), dtype="int32")]
+        if len(inputs) not in (2, 3):
+            raise ValueError(f"inputs must be [x_t, t] or [x_t, t, labels]. Received: {len(inputs)} inputs")
+        inputs = list(inputs)
+        if len(inputs) == 3 and self.num_classes is None:
+            raise training_labels.unconditional_error(inputs[2])
+        if len(inputs) == 2 and self.num_classes is not None:
+            inputs.append(ops.full_like(ops.cast(inputs[1], "int32"), self.null_label))
+        return self.network(inputs, training=training)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with the labels (`y`, `validation_data`'s, a dataset's) checked first."""
+        y = np.asarray(y) if isinstance(y, (list, tuple)) else y  # A list of classes, not one target per output.
+        self._check_label_arrays(x, y, kwargs.get("validation_data"))
+        return super().fit(x, y, *args, **kwargs)
+
+    def drop_labels(self, labels, seed=None):
+        """Classifier-free guidance's label dropout: each label becomes `null_label` with probability `cond_drop_prob`.
+
+        The training step runs it on each batch's labels with the seed of
+        its draws of `t` and the noise (`training_batch`).
+
+        Args:
+            labels: Int tensor `(batch,)` of classes in `[0, num_classes)`.
+            seed: `None` (the model's training `SeedGenerator`), a
+                `keras.random.SeedGenerator` or an integer. Defaults to
+                `None`.
+
+        Returns:
+            An int32 tensor `(batch,)`.
+
+        Example:
+
+        >>> model.drop_labels(ops.convert_to_tensor([3, 1, 4, 1, 5]), seed=0)  # e.g. [3, 1, 10, 1, 5]
+        """
+        if self.num_classes is None:
+            raise ValueError("drop_labels needs a class-conditional model. Received: an unconditional network")
+        seed = self.seed_generator if seed is None else seed
+        return training_labels.drop_labels(labels, self.null_label, self.cond_drop_prob, seed)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The loss between the training target and the network's output, each example weighted.
@@ -173,8 +247,8 @@ class DiffusionModel(GenerationMixin, keras.Model):
 
         Args:
             x: Unused.
-            y: The target, `diffusion.prediction_target(...)`; `None` in
-                Keras's symbolic build (zeros are used).
+            y: The target, `diffusion.prediction_target(...)`; in Keras's
+                symbolic build `None` or the data's labels (zeros are used).
             y_pred: The network's output.
             sample_weight: `None` or a float tensor `(batch,)`, the weight
                 of each example (see `training_batch`).
@@ -183,9 +257,10 @@ class DiffusionModel(GenerationMixin, keras.Model):
         Returns:
             A float32 scalar tensor.
         """
-        if y is None:
-            # Keras's symbolic build of a compiled loss passes no target; the
-            # target of the denoising loss is shaped as y_pred.
+        if y is None or len(y.shape) != len(y_pred.shape):
+            # Keras's symbolic build of a compiled loss passes the data's y:
+            # none, or a conditional model's labels. The target of the
+            # denoising loss is shaped as y_pred.
             y = ops.zeros_like(y_pred)
         y, y_pred = ops.cast(y, "float32"), ops.cast(y_pred, "float32")
         if self.loss is None:
@@ -228,27 +303,37 @@ class DiffusionModel(GenerationMixin, keras.Model):
             return None
         return ops.take(ops.convert_to_tensor(self._timestep_weights), ops.cast(t, "int32"), axis=0)
 
-    def training_batch(self, images, seed):
-        """One batch of the denoising objective: `(x_t, t, target, weights)`.
+    def training_batch(self, images, seed, labels=None, training=True):
+        """One batch of the denoising objective: `(inputs, target, weights)`.
 
-        Draws `(x_t, t, eps)` with `noisy_batch`; `target` is
+        Draws `(x_t, t, eps)` with `noisy_batch`; `inputs` is `[x_t, t]`,
+        or `[x_t, t, labels]` for a conditional model, the labels through
+        `drop_labels` (drawn from `seed` after the noise) when `training`
+        and as given otherwise; `target` is
         `diffusion.prediction_target(images, eps, t, prediction_type)` and
         `weights` is `timestep_weights(t)` (`None` when unweighted). The
         training and validation steps of every backend take their loss
-        from it: `compute_loss(y=target, y_pred=network([x_t, t]),
+        from it: `compute_loss(y=target, y_pred=network(inputs),
         sample_weight=weights)`.
 
         Args:
             images: Float tensor `(batch, H, W, C)`, the clean images `x_0`.
             seed: A `keras.random.SeedGenerator` (or what `keras.random`
                 takes as a seed), as in `noisy_batch`.
+            labels: `None`, or for a conditional model an int tensor
+                `(batch,)` of classes. Defaults to `None`.
+            training: Boolean, drop labels (`cond_drop_prob`). Defaults to
+                `True`.
 
         Returns:
-            `(x_t, t, target, weights)`.
+            `(inputs, target, weights)`.
         """
         x_t, t, noise = self.noisy_batch(images, seed)
         target = self.diffusion.prediction_target(images, noise, t, self.prediction_type)
-        return x_t, t, target, self.timestep_weights(t)
+        inputs = [x_t, t]
+        if labels is not None:
+            inputs.append(self.drop_labels(labels, seed) if training else ops.cast(labels, "int32"))
+        return inputs, target, self.timestep_weights(t)
 
     def noisy_batch(self, images, seed):
         """Draws `t ~ U[0, T)` and `eps ~ N(0, I)`; returns `(x_t, t, eps)`."""
@@ -305,129 +390,33 @@ class DiffusionModel(GenerationMixin, keras.Model):
         """The validation loss on noise from the evaluation seed; `(data)`, or `(state, data)` on JAX."""
         return _train_steps.step_for(_train_steps.TEST_STEPS, "evaluate")(self, *args)
 
-    def evaluate(self, *args, **kwargs):
-        """`keras.Model.evaluate`, with the validation noise reset to its fixed seed."""
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, with the validation noise reset to its fixed seed and the labels checked."""
+        y = np.asarray(y) if isinstance(y, (list, tuple)) else y
+        self._check_label_arrays(x, y)
         _train_steps.reset_seed(self.eval_seed_generator, self.eval_seed)
-        return super().evaluate(*args, **kwargs)
+        return super().evaluate(x, y, *args, **kwargs)
 
-    def bits_per_dim(
-        self,
-        data,
-        num_steps=None,
-        batch_size=None,
-        seed=0,
-        clip_denoised=True,
-        model_variance="fixedsmall",
-        return_terms=False,
-        verbose=1,
-    ):
-        """The negative log-likelihood bound in bits per dimension, with the EMA network.
+    def _check_label_arrays(self, x, y, validation_data=None):
+        """One-line errors, before any tracing, for labels that do not fit this model.
 
-        The variational bound of Ho et al. 2020 (eq. 5), as Ho et al. and
-        Nichol & Dhariwal 2021 (improved-diffusion) report it: the prior
-        term `KL(q(x_T | x_0) || N(0, I))`, for each `t > 0` the term
-        `KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))` and the decoder's
-        `-log p(x_0 | x_1)` at `t = 0`, each from one draw of `x_t`; every
-        term is the mean over `H * W * C` divided by `ln 2`. The images are
-        taken as 8-bit data: a value `x` stands for the bin of width
-        `(clip_max - clip_min) / 255` centred on it, of the 256 levels of
-        the data range (the outer bins extended to infinity). The reverse
-        step's mean puts the `x_0` that the network's output stands for
-        (read as `prediction_type`, `GaussianDiffusion.split_prediction`)
-        in the posterior. See `ddpm_keras.likelihood`.
-
-        With `num_steps` `None` (or `T`), every timestep: the bound itself,
-        up to the Monte Carlo error of its one draw of noise per term and
-        image. With `num_steps=n < T` it is an unbiased stratified
-        estimate from `n` network calls per image: the prior and `t = 0`
-        exact, the timesteps `[1, T)` split into `n - 1` contiguous strata
-        with geometrically spaced edges (the first ones single timesteps,
-        where the terms are largest: `likelihood.stratified_timesteps`),
-        one `t` drawn uniformly in each (from `seed`, the same for every
-        image), its term weighted by the stratum's size.
-
-        Images are processed in order in chunks of `batch_size` (the last
-        one padded), each through one compiled loop over the timesteps,
-        traced once per chunk shape, number of steps and options. Chunk `k`
-        draws its noise from a seed derived from `(seed, k)`: the same
-        images in the same order give the same result for the same
-        `(seed, batch_size)`, however a dataset batches them.
-
-        Args:
-            data: Images `(N, H, W, C)` (a NumPy array or a tensor) in the
-                data range, or a `tf.data.Dataset` (or any iterable) of such
-                batches or of `(images, labels, ...)` tuples.
-            num_steps: `None` or an integer in `[2, T]` (`1` when
-                `T == 1`), the timesteps evaluated per image. Defaults to
-                `None` (all `T`).
-            batch_size: Integer or `None`, images per compiled call.
-                Defaults to `None`: all of an array at once, or the size of
-                a dataset's first batch.
-            seed: Integer or `None`, the seed of the noise and of the
-                stratified timesteps. Defaults to `0`.
-            clip_denoised: Boolean, clip the predicted `x_0` to the data
-                range in the reverse step's mean. Defaults to `True`.
-            model_variance: `"fixedsmall"` (the posterior variance, which
-                the DDPM sampler uses) or `"fixedlarge"` (`beta_t`), the
-                reverse step's fixed variance; at `t = 0` both use
-                `posterior_variance[1]`. Defaults to `"fixedsmall"`.
-            return_terms: Boolean, return the terms too. Defaults to
-                `False`.
-            verbose: `0` or `1`, show a progress bar over chunks. Defaults
-                to `1`.
-
-        Returns:
-            The mean over all images of the bound, in bits per dimension (a
-            Python float). With `return_terms=True`, a dict: `"bpd"` (that
-            float), `"prior_bpd"`, `"decoder_bpd"` (the `t = 0` term),
-            `"timesteps"` (int array `(n,)`, increasing, from 0),
-            `"terms_bpd"` (float array `(n,)`, each timestep's term
-            averaged over images, unweighted), `"weights"` (int array
-            `(n,)`, the stratum sizes, all 1 for the exact bound) and
-            `"num_images"`; `bpd == prior_bpd + sum(weights * terms_bpd)`.
-
-        Example:
-
-        >>> bpd = model.bits_per_dim(test_images)                       # all T timesteps
-        >>> terms = model.bits_per_dim(test_ds, num_steps=100, return_terms=True)
+        Arrays: their shape, dtype and range; a `tf.data.Dataset`: the
+        structure of its elements (labels or none, their shape and dtype).
         """
-        seed = _train_steps.random_seed(seed)
-        timesteps, weights = likelihood.stratified_timesteps(self.diffusion.num_timesteps, num_steps, seed)
-        likelihood.check_model_variance(model_variance)
-        batch_size = None if batch_size is None else check_positive_int("batch_size", batch_size)
-        if hasattr(data, "shape"):
-            data = self._check_images(data, "data")
-        options = {"clip_denoised": bool(clip_denoised), "model_variance": model_variance}
-
-        def chain(model_fn, noise_fn, x_0, steps):
-            return likelihood.vb_terms_loop(
-                model_fn, noise_fn, self.diffusion, x_0, steps, prediction_type=self.prediction_type, **options
-            )
-
-        term_sums, prior_sum, num_images = np.zeros(len(timesteps)), 0.0, 0
-        target = -(-len(data) // (batch_size or len(data))) if isinstance(data, np.ndarray) else None
-        progbar = keras.utils.Progbar(target, unit_name="chunk") if verbose and target != 1 else None
-        for k, (chunk, count) in enumerate(_image_chunks(self, data, batch_size)):
-            run = self._compiled(("bits_per_dim", chunk.shape, len(timesteps)) + tuple(sorted(options.items())), chain)
-            x_0 = ops.convert_to_tensor(chunk)
-            terms = ops.convert_to_numpy(run(derived_seed(seed, k), x_0, ops.convert_to_tensor(timesteps, "int32")))
-            term_sums += np.asarray(terms, np.float64)[:, :count].sum(axis=1)
-            prior_sum += float(np.sum(ops.convert_to_numpy(likelihood.prior_bpd(self.diffusion, x_0))[:count]))
-            num_images += count
-            if progbar is not None:
-                progbar.add(1)
-        if progbar is not None and target is None and num_images:
-            progbar.update(k + 1, finalize=True)  # ends a bar of unknown length
-        if num_images == 0:
-            raise ValueError(f"data must hold at least one image. Received: an empty {type(data).__name__}")
-        terms_bpd, prior = term_sums / num_images, prior_sum / num_images
-        bpd = float(prior + np.sum(weights * terms_bpd))
-        if not return_terms:
-            return bpd
-        return {
-            "bpd": bpd, "prior_bpd": prior, "decoder_bpd": float(terms_bpd[0]), "timesteps": timesteps,
-            "terms_bpd": terms_bpd, "weights": weights, "num_images": num_images,
-        }
+        pairs = [(x, y, "labels")]
+        if isinstance(validation_data, (list, tuple)):
+            val_x, val_y, _ = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
+            pairs.append((val_x, val_y, "validation labels"))
+        elif validation_data is not None:
+            pairs.append((validation_data, None, "validation labels"))
+        for images, labels, name in pairs:
+            if hasattr(images, "element_spec"):
+                images, labels, _ = keras.utils.unpack_x_y_sample_weight(images.element_spec)
+                training_labels.check_batch(self.num_classes, images, labels, name)
+            elif hasattr(images, "shape"):  # Else a generator or a PyDataset: checked in the step.
+                labels = labels if labels is None or hasattr(labels, "shape") else np.asarray(labels)
+                training_labels.check_batch(self.num_classes, images, labels, name)
+                training_labels.check_label_values(self.num_classes, labels, name)
 
     def get_config(self):
         return {
@@ -441,6 +430,8 @@ class DiffusionModel(GenerationMixin, keras.Model):
             "loss_weighting": self.loss_weighting,
             "snr_gamma": self.snr_gamma,
             "ema_warmup": self.ema_warmup,
+            "cond_drop_prob": self.cond_drop_prob,
+            "class_names": self.class_names,
         }
 
     @classmethod
@@ -450,37 +441,6 @@ class DiffusionModel(GenerationMixin, keras.Model):
         ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
         diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
         return cls(network, diffusion, ema_network=ema_network, **config)
-
-
-def _image_chunks(model, data, batch_size):
-    """Yields `(chunk, count)`: `data`'s images in order, in chunks of `batch_size`, the last zero-padded.
-
-    `data` is an array of images or an iterable of batches (or of
-    `(images, ...)` tuples); `batch_size=None` takes the size of the array,
-    or of the first batch.
-    """
-    if isinstance(data, np.ndarray):
-        batches = iter([data])
-    elif hasattr(data, "as_numpy_iterator"):
-        batches = data.as_numpy_iterator()
-    else:
-        try:
-            batches = iter(data)
-        except TypeError:
-            raise ValueError(
-                "data must be images (N, H, W, C) or an iterable of batches of images. "
-                f"Received: data of type {type(data).__name__}"
-            ) from None
-    pending = np.zeros((0,) + model.image_shape, np.float32)
-    for batch in batches:
-        pending = np.concatenate([pending, model._check_images(_train_steps.images_from(batch), "data")])
-        batch_size = batch_size or len(pending)
-        while len(pending) >= batch_size:
-            yield pending[:batch_size], batch_size
-            pending = pending[batch_size:]
-    if len(pending):
-        padding = np.zeros((batch_size - len(pending),) + model.image_shape, np.float32)
-        yield np.concatenate([pending, padding]), len(pending)
 
 
 def _freeze(model):

@@ -5,6 +5,7 @@ from keras import layers
 
 from ddpm_keras._checks import check_positive_int
 from ddpm_keras._checks import image_size
+from ddpm_keras._checks import is_int
 from ddpm_keras.layers import AttentionBlock
 from ddpm_keras.layers import TimeEmbedding
 from ddpm_keras.layers import check_attention_residual
@@ -46,6 +47,7 @@ def build_unet(
     first_conv_channels=64,
     dropout=0.0,
     attention_residual="input",
+    num_classes=None,
 ):
     """Builds the noise-prediction UNet of the keras.io DDPM example.
 
@@ -86,16 +88,30 @@ def build_unet(
             code) or its GroupNorm's output (the keras.io example, whose
             checkpoints `ddpm_keras.convert` imports). Same weights either
             way. Defaults to `"input"`.
+        num_classes: `None` or a positive integer, the number of classes of
+            a class-conditional network (classifier-free guidance, Ho &
+            Salimans 2022). A third input `labels` (int32 `(batch,)`) is
+            embedded by an `Embedding(num_classes + 1, 4 * first_conv_channels)`
+            named `"class_embedding"` (initialised `N(0, 1)`, as PyTorch's
+            `nn.Embedding` in guided-diffusion) and added to the time
+            embedding after its MLP, `emb = time_mlp(t) + class_emb(y)`
+            (Dhariwal & Nichol 2021), so every residual block sees it. The
+            last label, `num_classes`, is the "null" label: the
+            unconditional model. Defaults to `None`: no labels, the
+            network above unchanged.
 
     Returns:
         A functional `keras.Model` named `"unet"` with inputs
         `[images (batch, H, W, img_channels) float, timesteps (batch,) int]`
-        and output the predicted noise `(batch, H, W, img_channels)`.
+        (and `labels (batch,) int` with `num_classes`) and output the
+        predicted noise `(batch, H, W, img_channels)`.
 
     Example:
 
     >>> unet = build_unet(32, 3, [32, 64, 128], [False, True, True])
     >>> noise = unet([x_t, t])
+    >>> conditional = build_unet(32, 3, [32, 64, 128], [False, True, True], num_classes=10)
+    >>> noise = conditional([x_t, t, labels])    # labels in [0, 10]; 10 is the null label
     """
     height, width = image_size(img_size)
     check_positive_int("img_channels", img_channels)
@@ -128,9 +144,15 @@ def build_unet(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
     check_attention_residual("attention_residual", attention_residual)
+    if num_classes is not None and (not is_int(num_classes) or num_classes < 1):
+        raise ValueError(
+            "num_classes must be a positive integer (a class-conditional network) or None (unconditional). "
+            f"Received: num_classes={num_classes!r}"
+        )
 
     images = keras.Input(shape=(height, width, img_channels), name="images")
     timesteps = keras.Input(shape=(), dtype="int32", name="timesteps")
+    inputs = [images, timesteps]
 
     x = layers.Conv2D(
         first_conv_channels, 3, padding="same", kernel_initializer=kernel_init(1.0)
@@ -140,6 +162,14 @@ def build_unet(
         first_conv_channels * 4, activation=activation_fn, kernel_initializer=kernel_init(1.0)
     )(temb)
     temb = layers.Dense(first_conv_channels * 4, kernel_initializer=kernel_init(1.0))(temb)
+    if num_classes is not None:
+        labels = keras.Input(shape=(), dtype="int32", name="labels")
+        inputs.append(labels)
+        class_emb = layers.Embedding(
+            int(num_classes) + 1, first_conv_channels * 4,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0), name="class_embedding",
+        )(labels)
+        temb = layers.Add(name="add_class_embedding")([temb, class_emb])
 
     def block(x, level_width, attention):
         x = residual_block(x, temb, level_width, norm_groups, activation_fn, dropout)
@@ -176,4 +206,42 @@ def build_unet(
     x = layers.Conv2D(
         img_channels, 3, padding="same", kernel_initializer=kernel_init(0.0), dtype="float32"
     )(x)
-    return keras.Model([images, timesteps], x, name="unet")
+    return keras.Model(inputs, x, name="unet")
+
+
+def network_num_classes(network):
+    """The number of classes of a network: `None` for an unconditional one.
+
+    A network taking `[images, timesteps]` is unconditional; one taking
+    `[images, timesteps, labels]` is class-conditional, with the number of
+    classes read from its `"class_embedding"` layer (`build_unet(...,
+    num_classes=N)`: `N + 1` rows, the last one the null label `N`).
+
+    Args:
+        network: A functional `keras.Model`, such as `build_unet(...)`.
+
+    Returns:
+        `None`, or the integer `num_classes`.
+
+    Example:
+
+    >>> network_num_classes(build_unet(16, 3, [8, 16], [False, True], num_classes=10))
+    10
+    """
+    inputs = getattr(network, "inputs", None) or []
+    if len(inputs) == 2:
+        return None
+    embedding = None
+    if len(inputs) == 3:
+        try:
+            embedding = network.get_layer("class_embedding")
+        except ValueError:
+            pass
+    if not isinstance(embedding, layers.Embedding):
+        found = "no 'class_embedding' Embedding layer" if len(inputs) == 3 else f"{len(inputs)} inputs"
+        raise ValueError(
+            "network must take [images, timesteps], or [images, timesteps, labels] with an Embedding layer "
+            "named 'class_embedding' of num_classes + 1 rows (build_unet(..., num_classes=N)). "
+            f"Received: a network with {found}"
+        )
+    return int(embedding.input_dim) - 1

@@ -250,3 +250,65 @@ def test_bits_per_dim_agrees_with_tensorflow(backend, bpd_runs):
     assert abs(bpd.mean() - reference_bpd.mean()) < 6 * standard_error
     # ...which is a few percent at most: the terms are the ones that make up the bound.
     assert bpd.mean() == pytest.approx(reference_terms.sum(axis=0).mean() + np.mean(reference["prior"]), rel=0.05)
+
+
+# A class-conditional model: the first step's loss is the squared error on the labels dropped by
+# hand with a generator seeded as the model's (after t and the noise), not on the labels as given;
+# the dropout's rate and seeding; validation on the labels as given; a missing label caught while
+# the backend's step is traced; the bound with the null label.
+CONDITIONAL = """
+from ddpm_keras import DiffusionModel, GaussianDiffusion, build_unet
+
+network = build_unet(16, 3, [8, 16], [False, True], num_res_blocks=1, first_conv_channels=8, num_classes=4)
+rng = np.random.default_rng(0)
+for w in network.weights:  # so that the labels reach the output
+    w.assign(to_numpy(w) + rng.normal(0.0, 0.05, w.shape).astype("float32"))
+model = DiffusionModel(network, GaussianDiffusion(timesteps=10, beta_end=0.2), seed=7, cond_drop_prob=0.5)
+model.compile(optimizer=keras.optimizers.Adam(1e-3))
+images, labels = tiny_images(8), np.arange(8) % 4
+generator = keras.random.SeedGenerator(7)
+x_t, t, noise = model.noisy_batch(ops.convert_to_tensor(images), generator)
+dropped = model.drop_labels(ops.convert_to_tensor(labels), seed=generator)
+
+def squared_error(batch_labels):
+    prediction = to_numpy(model.network([x_t, t, batch_labels])).astype("float64")
+    return float(np.mean((prediction - to_numpy(noise)) ** 2))
+
+expected, undropped = squared_error(dropped), squared_error(ops.convert_to_tensor(labels, "int32"))
+many = ops.convert_to_tensor(np.zeros(4000), "int32")
+draws = [to_numpy(model.drop_labels(many, seed=keras.random.SeedGenerator(s))) for s in (0, 0, 1)]
+losses = model.fit(images, labels, batch_size=8, epochs=2, verbose=0, shuffle=False).history["loss"]
+val = [model.evaluate(images, labels, batch_size=8, verbose=0) for _ in range(2)]
+bpd = model.bits_per_dim(images[:2], num_steps=2, verbose=0)
+
+def images_only():
+    while True:
+        yield (images,)
+
+try:  # a generator is not checked before fit: the backend's step says it
+    model.fit(images_only(), steps_per_epoch=1, epochs=1, verbose=0)
+    missing = ""
+except ValueError as error:
+    missing = str(error)
+emit(
+    losses=losses, expected=expected, undropped=undropped, num_dropped=int(np.sum(to_numpy(dropped) == 4)),
+    null_fraction=float(np.mean(draws[0] == 4)), same_seed=bool((draws[0] == draws[1]).all()),
+    other_seed=float(np.mean(draws[0] != draws[2])), val=val, bpd=bpd, missing=missing,
+)
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_conditional_training_drops_labels_from_the_seed(backend):
+    skip_unless_installed(backend)
+    result = run_snippet(CONDITIONAL, backend)
+    assert 0 < result["num_dropped"] < 8
+    assert abs(result["expected"] - result["undropped"]) > 1e-4 * result["expected"]
+    assert result["losses"][0] == pytest.approx(result["expected"], rel=1e-5)
+    assert np.isfinite(result["losses"]).all()
+    # p = 0.5 over 4,000 labels: the binomial spread is 0.008.
+    assert abs(result["null_fraction"] - 0.5) < 0.032
+    assert result["same_seed"] and result["other_seed"] > 0.3
+    assert result["val"][0] == result["val"][1] and np.isfinite(result["val"][0])
+    assert np.isfinite(result["bpd"])
+    assert "class-conditional (num_classes=4)" in result["missing"] and "\n" not in result["missing"]

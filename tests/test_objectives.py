@@ -331,7 +331,7 @@ def test_a_file_saved_before_the_options_existed_loads_as_epsilon_unweighted(tmp
             data = source.read(item.filename)
             if item.filename == "config.json":
                 config = json.loads(data)
-                for name in MODEL_OPTIONS:
+                for name in MODEL_OPTIONS + ("cond_drop_prob", "class_names"):
                     del config["config"][name]
                 del config["config"]["diffusion"]["rescale_zero_terminal_snr"]
                 data = json.dumps(config).encode()
@@ -340,6 +340,7 @@ def test_a_file_saved_before_the_options_existed_loads_as_epsilon_unweighted(tmp
     assert {name: getattr(loaded, name) for name in MODEL_OPTIONS} == {
         "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False
     }
+    assert (loaded.num_classes, loaded.class_names, loaded.cond_drop_prob) == (None, None, 0.1)
     assert not loaded.diffusion.rescale_zero_terminal_snr
     assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
     for a, b in zip(loaded.weights, model.weights):

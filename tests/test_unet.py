@@ -9,6 +9,9 @@ from ddpm_keras import AttentionBlock
 from ddpm_keras import TimeEmbedding
 from ddpm_keras import build_unet
 from ddpm_keras.presets import get_preset
+from ddpm_keras.unet import network_num_classes
+
+TINY = dict(img_size=16, img_channels=3, widths=[8, 16], has_attention=[False, True], first_conv_channels=8)
 
 
 def test_flowers_config_has_the_examples_parameter_count():
@@ -39,6 +42,9 @@ def test_output_shape_and_near_zero_output_at_init(img_size, channels):
         ({"dropout": 1.0}, "dropout=1.0"),
         ({"img_channels": 0}, "img_channels=0"),
         ({"attention_residual": "normalised"}, "attention_residual='normalised'"),
+        ({"num_classes": 0}, "num_classes=0"),
+        ({"num_classes": 2.0}, "num_classes=2.0"),
+        ({"num_classes": True}, "num_classes=True"),
     ],
 )
 def test_bad_configuration_is_a_value_error_naming_it(kwargs, message):
@@ -110,3 +116,53 @@ def test_unet_serializes_with_its_custom_layers(tmp_path):
     t = np.array([3, 4], np.int32)
     np.testing.assert_array_equal(ops.convert_to_numpy(loaded([x, t])), ops.convert_to_numpy(net([x, t])))
     assert {type(layer).__name__ for layer in loaded.layers} >= {"TimeEmbedding", "AttentionBlock"}
+
+
+def test_num_classes_none_is_the_unconditional_network():
+    assert build_unet(**get_preset("flowers64")["unet"], num_classes=None).count_params() == 63_200_387
+    today, unconditional = build_unet(**TINY), build_unet(**TINY, num_classes=None)
+    assert [w.shape for w in unconditional.weights] == [w.shape for w in today.weights]
+    assert [i.name for i in unconditional.inputs] == ["images", "timesteps"]
+    assert network_num_classes(unconditional) is None
+    conditional = build_unet(**TINY, num_classes=5)
+    assert [i.name for i in conditional.inputs] == ["images", "timesteps", "labels"]
+    assert conditional.inputs[2].dtype == "int32" and tuple(conditional.inputs[2].shape) == (None,)
+    # One more weight: 5 classes and the null label, each a vector of the time embedding's size (4 x 8).
+    assert conditional.count_params() == today.count_params() + 6 * 32
+    assert network_num_classes(conditional) == 5
+
+
+def perturbed(network, scale=0.05, seed=0):
+    """`network` with noise added to every weight, so that the zero-initialised branches pass the embedding on."""
+    rng = np.random.default_rng(seed)
+    for w in network.weights:
+        w.assign(ops.convert_to_numpy(w) + rng.normal(0.0, scale, w.shape).astype(np.float32))
+    return network
+
+
+def test_class_embedding_is_added_to_the_time_embedding_after_its_mlp():
+    net = perturbed(build_unet(**TINY, num_classes=3))
+    x = np.random.default_rng(1).standard_normal((4, 16, 16, 3)).astype(np.float32)
+    t = np.full((4,), 5, np.int32)
+    outputs = [ops.convert_to_numpy(net([x, t, np.full((4,), y, np.int32)])) for y in range(4)]
+    for y in range(1, 4):  # classes 1, 2 and the null label 3 each differ from class 0
+        assert np.abs(outputs[y] - outputs[0]).mean() > 1e-3
+    # emb = time_mlp(t) + E[y]: moving class 1's row by time_mlp(5) - time_mlp(7) makes
+    # (t = 7, y = 1) the input of (t = 5, y = 0) for every block, whatever the rest of the network.
+    add = net.get_layer("add_class_embedding")
+    time_mlp = keras.Model(net.inputs[1], add.input[0])
+    embedding = net.get_layer("class_embedding").embeddings
+    rows = ops.convert_to_numpy(embedding).copy()
+    shift = ops.convert_to_numpy(time_mlp(np.array([5], np.int32)) - time_mlp(np.array([7], np.int32)))[0]
+    rows[1] = rows[0] + shift
+    embedding.assign(rows)
+    moved = ops.convert_to_numpy(net([x, np.full((4,), 7, np.int32), np.ones((4,), np.int32)]))
+    np.testing.assert_allclose(moved, outputs[0], atol=1e-5)
+
+
+def test_three_inputs_without_a_class_embedding_is_a_clear_error():
+    images = keras.Input((16, 16, 3))
+    t, labels = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
+    network = keras.Model([images, t, labels], images)
+    with pytest.raises(ValueError, match="no 'class_embedding' Embedding layer"):
+        network_num_classes(network)
