@@ -26,7 +26,9 @@ class SamplePlotter(keras.callbacks.Callback):
     """Saves a grid of EMA samples every `every` epochs, and shows it in a notebook.
 
     The samples come from a fixed seed, so grids of successive epochs show
-    the same noise being decoded by a model that learns. Files are
+    the same noise being decoded by a model that learns. On a
+    class-conditional model each row of the grid is one class (`classes`),
+    with `num_images // len(classes)` samples of it. Files are
     `<run_dir>/samples/epoch_0001.png`, ... (1-based epoch numbers). No
     display is needed: grids are written with Pillow; in a Jupyter/Colab
     kernel each grid is also displayed inline.
@@ -42,13 +44,21 @@ class SamplePlotter(keras.callbacks.Callback):
             images of 32 px or less, else `2`.
         show: Boolean or `None`, display inline; `None` displays when
             running in an IPython kernel. Defaults to `None`.
+        classes: For a conditional model, the classes of the rows (integers
+            or names). Defaults to `None`: up to 4 classes spread over
+            `[0, num_classes)`.
+        guidance_scale: Float, the classifier-free guidance of a
+            conditional model's rows. Defaults to `1.0`.
 
     Example:
 
     >>> model.fit(dataset, epochs=50, callbacks=[SamplePlotter("runs/tiny", every=5)])
     """
 
-    def __init__(self, run_dir, every=1, num_images=16, seed=0, sampling=None, scale=None, show=None):
+    def __init__(
+        self, run_dir, every=1, num_images=16, seed=0, sampling=None, scale=None, show=None, classes=None,
+        guidance_scale=1.0,
+    ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer. Received: every={every!r}")
@@ -59,21 +69,53 @@ class SamplePlotter(keras.callbacks.Callback):
         self.sampling = dict(DEFAULT_SAMPLING if sampling is None else sampling)
         self.scale = scale
         self.show = _in_ipython_kernel() if show is None else show
+        self.classes = classes
+        self.guidance_scale = guidance_scale
         self.last_path = None
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        images = self.model.generate_images(num_images=self.num_images, seed=self.seed, **self.sampling)
+        labels, ncols = class_rows(self.model, self.num_images, self.classes)
+        conditioning = {} if labels is None else {"labels": labels, "guidance_scale": self.guidance_scale}
+        images = self.model.generate_images(
+            num_images=len(labels) if labels is not None else self.num_images, seed=self.seed,
+            **self.sampling, **conditioning,
+        )
         scale = self.scale or (4 if max(images.shape[1:3]) <= 32 else 2)
         path = os.path.join(self.run_dir, SAMPLES_DIR, f"epoch_{epoch + 1:04d}.png")
-        self.last_path = save_image_grid(images, path, scale=scale)
+        self.last_path = save_image_grid(images, path, ncols=ncols, scale=scale)
         if self.show:
             from IPython.display import Image
             from IPython.display import display
 
             print(f"Samples after epoch {epoch + 1}:")
             display(Image(filename=path))
+
+
+def class_rows(model, num_images, classes=None, max_rows=4):
+    """The labels of a grid with one row per class: `(labels, ncols)`, or `(None, None)` for an unconditional model.
+
+    Args:
+        model: A `DiffusionModel`.
+        num_images: Integer, about how many images in all.
+        classes: `None` (up to `max_rows` classes spread over
+            `[0, num_classes)`) or a list of classes (integers or names).
+        max_rows: Integer, the rows when `classes` is `None`. Defaults to
+            `4`.
+
+    Returns:
+        `(labels, ncols)`: a list with each class repeated `ncols` times,
+        row by row.
+    """
+    if getattr(model, "num_classes", None) is None:
+        return None, None
+    if classes is None:
+        rows = min(max_rows, model.num_classes)
+        classes = sorted({round(i * (model.num_classes - 1) / max(rows - 1, 1)) for i in range(rows)})
+    classes = list(model.label_ids(list(classes)))
+    ncols = max(1, num_images // len(classes))
+    return [int(k) for k in classes for _ in range(ncols)], ncols
 
 
 class RunCheckpoint(keras.callbacks.Callback):

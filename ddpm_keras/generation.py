@@ -1,28 +1,28 @@
-"""`GenerationMixin`: sampling, inpainting, DDIM inversion and interpolation for `DiffusionModel`.
+"""`GenerationMixin`: sampling (with labels and guidance on conditional models) and its export.
 
-Every method builds a sampler `Chain` (`ddpm_keras.samplers`) and runs it
-with the EMA network in compiled segments: one compiled function draws
-`x_T` and sets up the chain's state, another runs `segment_steps` steps of
-it from any position (compiled once, the position an argument), and a
-progress bar moves between segments. The backend-specific compilation is in
-`ddpm_keras._train_steps.compile_chain`.
+`generate_images` builds a sampler `Chain` (`ddpm_keras.samplers`) and runs
+it with the EMA network in compiled segments (`ddpm_keras._chains`); the
+editing methods (inpaint, encode, decode, interpolate) are in
+`ddpm_keras.editing`.
 """
 
-import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras import _train_steps
+from ddpm_keras import conditioning
 from ddpm_keras import samplers
+from ddpm_keras._chains import DETERMINISTIC_SAMPLERS  # noqa: F401 - importable from here
+from ddpm_keras._chains import SEGMENT_STEPS
+from ddpm_keras._chains import Progress
+from ddpm_keras._chains import chunk_seeds
+from ddpm_keras._chains import num_segments
+from ddpm_keras._chains import padded
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras.editing import EditingMixin
 from ddpm_keras.precision import check_inference_dtype
-from ddpm_keras.precision import inference_network
-
-SEGMENT_STEPS = 50
-DETERMINISTIC_SAMPLERS = tuple(name for name, spec in samplers.REGISTRY.items() if not spec.stochastic)
 
 
-class GenerationMixin:
+class GenerationMixin(EditingMixin):
     """Sampling methods of a model with `ema_network`, `diffusion`, `prediction_type` and `image_shape`."""
 
     def generate_images(
@@ -44,6 +44,9 @@ class GenerationMixin:
         thresholding=None,
         segment_steps=SEGMENT_STEPS,
         dtype=None,
+        labels=None,
+        guidance_scale=1.0,
+        guidance_rescale=0.0,
     ):
         """Samples images with the EMA network.
 
@@ -104,6 +107,22 @@ class GenerationMixin:
                 float32; the sampler's arithmetic on `x_t` is float32
                 whatever this says). Defaults to `None` (the network's own
                 policy, float32 for a float32-trained network).
+            labels: For a class-conditional model: `None` (unconditional
+                samples, the null label), one class for every image, or
+                one per image; classes as integers in `[0, num_classes)`
+                or as names from `class_names`. `num_images` defaults to
+                their count. Defaults to `None`.
+            guidance_scale: Float >= 0, classifier-free guidance's `s` in
+                the convention `s = 1 + w` of Ho & Salimans' `w`: the
+                network's output is `uncond + s (cond - uncond)`, both from
+                one batched call; `1` is the conditional model alone (one
+                call, no unconditional pass), larger values trade
+                diversity for fidelity to the class
+                (`samplers.guided_model_fn`). Defaults to `1.0`.
+            guidance_rescale: Float in `[0, 1]`, Lin et al.'s rescale of
+                the guided output's standard deviation to the conditional
+                one's (sec. 3.4), against over-saturation at large scales.
+                Defaults to `0.0`.
 
         Returns:
             A NumPy float32 array `(num_images, H, W, C)` in
@@ -126,7 +145,10 @@ class GenerationMixin:
                     f"Received: num_images={num_images!r}"
                 )
             num_images = len(initial_noise)
+        if num_images is None and labels is not None and not isinstance(labels, (str, int, np.integer)):
+            num_images = len(labels)
         num_images = check_positive_int("num_images", 16 if num_images is None else num_images)
+        request = self._conditioning(labels, num_images, guidance_scale, guidance_rescale)
         options = self._generation_options(
             sampler, num_steps, eta, clip_denoised, corrector_steps, snr, timestep_spacing, thresholding, dtype
         )
@@ -138,17 +160,18 @@ class GenerationMixin:
             every = max(1, num_steps // 20) if trajectory_every is None else check_positive_int(
                 "trajectory_every", trajectory_every
             )
-        build = self._generation_chain(options)
+        build = conditioning.with_guidance(self._generation_chain(options), request, self.null_label)
+        key = ("generate", tuple(sorted(options.items())), conditioning.key(request))
 
         num_chunks = -(-num_images // batch_size)
-        progress = _Progress(num_chunks * num_steps, verbose and (num_chunks > 1 or _segments(num_steps, segment_steps) > 1))
+        progress = Progress(num_chunks * num_steps, verbose and (num_chunks > 1 or num_segments(num_steps, segment_steps) > 1))
         chunks = []
-        for k, chunk_seed in enumerate(_chunk_seeds(seed, num_chunks)):
-            x_T = None if initial_noise is None else _padded(initial_noise[k * batch_size : (k + 1) * batch_size], batch_size)
+        for k, chunk_seed in enumerate(chunk_seeds(seed, num_chunks)):
+            x_T = None if initial_noise is None else padded(initial_noise[k * batch_size : (k + 1) * batch_size], batch_size)
             outputs = self._run_chain(
-                ("generate", tuple(sorted(options.items()))), build, (batch_size,) + self.image_shape, num_steps,
-                chunk_seed, x_T=x_T, trajectory_every=every, segment_steps=segment_steps, progress=progress,
-                dtype=options["dtype"],
+                key, build, (batch_size,) + self.image_shape, num_steps, chunk_seed, x_T=x_T,
+                inputs=conditioning.chain_inputs(request, k * batch_size, batch_size, self.null_label),
+                trajectory_every=every, segment_steps=segment_steps, progress=progress, dtype=options["dtype"],
             )
             chunks.append([ops.convert_to_numpy(o) for o in (outputs if return_trajectory else (outputs,))])
         images = self._to_images(np.concatenate([c[0] for c in chunks], axis=0)[:num_images])
@@ -198,341 +221,18 @@ class GenerationMixin:
 
         return build
 
-    def inference_network(self, dtype=None):
-        """The EMA network, or a copy of it computing in `dtype` (made once, run with the EMA weights)."""
-        dtype = check_inference_dtype(dtype)
-        if dtype == "float32":
-            return self.ema_network
-        # A plain object holds the copies: a dict attribute would make Keras
-        # track them as sublayers, and save them with the model.
-        cache = getattr(self, "_inference_networks", None)
-        if cache is None:
-            cache = self._inference_networks = _NetworkCache()
-        if dtype not in cache.networks:
-            cache.networks[dtype] = inference_network(self.ema_network, dtype)
-        return cache.networks[dtype]
+    def _conditioning(self, labels, num_images, guidance_scale, guidance_rescale):
+        """The checked labels and guidance of a request: a `Conditioning`, or `None` for an unconditional model."""
+        return conditioning.request(self, labels, num_images, guidance_scale, guidance_rescale)
 
-    def inpaint(
-        self, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True,
-        timestep_spacing="trailing", verbose=1,
-    ):
-        """Fills in the unknown region of `images` (replacement method, RePaint resampling).
+    def label_ids(self, labels, num_images=None):
+        """Class labels (integers or names, one or one per image) as a checked int32 array `(num_images,)`.
 
-        At each reverse step the known region is replaced by the original
-        diffused to the new noise level, `q_sample(x_0, t - 1)`; with
-        `resample > 1` each step is redone after re-noising with
-        `q(x_t | x_{t-1})` (Lugmayr et al. 2022, jump length 1). The output
-        equals `images` exactly where `mask == 1`.
-
-        Args:
-            images: Float array `(N, H, W, C)` (or one image `(H, W, C)`) in
-                the data range.
-            mask: Array of 0 and 1, 1 where the pixel is known; `(H, W)`,
-                `(H, W, 1)`, `(H, W, C)`, `(N, H, W, 1)` or `(N, H, W, C)`.
-            seed: Integer or `None`. Defaults to `None`.
-            sampler: `"ddpm"` or `"ddim"`. Defaults to `"ddpm"`.
-            num_steps: Integer or `None`, as in `generate_images`.
-                Defaults to `None`.
-            eta: Float in `[0, 1]`, for `"ddim"`. Defaults to `0.0`.
-            resample: Integer >= 1, RePaint's resampling count `r`
-                (cost: `r` network calls per step). Defaults to `1`.
-            clip_denoised: Boolean. Defaults to `True`.
-            timestep_spacing: As in `generate_images`. Defaults to
-                `"trailing"`.
-            verbose: `0` or `1`, show progress over segments of a long
-                chain. Defaults to `1`.
-
-        Returns:
-            A NumPy float32 array shaped as `images` (batched).
+        See `ddpm_keras.conditioning.label_ids`.
 
         Example:
 
-        >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0
-        >>> filled = model.inpaint(images, mask, seed=0, resample=5)
+        >>> model.label_ids(["daisy", 3])
+        array([12, 3], dtype=int32)
         """
-        images = self._check_images(images, "images")
-        mask = _broadcast_mask(mask, images.shape)
-        num_steps = samplers.check_sampler_args(
-            sampler, num_steps, self.diffusion.num_timesteps, eta, samplers=samplers.INPAINT_SAMPLERS,
-            timestep_spacing=timestep_spacing,
-        )
-        resample = check_positive_int("resample", resample)
-        options = {
-            "sampler": sampler, "num_steps": num_steps, "eta": float(eta), "resample": resample,
-            "clip_denoised": bool(clip_denoised), "timestep_spacing": timestep_spacing,
-        }
-
-        def build(model_fn, noise_fn, x_0, known):
-            context = samplers.make_context(
-                model_fn, noise_fn, self.diffusion, num_steps, self.prediction_type, bool(clip_denoised),
-                timestep_spacing=timestep_spacing,
-            )
-            return samplers.inpaint_chain(context, x_0, known, sampler, float(eta), resample)
-
-        progress = _Progress(num_steps, verbose and _segments(num_steps, SEGMENT_STEPS) > 1)
-        filled = self._run_chain(
-            ("inpaint", tuple(sorted(options.items()))), build, images.shape, num_steps, seed,
-            inputs=(ops.convert_to_tensor(images), ops.convert_to_tensor(mask)), progress=progress,
-        )
-        return np.where(mask == 1.0, images, self._to_images(filled))
-
-    def encode(self, images, num_steps=50):
-        """DDIM inversion: the latents `x_T` that deterministic DDIM decodes to `images`.
-
-        Runs the DDIM ODE (eta = 0) forward from `x_0` to `x_T` over the
-        same `num_steps` trailing-spaced timesteps as `decode`.
-
-        Args:
-            images: Float array `(N, H, W, C)` (or `(H, W, C)`) in the data
-                range.
-            num_steps: Integer in `[1, T]`. Defaults to `50`.
-
-        Returns:
-            A NumPy float32 array `(N, H, W, C)`, roughly standard normal.
-
-        Example:
-
-        >>> latents = model.encode(images)
-        >>> reconstructed = model.decode(latents)
-        """
-        images = self._check_images(images, "images")
-        samplers.check_num_steps(num_steps, self.diffusion.num_timesteps)
-
-        def build(model_fn, noise_fn, x_0):
-            context = samplers.make_context(model_fn, noise_fn, self.diffusion, num_steps, self.prediction_type)
-            return samplers.ddim_encode_chain(context)
-
-        x_0 = ops.convert_to_tensor(images)
-        latents = self._run_chain(("encode", num_steps), build, images.shape, num_steps, 0, x_T=x_0, inputs=(x_0,))
-        return np.asarray(ops.convert_to_numpy(latents), dtype=np.float32)
-
-    def decode(self, noises, num_steps=50, clip_denoised=True, sampler="ddim"):
-        """A deterministic sampler (DDIM, eta = 0, by default) from given latents `x_T` to images.
-
-        Args:
-            noises: Float array `(N, H, W, C)` (or `(H, W, C)`), the `x_T`.
-            num_steps: Integer in `[1, T]`. Defaults to `50`.
-            clip_denoised: Boolean. Defaults to `True`.
-            sampler: A deterministic sampler: `"ddim"` (which `encode`
-                inverts), `"dpmpp_2m"`, `"dpmpp_3m"` or `"unipc"`. Defaults
-                to `"ddim"`.
-
-        Returns:
-            A NumPy float32 array `(N, H, W, C)` in the data range.
-
-        Example:
-
-        >>> images = model.decode(np.random.normal(size=(4, 32, 32, 3)))
-        """
-        noises = self._check_images(noises, "noises")
-        if sampler not in DETERMINISTIC_SAMPLERS:
-            raise ValueError(
-                f"decode needs a deterministic sampler. Received: sampler={sampler!r}. "
-                f"Expected one of {DETERMINISTIC_SAMPLERS}."
-            )
-        return self.generate_images(
-            seed=0, sampler=sampler, num_steps=num_steps, clip_denoised=clip_denoised, initial_noise=noises,
-            verbose=0,
-        )
-
-    def interpolate(
-        self, num_images=8, seed=None, num_steps=50, images=None, noises=None, clip_denoised=True, sampler="ddim",
-    ):
-        """Images along a spherical interpolation (slerp) between two latents.
-
-        The latents are two standard normal draws from `seed`, the given
-        `noises`, or the DDIM inversions (`encode`) of two given `images`;
-        the path is decoded with a deterministic sampler (`decode`), so the
-        endpoints are exactly the decodes of the two latents.
-
-        Args:
-            num_images: Integer >= 2, images along the path. Defaults to
-                `8`.
-            seed: Integer or `None`, the seed of the two latents when
-                neither `images` nor `noises` is given. Defaults to `None`.
-            num_steps: Integer in `[1, T]`, decoding steps. Defaults to
-                `50`.
-            images: `None` or a pair `(a, b)` of images `(H, W, C)` to
-                interpolate between. Defaults to `None`.
-            noises: `None` or a pair `(z_a, z_b)` of latents `(H, W, C)`.
-                Defaults to `None`.
-            clip_denoised: Boolean. Defaults to `True`.
-            sampler: The deterministic sampler of `decode`; with `images`
-                only `"ddim"`, the inverse of `encode`. Defaults to
-                `"ddim"`.
-
-        Returns:
-            A NumPy float32 array `(num_images, H, W, C)` in the data range.
-
-        Example:
-
-        >>> path = model.interpolate(8, seed=0, sampler="dpmpp_2m", num_steps=20)
-        >>> morph = model.interpolate(8, images=(image_a, image_b))
-        """
-        num_images = check_positive_int("num_images", num_images)
-        if num_images < 2:
-            raise ValueError(f"num_images must be at least 2 (the two endpoints). Received: num_images={num_images}")
-        samplers.check_num_steps(num_steps, self.diffusion.num_timesteps)
-        if images is not None and noises is not None:
-            raise ValueError("Pass images or noises, not both. Received both.")
-        if images is not None:
-            if sampler != "ddim":
-                raise ValueError(
-                    "Interpolating between images decodes with 'ddim', the inverse of encode. "
-                    f"Received: sampler={sampler!r}"
-                )
-            latents = self.encode(self._check_pair(images, "images"), num_steps)
-        elif noises is not None:
-            latents = self._check_pair(noises, "noises")
-        else:
-            latents = np.random.default_rng(seed).standard_normal((2,) + self.image_shape).astype(np.float32)
-        path = samplers.slerp(latents[0], latents[1], np.linspace(0.0, 1.0, num_images)).astype(np.float32)
-        path[0], path[-1] = latents[0], latents[1]
-        return self.decode(path, num_steps, clip_denoised, sampler=sampler)
-
-    # ------------------------------------------------------------ running
-
-    def _run_chain(
-        self, key, build, shape, num_steps, seed, x_T=None, inputs=(), trajectory_every=None,
-        segment_steps=SEGMENT_STEPS, progress=None, dtype="float32",
-    ):
-        """Runs the chain `build(model_fn, noise_fn, *inputs)` from `x_T` (or noise from `seed`) in segments.
-
-        Returns the sample, or `(sample, frames)` with `trajectory_every`.
-        """
-        key = key + (tuple(shape), x_T is None, trajectory_every)
-        drawn = x_T is None
-
-        def init(model_fn, noise_fn, *args):
-            x_start = noise_fn(shape, -1) if drawn else args[0]
-            chain = build(model_fn, noise_fn, *args[0 if drawn else 1 :])
-            return samplers.start(chain, x_start, trajectory_every)
-
-        def segment(model_fn, noise_fn, loop_state, begin, end, *args):
-            return samplers.advance(build(model_fn, noise_fn, *args), loop_state, begin, end, trajectory_every)
-
-        run_init = self._compiled(key + ("init",), init, dtype)
-        run_segment = self._compiled(key + ("segment",), segment, dtype)
-        seed = _train_steps.random_seed(seed)
-        loop_state = run_init(seed, *((() if drawn else (ops.convert_to_tensor(x_T),)) + tuple(inputs)))
-        size = num_steps if segment_steps is None else segment_steps
-        for begin in range(0, num_steps, size):
-            end = min(begin + size, num_steps)
-            loop_state = run_segment(seed, loop_state, _index(begin), _index(end), *inputs)
-            if progress is not None:
-                progress.advance(end - begin, loop_state)
-        return samplers.finish(loop_state)
-
-    def _check_images(self, images, name):
-        """`images` as float32 `(N, H, W, C)` of this model's image shape, or a ValueError."""
-        images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[0] < 1 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{name} must have shape (N,) + {self.image_shape} or {self.image_shape}. "
-                f"Received: {name}.shape={images.shape}"
-            )
-        if not np.all(np.isfinite(images)):
-            raise ValueError(f"{name} must be finite. Received: {name} with NaN or inf values")
-        return images
-
-    def _check_pair(self, pair, name):
-        """A pair `(a, b)` of `(H, W, C)` arrays as float32 `(2, H, W, C)`."""
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"{name} must be a pair (a, b). Received: {name} of type {type(pair).__name__}")
-        return np.concatenate([self._check_images(item, name) for item in pair], axis=0)
-
-    def _to_images(self, images):
-        """A sampler's output as a NumPy float32 array clipped to the data range."""
-        images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
-        return np.clip(images, self.diffusion.clip_min, self.diffusion.clip_max)
-
-    def _compiled(self, key, chain, dtype="float32"):
-        """The compiled form of `chain`, built once per `key` and cached.
-
-        `chain(model_fn, noise_fn, *inputs) -> outputs` is written in
-        `keras.ops`; the result is `run(seed, *inputs) -> outputs` (the same
-        seed gives the same outputs): on TensorFlow one
-        `tf.function(jit_compile=True)`, on JAX `jax.jit` with the EMA
-        weights as arguments and noise from a key folded with each draw's
-        step, on PyTorch eager code under `torch.no_grad()`.
-        """
-        key = key + (dtype,)
-        if key not in self._samplers:
-            self._samplers[key] = _train_steps.compile_chain(self, chain, self.inference_network(dtype))
-        return self._samplers[key]
-
-
-class _NetworkCache:
-    """The reduced-precision copies of a model's EMA network, by dtype."""
-
-    def __init__(self):
-        self.networks = {}
-
-
-class _Progress:
-    """A progress bar over sampling steps, shown only when `show`; waits for each segment to finish."""
-
-    def __init__(self, total, show):
-        self.bar = keras.utils.Progbar(total, unit_name="step") if show else None
-        self.done = 0
-
-    def advance(self, steps, loop_state):
-        if self.bar is None:
-            return
-        # Wait for the segment (asynchronous backends return at once).
-        ops.convert_to_numpy(ops.ravel(loop_state[0][0])[:1])
-        self.done += steps
-        self.bar.update(self.done)
-
-
-def _segments(num_steps, segment_steps):
-    return 1 if segment_steps is None else -(-num_steps // segment_steps)
-
-
-def _index(value):
-    """A loop bound as an int32 scalar tensor, so one compiled segment serves every position."""
-    if keras.backend.backend() == "torch":
-        return int(value)
-    return ops.convert_to_tensor(value, "int32")
-
-
-def _padded(images, size):
-    """`images` with zero images appended up to `size`."""
-    if len(images) == size:
-        return images
-    return np.concatenate([images, np.zeros((size - len(images),) + images.shape[1:], images.dtype)])
-
-
-def _chunk_seeds(seed, num_chunks):
-    """The seed of each chunk: `seed` itself for one chunk, else derived from `(seed, k)`."""
-    if num_chunks == 1:
-        return [seed]
-    base = np.random.default_rng().integers(2**31 - 1) if seed is None else int(seed)
-    return [derived_seed(base, k) for k in range(num_chunks)]
-
-
-def derived_seed(base, k):
-    """An int seed in `[0, 2^31 - 1)` derived from `(base, k)`."""
-    return int(np.random.SeedSequence([int(base) % 2**32, k]).generate_state(1)[0] % (2**31 - 1))
-
-
-def _broadcast_mask(mask, shape):
-    """An inpainting mask as float32 `shape`, checked to be 0/1 and broadcastable."""
-    mask = np.asarray(ops.convert_to_numpy(mask), dtype=np.float32)
-    if mask.ndim == 2:
-        mask = mask[..., None]
-    try:
-        mask = np.broadcast_to(mask, shape).astype(np.float32)
-    except ValueError:
-        raise ValueError(
-            f"mask must broadcast to the images' shape {tuple(shape)}: use (H, W), (H, W, 1), "
-            f"(H, W, C), (N, H, W, 1) or (N, H, W, C). Received: mask.shape={mask.shape}"
-        ) from None
-    if not np.all((mask == 0.0) | (mask == 1.0)):
-        raise ValueError(
-            "mask must hold only 0 (to fill in) and 1 (known). "
-            f"Received: values {np.unique(mask)[:5]}..."
-        )
-    return mask
+        return conditioning.label_ids(self, labels, num_images)

@@ -69,3 +69,45 @@ def levels(log_snr):
 def trailing_kept(diffusion, num_steps):
     """alphas_cumprod of the kept timesteps of trailing spacing, ascending."""
     return diffusion.terms_float64["alphas_cumprod"][samplers.spaced_timesteps(diffusion.num_timesteps, num_steps)]
+
+
+# ------------------------------------------------------------ Gaussian classes
+
+CLASS_MEANS = (-0.3, 0.4, 0.1)  # Class k: N(CLASS_MEANS[k], S^2) per pixel.
+UNCONDITIONAL_MEAN = 0.05  # What the null label predicts: N(UNCONDITIONAL_MEAN, S^2).
+
+
+@keras.saving.register_keras_serializable(package="ddpm_keras_tests")
+class ExactClassPredictor(keras.layers.Layer):
+    """The exact epsilon for Gaussian data N(mu, s^2) whose mean `mu (batch, 1)` is an input."""
+
+    def __init__(self, alphas_cumprod, **kwargs):
+        super().__init__(**kwargs)
+        self.alphas_cumprod = list(alphas_cumprod)
+
+    def call(self, inputs):
+        x, t, mu = inputs
+        ab = ops.take(ops.convert_to_tensor(self.alphas_cumprod, "float32"), t)[:, None, None, None]
+        mu = ops.reshape(mu, (-1, 1, 1, 1))
+        return (x - ops.sqrt(ab) * mu) * ops.sqrt(1.0 - ab) / (ab * S**2 + 1.0 - ab)
+
+    def get_config(self):
+        return {**super().get_config(), "alphas_cumprod": self.alphas_cumprod}
+
+
+def make_class_model(img_size=4, clip=10.0):
+    """A conditional model over T = 100 steps whose network is exact for each class and for the null label.
+
+    The network's `class_embedding` holds each class's mean (and the null
+    label's, last), so `num_classes` is `len(CLASS_MEANS)`.
+    """
+    diffusion = GaussianDiffusion(timesteps=T, beta_end=0.2, clip_min=-clip, clip_max=clip)
+    images, t = keras.Input((img_size, img_size, 1)), keras.Input((), dtype="int32")
+    labels = keras.Input((), dtype="int32")
+    means = np.asarray(CLASS_MEANS + (UNCONDITIONAL_MEAN,), np.float32)[:, None]
+    mu = keras.layers.Embedding(
+        len(means), 1, embeddings_initializer=keras.initializers.Constant(means), name="class_embedding"
+    )(labels)
+    output = ExactClassPredictor(diffusion.terms_float64["alphas_cumprod"])([images, t, mu])
+    names = [f"mean{m:+.1f}" for m in CLASS_MEANS]
+    return DiffusionModel(keras.Model([images, t, labels], output), diffusion, class_names=names)

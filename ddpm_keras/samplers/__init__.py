@@ -31,6 +31,8 @@ down (the respaced diffusion of `respaced`), and their last step returns
 the predicted `x_0` at `s_0` (DDIM and the ODE solvers) or the posterior
 mean (DDPM). `inpaint.py` adds the replacement method and RePaint
 resampling; `ddim.ddim_encode_chain` runs DDIM backwards (x_0 -> x_T).
+`guidance.guided_model_fn` turns a conditional network into the
+`model_fn(x_t, t)` of every sampler, with classifier-free guidance.
 """
 
 import functools
@@ -56,6 +58,7 @@ from ddpm_keras.samplers.ddpm import ddpm_chain
 from ddpm_keras.samplers.dpm_solver import DPMPP_SAMPLERS
 from ddpm_keras.samplers.dpm_solver import dpmpp_chain
 from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
+from ddpm_keras.samplers.guidance import guided_model_fn
 from ddpm_keras.samplers.inpaint import INPAINT_SAMPLERS
 from ddpm_keras.samplers.inpaint import inpaint_chain
 from ddpm_keras.samplers.pc import pc_chain
@@ -230,7 +233,8 @@ __all__ = [
     "Chain", "DEFAULT_DDIM_STEPS", "DEFAULT_SOLVER_STEPS", "INPAINT_SAMPLERS", "REGISTRY", "SAMPLERS",
     "SamplerSpec", "SamplingContext", "TIMESTEP_SPACINGS", "advance", "build_chain", "check_num_steps",
     "check_sampler_args", "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_loop",
-    "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish", "inpaint_loop", "make_context", "make_denoiser",
+    "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish", "guided_model_fn", "inpaint_loop",
+    "make_context", "make_denoiser",
     "respaced", "run_chain", "sample_loop", "sampling_schedule", "sampling_timesteps",
     "slerp", "spaced_timesteps", "start", "trajectory_length", "unipc_coefficients",
 ]
