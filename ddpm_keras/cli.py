@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 from ddpm_keras.presets import get_preset
 
@@ -70,18 +69,9 @@ def build_parser():
 
     add_train_arguments(train)
 
-    sample = commands.add_parser(
-        "sample",
-        help="sample images from a checkpoint into a PNG grid",
-        formatter_class=formatter,
-        description="Generate images with the EMA network of a checkpoint and save them as a PNG grid.",
-    )
-    _add_checkpoint_args(sample)
-    sample.add_argument("--num-images", type=positive_int, default=16, help="number of images")
-    _add_sampler_args(sample)
-    sample.add_argument("--batch-size", type=positive_int, default=None,
-                        help="images per compiled call, for large requests. Default: all at once")
-    sample.add_argument("--gif", default=None, help="also write the denoising trajectory as an animated GIF")
+    from ddpm_keras.cli_sample import add_sample_parser
+
+    add_sample_parser(commands, formatter)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -240,6 +230,7 @@ def main(argv=None):
     try:
         from ddpm_keras.cli_convert import import_keras_io
         from ddpm_keras.cli_evaluate import evaluate
+        from ddpm_keras.cli_sample import sample
         from ddpm_keras.cli_export import export
 
         commands = {
@@ -268,11 +259,13 @@ def _is_user_error(error):
 def train(args):
     """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
     from ddpm_keras.cli_train import apply_model_flags
+    from ddpm_keras.cli_train import class_conditioning
     from ddpm_keras.cli_train import model_record
 
     config = apply_model_flags(get_preset(args.preset), args)
     training = config["training"]
     dataset_name = args.dataset or training["dataset"]
+    class_names = None if args.resume else class_conditioning(args, config, dataset_name)
     epochs = args.epochs or training["epochs"]
     batch_size = args.batch_size or training["batch_size"]
     plot_every = training["plot_every"] if args.plot_every is None else args.plot_every
@@ -293,14 +286,14 @@ def train(args):
     set_precision(args.precision)
     model_path = os.path.join(run_dir, "model.keras")
     with strategy_scope(args.strategy):
-        model, completed = _build_or_resume(args, config, model_path, epochs, run_dir)
+        model, completed = _build_or_resume(args, config, model_path, epochs, run_dir, class_names)
     if args.jit_compile:
         model.jit_compile = True
 
     height, width = model.image_shape[:2]
     dataset = load_dataset(
         dataset_name, split=args.split, img_size=(height, width), batch_size=batch_size,
-        data_dir=args.data_dir, seed=args.seed,
+        data_dir=args.data_dir, seed=args.seed, with_labels=model.num_classes is not None,
     )
     if args.steps_per_epoch:
         dataset = dataset.repeat()
@@ -319,8 +312,9 @@ def train(args):
     callbacks.append(RunCheckpoint(write_dir))
     if plot_every:
         callbacks.append(SamplePlotter(write_dir, every=plot_every, seed=args.seed))
+    classes = f", {model.num_classes} classes" if model.num_classes else ""
     print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
-          f"({height}x{width}, batch {batch_size}) into {run_dir}/")
+          f"({height}x{width}, batch {batch_size}{classes}) into {run_dir}/")
     model.fit(
         dataset, epochs=epochs, initial_epoch=completed, steps_per_epoch=args.steps_per_epoch,
         callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
@@ -328,35 +322,6 @@ def train(args):
     )
     print(f"Done: {model_path}, {os.path.join(run_dir, 'log.csv')}"
           + (f", {os.path.join(run_dir, 'samples')}/" if plot_every else ""))
-
-
-def sample(args):
-    """`ddpm-keras sample`: a PNG grid of samples from a checkpoint (and a GIF of their trajectory)."""
-    from ddpm_keras.visualize import save_gif
-
-    model = _load_model(args.checkpoint)
-    _check_suffix(args.out, ".png", "--out")
-    if args.gif:
-        _check_suffix(args.gif, ".gif", "--gif")
-    start = time.perf_counter()
-    options = sampling_options(args)
-    options["num_steps"] = _at_most_timesteps(options["num_steps"], model)
-    result = model.generate_images(
-        num_images=args.num_images, seed=args.seed, batch_size=args.batch_size, return_trajectory=bool(args.gif),
-        **options,
-    )
-    images, trajectory = result if args.gif else (result, None)
-    seconds = time.perf_counter() - start
-    _save_grid(images, args.out)
-    print(f"Wrote {args.num_images} samples ({args.sampler}) to {args.out} in {seconds:.1f} s.")
-    if args.gif:
-        save_gif(trajectory, args.gif, scale=_display_scale(images))
-        print(f"Wrote the denoising trajectory ({len(trajectory)} frames) to {args.gif}.")
-
-
-def _at_most_timesteps(num_steps, model):
-    """A default step count capped at the model's T (a model with few timesteps samples them all)."""
-    return None if num_steps is None else min(num_steps, model.diffusion.num_timesteps)
 
 
 def inpaint(args):
@@ -400,7 +365,7 @@ def interpolate(args):
           + (" (the two inputs at the ends)." if images else "."))
 
 
-def _build_or_resume(args, config, model_path, epochs, run_dir):
+def _build_or_resume(args, config, model_path, epochs, run_dir, class_names=None):
     """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
     from ddpm_keras.callbacks import resume_log
     from ddpm_keras.cli_train import check_resumed_model
@@ -418,10 +383,10 @@ def _build_or_resume(args, config, model_path, epochs, run_dir):
         return model, completed
     if os.path.exists(model_path):
         raise CLIError(f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one.")
-    return _build_model(config, args.learning_rate, args.seed), 0
+    return _build_model(config, args.learning_rate, args.seed, class_names), 0
 
 
-def _build_model(config, learning_rate, seed):
+def _build_model(config, learning_rate, seed, class_names=None):
     import keras
 
     from ddpm_keras import DiffusionModel
@@ -430,7 +395,9 @@ def _build_model(config, learning_rate, seed):
     from ddpm_keras.presets import model_options
 
     network = build_unet(**config["unet"])
-    model = DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), **model_options(config), seed=seed)
+    model = DiffusionModel(
+        network, GaussianDiffusion(**config["diffusion"]), **model_options(config), seed=seed, class_names=class_names
+    )
     model.compile(optimizer=keras.optimizers.Adam(learning_rate or config["training"]["learning_rate"]))
     return model
 

@@ -20,6 +20,7 @@ MODEL_FLAGS = {
     "ema_warmup": ("training", "ema_warmup"),
     "beta_schedule": ("diffusion", "beta_schedule"),
     "zero_terminal_snr": ("diffusion", "rescale_zero_terminal_snr"),
+    "cond_drop_prob": ("training", "cond_drop_prob"),
 }
 
 
@@ -90,6 +91,12 @@ def _add_objective_arguments(train):
     train.add_argument("--ema-warmup", default=None, action=argparse.BooleanOptionalAction,
                        help="raise the EMA decay from 2/11 to the preset's ema as min(ema, (1 + n) / (10 + n)) "
                        "after n steps. Default: the preset's")
+    train.add_argument("--class-conditional", action="store_true",
+                       help="train on the dataset's labels (sub-folders, tfds labels, synthetic classes) with a "
+                       "class embedding, for classifier-free guidance. Conditional presets: flowers64_cond, tiny_cond")
+    train.add_argument("--cond-drop-prob", type=float, default=None, metavar="P",
+                       help="probability that a label is replaced by the null label in training (Ho & Salimans). "
+                       "Default: the preset's")
 
 
 def _flag(dest):
@@ -115,8 +122,34 @@ def model_record(model):
     return {
         "prediction_type": model.prediction_type, "loss_weighting": model.loss_weighting,
         "snr_gamma": model.snr_gamma, "ema": model.ema, "ema_warmup": model.ema_warmup,
-        "diffusion": model.diffusion.get_config(),
+        "diffusion": model.diffusion.get_config(), "num_classes": model.num_classes,
+        "cond_drop_prob": model.cond_drop_prob if model.num_classes else None,
     }
+
+
+def class_conditioning(args, config, dataset_name):
+    """The class names of a conditional run (and `config`'s `num_classes` set from them), or `None`.
+
+    A run is conditional with `--class-conditional` or a preset whose UNet
+    has `num_classes`; the names come from the dataset (its sub-folders,
+    tfds's label names, or the synthetic classes) and must number the
+    preset's `num_classes`.
+    """
+    from ddpm_keras.data import dataset_class_names
+
+    preset_classes = config["unet"].get("num_classes")
+    if not (args.class_conditional or preset_classes):
+        if args.cond_drop_prob is not None:
+            raise CLIError("--cond-drop-prob applies to class-conditional runs: add --class-conditional.")
+        return None
+    names = dataset_class_names(dataset_name, data_dir=args.data_dir)
+    if preset_classes and preset_classes != len(names):
+        raise CLIError(
+            f"The preset's network has {preset_classes} classes but {dataset_name} has {len(names)}: "
+            "pass --class-conditional with an unconditional preset to size the network from the data."
+        )
+    config["unet"]["num_classes"] = len(names)
+    return list(names)
 
 
 def check_resumed_model(args, model, model_path):
@@ -128,7 +161,13 @@ def check_resumed_model(args, model, model_path):
         "ema_warmup": model.ema_warmup,
         "beta_schedule": model.diffusion.beta_schedule,
         "zero_terminal_snr": model.diffusion.rescale_zero_terminal_snr,
+        "cond_drop_prob": model.cond_drop_prob,
     }
+    if args.class_conditional and model.num_classes is None:
+        raise CLIError(
+            f"--class-conditional, but the resumed model ({model_path}) is unconditional: a resumed run keeps "
+            "its network. Drop the option, or start a new run with --out DIR."
+        )
     for dest, value in saved.items():
         given = getattr(args, dest)
         if given is not None and _value(dest, given) != value:

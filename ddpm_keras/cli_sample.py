@@ -1,0 +1,123 @@
+"""`ddpm-keras sample`: a PNG grid of samples, by class and guidance on a class-conditional model.
+
+    ddpm-keras sample --checkpoint RUN_DIR --out samples.png --gif denoise.gif
+    ddpm-keras sample --checkpoint RUN_DIR --out roses.png --class "pink primrose" --guidance-scale 3
+    ddpm-keras sample --checkpoint RUN_DIR --out sweep.png --labels 3,17,40 --guidance-sweep 1,2,4,8
+"""
+
+import time
+
+
+def add_sample_parser(commands, formatter):
+    """Adds the `sample` command to the `ddpm-keras` sub-parsers."""
+    from ddpm_keras.cli import _add_checkpoint_args
+    from ddpm_keras.cli import _add_sampler_args
+    from ddpm_keras.cli import positive_int
+
+    sample = commands.add_parser(
+        "sample",
+        help="sample images from a checkpoint into a PNG grid",
+        formatter_class=formatter,
+        description="Generate images with the EMA network of a checkpoint and save them as a PNG grid. On a "
+        "class-conditional model, --labels or --class choose the classes and --guidance-scale the classifier-free "
+        "guidance; --guidance-sweep draws the same noise under several scales, one row each.",
+    )
+    _add_checkpoint_args(sample)
+    sample.add_argument("--num-images", type=positive_int, default=None,
+                        help="number of images. Default: one per label given, else 16")
+    _add_sampler_args(sample)
+    sample.add_argument("--batch-size", type=positive_int, default=None,
+                        help="images per compiled call, for large requests. Default: all at once")
+    sample.add_argument("--gif", default=None, help="also write the denoising trajectory as an animated GIF")
+    add_conditioning_args(sample)
+    return sample
+
+
+def add_conditioning_args(parser):
+    """--labels, --class, --guidance-scale, --guidance-rescale and --guidance-sweep."""
+    parser.add_argument("--labels", default=None, metavar="K,K,...",
+                        help="classes (integers or names), one for all images or one per image")
+    parser.add_argument("--class", dest="class_names", action="append", default=None, metavar="NAME",
+                        help="a class by name, for all images (repeat for one row per class)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance s (s = 1 + w): 1 the conditional model, larger values "
+                        "closer to the class and less varied")
+    parser.add_argument("--guidance-rescale", type=float, default=0.0,
+                        help="Lin et al.'s rescale of the guided output's std, in [0, 1], against over-saturation")
+    parser.add_argument("--guidance-sweep", default=None, metavar="S,S,...",
+                        help="draw the same noise under each guidance scale, one row per scale")
+
+
+def requested_labels(args):
+    """The labels of `--labels` / `--class` (names stay names, integers become ints), or `None`."""
+    from ddpm_keras.cli import CLIError
+
+    if args.labels and args.class_names:
+        raise CLIError("Pass --labels or --class, not both.")
+    if args.class_names:
+        return list(args.class_names)
+    if not args.labels:
+        return None
+    return [int(item) if item.strip().lstrip("-").isdigit() else item.strip() for item in args.labels.split(",")]
+
+
+def sweep_scales(text):
+    """The scales of `--guidance-sweep`, or a CLIError naming the bad one."""
+    from ddpm_keras.cli import CLIError
+
+    try:
+        scales = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise CLIError(f"--guidance-sweep must be numbers separated by commas. Received: {text!r}") from None
+    if not scales:
+        raise CLIError(f"--guidance-sweep must name at least one scale. Received: {text!r}")
+    return scales
+
+
+def sample(args):
+    """`ddpm-keras sample`: a PNG grid of samples from a checkpoint (and a GIF of their trajectory)."""
+    import numpy as np
+
+    from ddpm_keras.cli import CLIError
+    from ddpm_keras.cli import _check_suffix
+    from ddpm_keras.cli import _display_scale
+    from ddpm_keras.cli import _load_model
+    from ddpm_keras.cli import _save_grid
+    from ddpm_keras.cli import sampling_options
+    from ddpm_keras.visualize import save_gif
+
+    model = _load_model(args.checkpoint)
+    _check_suffix(args.out, ".png", "--out")
+    if args.gif:
+        _check_suffix(args.gif, ".gif", "--gif")
+    if args.gif and args.guidance_sweep:
+        raise CLIError("--gif draws one trajectory: use it without --guidance-sweep.")
+    options = sampling_options(args)
+    if options["num_steps"] is not None:
+        options["num_steps"] = min(options["num_steps"], model.diffusion.num_timesteps)
+    labels = requested_labels(args)
+    ncols = None
+    if args.class_names and len(args.class_names) > 1:
+        per_class = max(1, (args.num_images or 16) // len(labels))
+        labels, ncols = [name for name in labels for _ in range(per_class)], per_class
+    elif labels is not None and len(labels) == 1:
+        labels = labels[0]
+    num_images = args.num_images or (len(labels) if isinstance(labels, list) else 16)
+    common = dict(num_images=num_images, seed=args.seed, batch_size=args.batch_size, labels=labels,
+                  guidance_rescale=args.guidance_rescale, **options)
+    start = time.perf_counter()
+    if args.guidance_sweep:
+        scales = sweep_scales(args.guidance_sweep)
+        rows = [model.generate_images(guidance_scale=scale, **common) for scale in scales]
+        _save_grid(np.concatenate(rows), args.out, ncols=num_images)
+        print(f"Wrote {len(scales)} rows of {num_images} samples ({args.sampler}), the same noise under guidance "
+              f"scales {', '.join(f'{s:g}' for s in scales)} (top to bottom), to {args.out} in "
+              f"{time.perf_counter() - start:.1f} s.")
+        return
+    result = model.generate_images(guidance_scale=args.guidance_scale, return_trajectory=bool(args.gif), **common)
+    images, trajectory = result if args.gif else (result, None)
+    _save_grid(images, args.out, ncols=ncols)
+    print(f"Wrote {num_images} samples ({args.sampler}) to {args.out} in {time.perf_counter() - start:.1f} s.")
+    if args.gif:
+        save_gif(trajectory, args.gif, scale=_display_scale(images))
+        print(f"Wrote the denoising trajectory ({len(trajectory)} frames) to {args.gif}.")
