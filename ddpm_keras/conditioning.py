@@ -126,7 +126,11 @@ def with_guidance(build, conditioning, null_label):
     """`build(model_fn, noise_fn, *inputs)` fed by a conditional network: `chain_inputs` as its last inputs."""
     if conditioning is None:
         return build
-    guided, rescaled = key(conditioning)
+    return guided_build(build, null_label, *key(conditioning))
+
+
+def guided_build(build, null_label, guided, rescaled):
+    """`with_guidance` for given flags: whether the chain guides (two passes) and rescales."""
 
     def conditional(model_fn, noise_fn, *inputs):
         *inputs, labels, scale, rescale = inputs

@@ -12,7 +12,8 @@ or a web backend:
 
 For a seed in `[0, 2**31)` the images are those of
 `model.generate_images(num_images, seed=seed, ...)` with the exported
-options, as uint8 (`ddpm_keras.visualize.to_uint8`).
+options, as uint8 (`ddpm_keras.visualize.to_uint8`). A class-conditional
+model's signature also takes `labels` and `guidance_scale`.
 
 Only the TensorFlow backend exports: a SavedModel is a TensorFlow graph, and
 JAX's route to one (`jax2tf`) cannot express an output whose shape is an
@@ -31,6 +32,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import _train_steps
+from ddpm_keras import conditioning
 from ddpm_keras import samplers
 from ddpm_keras.presets import DEFAULT_SAMPLING
 
@@ -49,12 +51,18 @@ def export_generator(
     corrector_steps=1,
     snr=0.16,
     dtype=None,
+    guidance_rescale=0.0,
 ):
     """Writes `model`'s generator as a TensorFlow SavedModel at `path`.
 
     The serving signature `serving_default` takes `seed` (int64 scalar, in
     `[0, 2**31)`) and `num_images` (int32 scalar, >= 1) and returns
-    `{"images": uint8 (num_images, H, W, C)}`. XLA compiles the chain once
+    `{"images": uint8 (num_images, H, W, C)}`. A class-conditional model's
+    signature also takes `labels` (int32 `(num_images,)`, classes in
+    `[0, num_classes)`, or `num_classes` itself for an unconditional image)
+    and `guidance_scale` (float32 scalar >= 0, as in `generate_images`: `1`
+    runs the conditional model alone, other values guide with one batched
+    call). XLA compiles the chain once
     per `num_images` on first use, as `generate_images` does per batch
     size. The sampler options are fixed at export and written, with the
     image shape, to `assets.extra/ddpm_keras.json` inside the SavedModel.
@@ -71,6 +79,9 @@ def export_generator(
         dtype: `None`, `"float32"`, `"bfloat16"` or `"float16"`, the
             precision the network computes in, as in `generate_images`.
             Defaults to `None`.
+        guidance_rescale: Float in `[0, 1]`, a conditional model's rescale
+            of the guided output (`generate_images`), fixed at export.
+            Defaults to `0.0`.
 
     Returns:
         `path`.
@@ -95,41 +106,67 @@ def export_generator(
     image_shape = model.image_shape
     clip_min, clip_max = float(model.diffusion.clip_min), float(model.diffusion.clip_max)
 
-    def init(model_fn, noise_fn, batch):
-        # The batch size comes from an input's shape, which XLA knows when it compiles.
-        x_T = noise_fn((ops.shape(batch)[0],) + image_shape, -1)
-        return samplers.start(build(model_fn, noise_fn), x_T, None)
+    conditional = model.num_classes is not None
+    rescale = conditioning.check_float("guidance_rescale", guidance_rescale, low=0.0, high=1.0)
 
-    def segment(model_fn, noise_fn, loop_state, begin, end):
-        return samplers.advance(build(model_fn, noise_fn), loop_state, begin, end, None)
+    def compiled(guided):
+        """The compiled init and segment of the chain (guided: two passes per step)."""
+        chain = conditioning.guided_build(build, model.null_label, guided, rescale > 0) if conditional else build
+
+        def init(model_fn, noise_fn, batch, *extra):
+            # The batch size comes from an input's shape, which XLA knows when it compiles.
+            x_T = noise_fn((ops.shape(batch)[0],) + image_shape, -1)
+            return samplers.start(chain(model_fn, noise_fn, *extra), x_T, None)
+
+        def segment(model_fn, noise_fn, loop_state, begin, end, *extra):
+            return samplers.advance(chain(model_fn, noise_fn, *extra), loop_state, begin, end, None)
+
+        return tuple(
+            tf.function(_train_steps.tf_chain_function(network, fn), jit_compile=True, autograph=False)
+            for fn in (init, segment)
+        )
 
     module = tf.Module()
     trainable, non_trainable = _train_steps.weight_values(model.ema_network)
     module.trainable = [tf.Variable(v, trainable=False) for v in trainable]
     module.non_trainable = [tf.Variable(v, trainable=False) for v in non_trainable]
-    run_init = tf.function(_train_steps.tf_chain_function(network, init), jit_compile=True, autograph=False)
-    run_segment = tf.function(_train_steps.tf_chain_function(network, segment), jit_compile=True, autograph=False)
+    run_init, run_segment = compiled(False)
+    run_guided_segment = compiled(True)[1] if conditional else None
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([], tf.int64, name="seed"), tf.TensorSpec([], tf.int32, name="num_images")],
-        autograph=False,
-    )
-    def generate(seed, num_images):
+    def run(seed, num_images, labels=None, guidance_scale=None):
         checks = [
             tf.debugging.assert_positive(num_images, message="num_images must be >= 1"),
             tf.debugging.assert_non_negative(seed, message="seed must be in [0, 2**31)"),
             tf.debugging.assert_less(seed, tf.constant(2**31, tf.int64), message="seed must be in [0, 2**31)"),
         ]
+        if conditional:
+            checks += [
+                tf.debugging.assert_equal(tf.size(labels), num_images, message="labels must hold num_images labels"),
+                tf.debugging.assert_non_negative(labels, message=f"labels must be in [0, {model.num_classes}]"),
+                tf.debugging.assert_less_equal(labels, model.num_classes, message=f"labels must be in [0, {model.num_classes}]"),
+                tf.debugging.assert_non_negative(guidance_scale, message="guidance_scale must be >= 0"),
+            ]
         with tf.control_dependencies(checks):
             seed32 = tf.cast(seed, tf.int32)
         weights = ([v.read_value() for v in module.trainable], [v.read_value() for v in module.non_trainable])
-        loop_state = run_init(*weights, seed32, tf.zeros(tf.stack([num_images]), tf.float32))
-        loop_state = run_segment(
-            *weights, seed32, loop_state, tf.constant(0, tf.int32), tf.constant(options["num_steps"], tf.int32)
-        )
+        extra = () if not conditional else (labels, guidance_scale, tf.constant(rescale, tf.float32))
+        loop_state = run_init(*weights, seed32, tf.zeros(tf.stack([num_images]), tf.float32), *extra)
+        bounds = (tf.constant(0, tf.int32), tf.constant(options["num_steps"], tf.int32))
+        if conditional:
+            loop_state = tf.cond(
+                tf.equal(guidance_scale, 1.0),
+                lambda: run_segment(*weights, seed32, loop_state, *bounds, *extra),
+                lambda: run_guided_segment(*weights, seed32, loop_state, *bounds, *extra),
+            )
+        else:
+            loop_state = run_segment(*weights, seed32, loop_state, *bounds)
         images = (tf.clip_by_value(samplers.finish(loop_state), clip_min, clip_max) - clip_min) / (clip_max - clip_min)
         return {"images": tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)}
 
+    signature = [tf.TensorSpec([], tf.int64, name="seed"), tf.TensorSpec([], tf.int32, name="num_images")]
+    if conditional:
+        signature += [tf.TensorSpec([None], tf.int32, name="labels"), tf.TensorSpec([], tf.float32, name="guidance_scale")]
+    generate = tf.function(run, input_signature=signature, autograph=False)
     module.generate = generate
     metadata = {
         "image_shape": list(image_shape),
@@ -137,7 +174,11 @@ def export_generator(
         "prediction_type": model.prediction_type,
         "num_timesteps": int(model.diffusion.num_timesteps),
         "value_range": [clip_min, clip_max],
-        "inputs": {"seed": "int64 scalar in [0, 2**31)", "num_images": "int32 scalar >= 1"},
+        "inputs": {"seed": "int64 scalar in [0, 2**31)", "num_images": "int32 scalar >= 1",
+                   **({"labels": f"int32 (num_images,) in [0, {model.num_classes}] ({model.num_classes}: "
+                                 "unconditional)", "guidance_scale": "float32 scalar >= 0"} if conditional else {})},
+        "class_names": list(model.class_names) if conditional and model.class_names else None,
+        "guidance_rescale": rescale if conditional else None,
         "outputs": {"images": "uint8 (num_images, H, W, C)"},
     }
     # Written beside `path` and moved in place, so an interrupted export leaves no half SavedModel.

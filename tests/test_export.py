@@ -31,13 +31,14 @@ sys.meta_path.insert(0, NoKeras())
 sys.modules.pop("keras", None)
 import tensorflow as tf
 
+DTYPES = {"seed": tf.int64, "num_images": tf.int32, "labels": tf.int32, "guidance_scale": tf.float32}
 results = {}
-for name, (path, seed, num_images) in json.loads(sys.argv[1]).items():
+for name, (path, inputs) in json.loads(sys.argv[1]).items():
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    images = serve(seed=tf.constant(seed, tf.int64), num_images=tf.constant(num_images, tf.int32))["images"]
+    images = serve(**{key: tf.constant(value, DTYPES[key]) for key, value in inputs.items()})["images"]
     np.save(path + "-" + name + ".npy", images.numpy())
 try:
-    serve(seed=tf.constant(-1, tf.int64), num_images=tf.constant(1, tf.int32))
+    serve(**{key: tf.constant(-1 if key == "seed" else value, DTYPES[key]) for key, value in inputs.items()})
     results["negative_seed"] = "accepted"
 except tf.errors.InvalidArgumentError as error:
     results["negative_seed"] = error.message
@@ -70,7 +71,11 @@ def test_the_exported_generator_gives_generate_images_images_without_keras(tmp_p
     reduced = model.export_generator(
         str(tmp_path / "ddim-bf16"), sampler="ddim", num_steps=6, timestep_spacing="trailing", dtype="bfloat16"
     )
-    results = _load_without_keras({"a": [stochastic, 5, 3], "b": [stochastic, 7, 2], "c": [reduced, 5, 3]})
+    results = _load_without_keras({
+        "a": [stochastic, {"seed": 5, "num_images": 3}],
+        "b": [stochastic, {"seed": 7, "num_images": 2}],
+        "c": [reduced, {"seed": 5, "num_images": 3}],
+    })
 
     assert results["keras_imported"] == []
     assert "seed must be in [0, 2**31)" in results["negative_seed"]
@@ -91,6 +96,27 @@ def test_the_exported_generator_gives_generate_images_images_without_keras(tmp_p
     assert metadata["image_shape"] == [16, 16, 3]
     assert metadata["sampler_options"]["sampler"] == "dpmpp_2m_sde"
     assert metadata["sampler_options"]["num_steps"] == 8
+
+
+def test_a_conditional_generator_takes_labels_and_guidance(tmp_path):
+    from gaussian_exact import make_class_model
+
+    model = make_class_model(clip=1.0)  # The data range [-1, 1], which the uint8 images span.
+    path = model.export_generator(str(tmp_path / "cond"), sampler="dpmpp_2m_sde", num_steps=6, guidance_rescale=0.3)
+    labels = [0, 2, 1, 3]  # 3 is the null label: an unconditional image.
+    results = _load_without_keras({
+        "plain": [path, {"seed": 4, "num_images": 4, "labels": labels, "guidance_scale": 1.0}],
+        "guided": [path, {"seed": 4, "num_images": 4, "labels": labels, "guidance_scale": 2.5}],
+    })
+    assert results["keras_imported"] == []
+    options = {"seed": 4, "sampler": "dpmpp_2m_sde", "num_steps": 6, "timestep_spacing": "karras", "verbose": 0}
+    for name, scale in (("plain", 1.0), ("guided", 2.5)):
+        # generate_images takes classes only; the unconditional image is compared on its own.
+        expected = model.generate_images(labels=labels[:3] + [0], guidance_scale=scale, guidance_rescale=0.3, **options)
+        served = np.load(f"{path}-{name}.npy")
+        np.testing.assert_array_equal(served[:3], to_uint8(expected[:3]), err_msg=name)
+    metadata = json.loads((tmp_path / "cond" / METADATA_FILE).read_text())
+    assert metadata["class_names"] == list(model.class_names) and metadata["guidance_rescale"] == 0.3
 
 
 def test_export_command_writes_a_servable_generator_and_replaces_an_old_one(tmp_path, capsys):
