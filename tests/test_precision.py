@@ -89,7 +89,6 @@ def test_reduced_precision_sampling_runs_the_ema_weights_in_16_bits(dtype, toler
     for weight in model.ema_network.weights:
         weight.assign(weight.numpy() + rng.normal(0.0, 0.05, weight.shape).astype("float32"))
     x = ops.convert_to_tensor(tiny_images(2))
-    t = ops.convert_to_tensor([3, 17], "int32")
     network = model.inference_network(dtype)
     first_conv = next(layer for layer in network.layers if isinstance(layer, keras.layers.Conv2D))
     assert ops.convert_to_numpy(first_conv(x)).dtype.name == dtype
