@@ -22,7 +22,11 @@ is traced); the sample weights are ignored.
 - PyTorch: `zero_grad`, `backward`, gradients from `v.value.grad`,
   `optimizer.apply` and the EMA assign under `torch.no_grad()`.
 
-Only `ddpm_keras.model` imports this module.
+The compiled sampler (`compile_chain`, from `ddpm_keras._chains`; the
+exported generator reuses `tf_chain_function`) runs a chain with the EMA
+network's weights as arguments. `ddpm_keras.model` and the modules of its
+mixins (`_chains`, `model_likelihood`, `training_labels`) and `export`
+import this module.
 """
 
 import secrets
