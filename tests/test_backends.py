@@ -10,6 +10,9 @@ import pytest
 from subprocess_json import run_snippet
 from subprocess_json import skip_unless_installed
 
+# Subprocesses on every backend: in `-m slow` (CI runs it).
+pytestmark = pytest.mark.slow
+
 BACKENDS = ["tensorflow", "jax", "torch"]
 
 TRAIN = """

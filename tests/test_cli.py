@@ -61,6 +61,7 @@ V_FLAGS = ["--prediction-type", "v", "--loss-weighting", "min_snr", "--snr-gamma
            "--zero-terminal-snr", "--ema-warmup"]
 
 
+@pytest.mark.slow
 def test_objective_flags_override_the_preset_and_a_resumed_run_keeps_them(tmp_path, capsys):
     out = str(tmp_path / "v-run")
     assert main(["train", *FAST, "--epochs", "1", "--plot-every", "0", "--out", out, *V_FLAGS]) == 0
@@ -205,6 +206,7 @@ def test_interpolate_between_two_images(run_dir, tmp_path):
         assert picture.size == (4 * (5 * 34 + 2), 4 * 36)  # the two inputs and 3 decodes
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_keeps_the_last_finished_epoch(tmp_path):
     out = str(tmp_path / "killed")
     command = [sys.executable, "-m", "ddpm_keras", "train", *FAST, "--epochs", "100", "--plot-every", "0", "--out", out]

@@ -105,6 +105,7 @@ def mirrored():
     return run_snippet(MIRRORED)
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_cpus(mirrored):
     result = mirrored
     assert result["replicas"] == 2
@@ -121,6 +122,7 @@ def test_mirrored_strategy_on_two_cpus(mirrored):
     assert result["same_seed"] == 0.0 and result["samples_finite"]
 
 
+@pytest.mark.slow
 def test_v_prediction_with_min_snr_and_ema_warmup_on_two_cpus(mirrored):
     result = mirrored
     assert result["v_iterations"] == 1
@@ -131,6 +133,7 @@ def test_v_prediction_with_min_snr_and_ema_warmup_on_two_cpus(mirrored):
     assert result["v_ema_error"] < 1e-6
 
 
+@pytest.mark.slow
 def test_class_conditional_training_on_two_cpus(mirrored):
     result = mirrored
     assert result["c_iterations"] == 1

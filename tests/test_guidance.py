@@ -151,6 +151,7 @@ emit(images=model.decode(noise, num_steps=8, sampler="dpmpp_2m", labels=[0, 1, 2
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_guidance_gives_tensorflows_images_on_other_backends(model, backend):
     from subprocess_json import run_snippet

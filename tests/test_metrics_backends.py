@@ -11,6 +11,9 @@ import pytest
 from subprocess_json import run_snippet
 from subprocess_json import skip_unless_installed
 
+# Subprocesses on every backend: in `-m slow` (CI runs it).
+pytestmark = pytest.mark.slow
+
 METRICS = """
 from ddpm_keras.callbacks import QualityMonitor
 from ddpm_keras.metrics import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance

@@ -5,6 +5,9 @@ import os
 import nbformat
 import pytest
 
+# The whole notebook in a kernel: in `-m slow` (CI runs it).
+pytestmark = pytest.mark.slow
+
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "ddpm_flowers.ipynb")

@@ -31,6 +31,7 @@ def _fit_one_step_from_shifted_ema(model):
     return loss, ema_error, change
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_with_float32_ema_and_samples(precision):
     precision("mixed_bfloat16")
     model = tiny_model(timesteps=10, ema=0.75)
@@ -64,6 +65,7 @@ def test_mixed_float16_scales_the_loss_and_unscales_the_gradients(precision):
     assert {w.dtype for w in model.ema_network.weights} == {"float32"}
 
 
+@pytest.mark.slow
 def test_jit_compiled_training_keeps_the_ema_exact():
     model = tiny_model(timesteps=10, ema=0.75)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
