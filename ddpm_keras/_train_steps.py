@@ -78,7 +78,29 @@ def _batch_size(images):
 
 
 def _logs(model):
-    return {m.name: m.result() for m in model.metrics}
+    """The metrics' results, as Keras's cross-replica reduction of this backend can take them.
+
+    Under a multi-worker `tf.distribute` strategy Keras reduces each log
+    with `strategy.reduce("MEAN", value, axis=0)`, which fails on a scalar
+    ("Invalid reduction dimension 0 for input with 0 dimensions",
+    tensorflow/tensorflow#72388): there each result goes out as a `(1,)`
+    tensor, and the reduction makes it the scalar mean over the workers.
+    """
+    logs = {m.name: m.result() for m in model.metrics}
+    if _tf_multi_worker():
+        logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
+
+
+def _tf_multi_worker():
+    """Whether this step runs under a `tf.distribute` strategy spanning several processes."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker_mode and in_multi_worker_mode())
 
 
 def _track_loss(model, loss, images):
@@ -242,9 +264,12 @@ def jax_train_step(model, state, data):
         trainable + non_trainable + metrics_variables + list(optimizer_variables),
         finish,
     )
+    # The optimizer's values come last and are left out: the state keeps the
+    # structure Keras compiled the step for (its shardings, under a distribution).
     num_trainable, num_non_trainable = len(trainable), len(non_trainable)
-    non_trainable = values[num_trainable : num_trainable + num_non_trainable]
-    metrics_variables = values[num_trainable + num_non_trainable :]
+    metrics_begin = num_trainable + num_non_trainable
+    non_trainable = values[num_trainable:metrics_begin]
+    metrics_variables = values[metrics_begin : metrics_begin + len(metrics_variables)]
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 
