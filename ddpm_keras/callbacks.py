@@ -157,6 +157,30 @@ class RunCheckpoint(keras.callbacks.Callback):
         _append_row(self.log_path, row)
 
 
+class WorkerShare(keras.callbacks.Callback):
+    """Prints, on each worker of a multi-worker TensorFlow run, the images it trained on in the epoch.
+
+    The count is this worker's own (its replicas' loss-tracker counts, not
+    summed across workers): with `W` workers each trains on `1 / W` of
+    every global batch.
+
+    Args:
+        worker: Integer, this worker's index.
+        workers: Integer, how many workers train together.
+    """
+
+    def __init__(self, worker, workers):
+        super().__init__()
+        self.worker, self.workers = worker, workers
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        local = tf.distribute.get_strategy().experimental_local_results(self.model.loss_tracker.count.value)
+        images = int(round(sum(float(count) for count in local)))
+        print(f"worker {self.worker} of {self.workers}: epoch {epoch + 1}: trained on {images} images", flush=True)
+
+
 class QualityMonitor(keras.callbacks.Callback):
     """Measures FID and KID of EMA samples every `every` epochs and puts them in the epoch's logs.
 

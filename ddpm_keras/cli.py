@@ -18,9 +18,7 @@ import json
 import os
 import re
 import sys
-import tempfile
 
-from ddpm_keras.presets import get_preset
 
 PROG = "ddpm-keras"
 EVALUATE_METRICS = ("fid", "kid", "is", "bpd")
@@ -29,6 +27,14 @@ CHECKPOINTS_DIR = "checkpoints"
 
 class CLIError(Exception):
     """A user error, printed as one line."""
+
+
+class WorkerLostError(Exception):
+    """Another worker of a multi-worker run was lost: printed as one line, exit status `EXIT_WORKER_LOST`."""
+
+
+# EX_TEMPFAIL: relaunching the workers with --resume continues the run.
+EXIT_WORKER_LOST = 75
 
 
 def positive_int(text):
@@ -232,12 +238,16 @@ def main(argv=None):
         from ddpm_keras.cli_evaluate import evaluate
         from ddpm_keras.cli_sample import sample
         from ddpm_keras.cli_export import export
+        from ddpm_keras.cli_train import train
 
         commands = {
             "train": train, "sample": sample, "evaluate": evaluate, "inpaint": inpaint, "interpolate": interpolate,
             "export": export, "import-keras-io": import_keras_io,
         }
         commands[args.command](args)
+    except WorkerLostError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_WORKER_LOST
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the last finished epoch is in the run directory.", file=sys.stderr)
         return 130
@@ -254,74 +264,6 @@ def _is_user_error(error):
     from ddpm_keras.metrics import WeightsUnavailableError
 
     return isinstance(error, (CLIError, ValueError, FileNotFoundError, DatasetUnavailableError, WeightsUnavailableError))
-
-
-def train(args):
-    """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
-    from ddpm_keras.cli_train import apply_model_flags
-    from ddpm_keras.cli_train import class_conditioning
-    from ddpm_keras.cli_train import model_record
-
-    config = apply_model_flags(get_preset(args.preset), args)
-    training = config["training"]
-    dataset_name = args.dataset or training["dataset"]
-    class_names = None if args.resume else class_conditioning(args, config, dataset_name)
-    epochs = args.epochs or training["epochs"]
-    batch_size = args.batch_size or training["batch_size"]
-    plot_every = training["plot_every"] if args.plot_every is None else args.plot_every
-    if args.img_size:
-        config["unet"]["img_size"] = args.img_size
-    run_dir = args.out or os.path.join(CHECKPOINTS_DIR, f"{args.preset}-{_slug(dataset_name)}")
-
-    import keras
-
-    from ddpm_keras.callbacks import RunCheckpoint
-    from ddpm_keras.callbacks import SamplePlotter
-    from ddpm_keras.data import load_dataset
-    from ddpm_keras.distribute import is_chief
-    from ddpm_keras.distribute import set_precision
-    from ddpm_keras.distribute import strategy_scope
-
-    keras.utils.set_random_seed(args.seed)
-    set_precision(args.precision)
-    model_path = os.path.join(run_dir, "model.keras")
-    with strategy_scope(args.strategy):
-        model, completed = _build_or_resume(args, config, model_path, epochs, run_dir, class_names)
-    if args.jit_compile:
-        model.jit_compile = True
-
-    height, width = model.image_shape[:2]
-    dataset = load_dataset(
-        dataset_name, split=args.split, img_size=(height, width), batch_size=batch_size,
-        data_dir=args.data_dir, seed=args.seed, with_labels=model.num_classes is not None,
-    )
-    if args.steps_per_epoch:
-        dataset = dataset.repeat()
-    os.makedirs(run_dir, exist_ok=True)
-    _write_json(os.path.join(run_dir, "run.json"), {**vars(args), "dataset": dataset_name, "epochs": epochs,
-                                                    "batch_size": batch_size, "preset_config": config,
-                                                    "model": model_record(model)})
-    # Every worker saves (collective ops), only the chief into the run directory.
-    write_dir = run_dir if is_chief() else tempfile.mkdtemp(prefix="ddpm-keras-worker-")
-    # The quality monitor first: the checkpoint's log.csv then records its figures.
-    callbacks = []
-    if args.fid_every:
-        from ddpm_keras.cli_evaluate import quality_monitor
-
-        callbacks.append(quality_monitor(args, dataset_name, (height, width), write_dir))
-    callbacks.append(RunCheckpoint(write_dir))
-    if plot_every:
-        callbacks.append(SamplePlotter(write_dir, every=plot_every, seed=args.seed))
-    classes = f", {model.num_classes} classes" if model.num_classes else ""
-    print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
-          f"({height}x{width}, batch {batch_size}{classes}) into {run_dir}/")
-    model.fit(
-        dataset, epochs=epochs, initial_epoch=completed, steps_per_epoch=args.steps_per_epoch,
-        callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
-        shuffle=False,  # the pipeline shuffles examples before batching
-    )
-    print(f"Done: {model_path}, {os.path.join(run_dir, 'log.csv')}"
-          + (f", {os.path.join(run_dir, 'samples')}/" if plot_every else ""))
 
 
 def inpaint(args):
@@ -363,43 +305,6 @@ def interpolate(args):
     _save_grid(grid, args.out, ncols=len(grid))
     print(f"Wrote {args.num_images} interpolated images to {args.out}"
           + (" (the two inputs at the ends)." if images else "."))
-
-
-def _build_or_resume(args, config, model_path, epochs, run_dir, class_names=None):
-    """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
-    from ddpm_keras.callbacks import resume_log
-    from ddpm_keras.cli_train import check_resumed_model
-
-    if args.resume:
-        model = _load_model(model_path)
-        check_resumed_model(args, model, model_path)
-        completed = int(model.epoch)
-        if completed >= epochs:
-            raise CLIError(
-                f"{model_path} has already trained {completed} epochs; pass --epochs larger than {completed} to continue."
-            )
-        resume_log(run_dir, completed)
-        print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
-        return model, completed
-    if os.path.exists(model_path):
-        raise CLIError(f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one.")
-    return _build_model(config, args.learning_rate, args.seed, class_names), 0
-
-
-def _build_model(config, learning_rate, seed, class_names=None):
-    import keras
-
-    from ddpm_keras import DiffusionModel
-    from ddpm_keras import GaussianDiffusion
-    from ddpm_keras import build_unet
-    from ddpm_keras.presets import model_options
-
-    network = build_unet(**config["unet"])
-    model = DiffusionModel(
-        network, GaussianDiffusion(**config["diffusion"]), **model_options(config), seed=seed, class_names=class_names
-    )
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate or config["training"]["learning_rate"]))
-    return model
 
 
 def _load_model(path):

@@ -1,8 +1,21 @@
-"""The options of `ddpm-keras train`, and how they override the preset or must agree with a resumed model."""
+"""`ddpm-keras train`: its options, how they override the preset or must agree with a resumed model, and the run.
+
+Under `--strategy multiworker` every worker runs the same command; the
+chief (worker 0) writes the run directory, the others `--worker-dir`.
+"""
 
 import argparse
+import contextlib
+import os
+import sys
+import tempfile
 
+from ddpm_keras.cli import CHECKPOINTS_DIR
 from ddpm_keras.cli import CLIError
+from ddpm_keras.cli import WorkerLostError
+from ddpm_keras.cli import _load_model
+from ddpm_keras.cli import _slug
+from ddpm_keras.cli import _write_json
 from ddpm_keras.cli import _add_extractor_args
 from ddpm_keras.cli import non_negative_int
 from ddpm_keras.cli import positive_int
@@ -10,6 +23,7 @@ from ddpm_keras.diffusion import PREDICTION_TYPES
 from ddpm_keras.distribute import PRECISIONS
 from ddpm_keras.distribute import STRATEGIES
 from ddpm_keras.presets import PRESETS
+from ddpm_keras.presets import get_preset
 from ddpm_keras.schedules import BETA_SCHEDULES
 
 # The options that override a preset's model: argparse dest -> (preset part, key).
@@ -61,8 +75,12 @@ def add_train_arguments(train):
                        help="mixed_bfloat16 for recent GPUs, TPUs and AVX512_BF16 CPUs; mixed_float16 adds loss "
                        "scaling for older GPUs. Weights, EMA and samples stay float32")
     train.add_argument("--strategy", default="none", choices=STRATEGIES,
-                       help="mirrored: every GPU of this machine; multiworker: several machines (TF_CONFIG). "
+                       help="mirrored: every GPU of this machine; multiworker: several processes or machines "
+                       "(TF_CONFIG or srun; on JAX KERAS_DISTRIBUTION_*), each running this command. "
                        "--batch-size is the global batch")
+    train.add_argument("--worker-dir", default=None,
+                       help="multiworker: where a worker other than the chief writes its checkpoints (equal to "
+                       "the chief's). Default: a temporary directory, deleted at the end")
     train.add_argument("--jit-compile", action="store_true",
                        help="compile the training step with XLA (pays for small models and on GPUs)")
     train.add_argument("--fid-every", type=non_negative_int, default=0,
@@ -176,3 +194,147 @@ def check_resumed_model(args, model, model_path):
                 f"{option} differs from the resumed model's {value!r} ({model_path}): a resumed run "
                 "keeps its model's options. Drop the option, or start a new run with --out DIR."
             )
+
+
+def train(args):
+    """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
+    config = apply_model_flags(get_preset(args.preset), args)
+    training = config["training"]
+    dataset_name = args.dataset or training["dataset"]
+    class_names = None if args.resume else class_conditioning(args, config, dataset_name)
+    epochs = args.epochs or training["epochs"]
+    batch_size = args.batch_size or training["batch_size"]
+    plot_every = training["plot_every"] if args.plot_every is None else args.plot_every
+    if args.img_size:
+        config["unet"]["img_size"] = args.img_size
+    run_dir = args.out or os.path.join(CHECKPOINTS_DIR, f"{args.preset}-{_slug(dataset_name)}")
+    if args.worker_dir is not None and args.strategy != "multiworker":
+        raise CLIError(f"--worker-dir applies to --strategy multiworker. Received: --strategy {args.strategy}")
+
+    import keras
+
+    from ddpm_keras.callbacks import RunCheckpoint
+    from ddpm_keras.callbacks import SamplePlotter
+    from ddpm_keras.callbacks import WorkerShare
+    from ddpm_keras.data import load_dataset
+    from ddpm_keras.distribute import is_chief
+    from ddpm_keras.distribute import set_precision
+    from ddpm_keras.distribute import strategy_scope
+    from ddpm_keras.distribute import worker_of
+
+    set_precision(args.precision)
+    model_path = os.path.join(run_dir, "model.keras")
+    # JAX keeps its distribution set for `fit`; the strategy's collectives start with it.
+    with strategy_scope(args.strategy) as strategy, contextlib.ExitStack() as cleanup:
+        keras.utils.set_random_seed(args.seed)
+        worker, workers = worker_of(strategy)
+        # Every worker saves (collective ops), only the chief into the run directory.
+        write_dir = run_dir if is_chief(strategy) else (
+            args.worker_dir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ddpm-keras-worker-"))
+        )
+        model, completed = _build_or_resume(args, config, model_path, epochs, write_dir, class_names, workers)
+        if args.jit_compile:
+            model.jit_compile = True
+        height, width = model.image_shape[:2]
+        dataset = load_dataset(
+            dataset_name, split=args.split, img_size=(height, width), batch_size=batch_size,
+            data_dir=args.data_dir, seed=args.seed, with_labels=model.num_classes is not None,
+        )
+        if args.steps_per_epoch:
+            dataset = dataset.repeat()
+        if workers > 1:
+            dataset = _shard_by_data(dataset)
+        if write_dir == run_dir:
+            os.makedirs(run_dir, exist_ok=True)
+            _write_json(os.path.join(run_dir, "run.json"), {**vars(args), "dataset": dataset_name, "epochs": epochs,
+                                                            "batch_size": batch_size, "preset_config": config,
+                                                            "model": model_record(model)})
+        # The quality monitor first: the checkpoint's log.csv then records its figures.
+        callbacks = []
+        if args.fid_every:
+            from ddpm_keras.cli_evaluate import quality_monitor
+
+            callbacks.append(quality_monitor(args, dataset_name, (height, width), write_dir))
+        callbacks.append(RunCheckpoint(write_dir))
+        if plot_every:
+            callbacks.append(SamplePlotter(write_dir, every=plot_every, seed=args.seed))
+        classes = f", {model.num_classes} classes" if model.num_classes else ""
+        where = f"worker {worker} of {workers}, " if workers > 1 else ""
+        print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
+              f"({where}{height}x{width}, batch {batch_size}{classes}) into {write_dir}/", flush=True)
+        if workers > 1 and keras.backend.backend() == "tensorflow":
+            callbacks.append(WorkerShare(worker, workers))
+        try:
+            model.fit(
+                dataset, epochs=epochs, initial_epoch=completed, steps_per_epoch=args.steps_per_epoch,
+                callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
+                shuffle=False,  # the pipeline shuffles examples before batching
+            )
+        except Exception as error:  # noqa: BLE001 - a lost worker becomes one line and its own status
+            _raise_if_worker_lost(error, workers, run_dir)
+            raise
+    print(f"Done: {os.path.join(write_dir, 'model.keras')}, {os.path.join(write_dir, 'log.csv')}"
+          + (f", {os.path.join(write_dir, 'samples')}/" if plot_every else ""))
+
+
+def _shard_by_data(dataset):
+    """`dataset` split between workers by example: each reads the same (seeded) stream and keeps its share."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _raise_if_worker_lost(error, workers, run_dir):
+    if workers < 2:
+        return
+    from ddpm_keras.distribute import is_worker_lost
+
+    if is_worker_lost(error):
+        first_line = str(error).strip().splitlines()[0]
+        raise WorkerLostError(
+            f"another worker was lost ({first_line}). {run_dir}/model.keras holds the last finished epoch: "
+            "relaunch every worker with --resume."
+        ) from None
+
+
+def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=None, workers=1):
+    """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
+    from ddpm_keras.callbacks import resume_log
+
+    if args.resume:
+        if workers > 1 and not os.path.isfile(model_path):
+            raise CLIError(
+                f"No checkpoint at {model_path} on this worker: every worker resumes from the chief's run "
+                "directory, which must be shared between the machines (or copied to each) before --resume."
+            )
+        model = _load_model(model_path)
+        check_resumed_model(args, model, model_path)
+        completed = int(model.epoch)
+        if completed >= epochs:
+            raise CLIError(
+                f"{model_path} has already trained {completed} epochs; pass --epochs larger than {completed} to continue."
+            )
+        resume_log(write_dir, completed)
+        print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
+        return model, completed
+    if os.path.exists(model_path):
+        raise CLIError(f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one.")
+    return _build_model(config, args.learning_rate, args.seed, class_names), 0
+
+
+def _build_model(config, learning_rate, seed, class_names=None):
+    import keras
+
+    from ddpm_keras import DiffusionModel
+    from ddpm_keras import GaussianDiffusion
+    from ddpm_keras import build_unet
+    from ddpm_keras.presets import model_options
+
+    network = build_unet(**config["unet"])
+    model = DiffusionModel(
+        network, GaussianDiffusion(**config["diffusion"]), **model_options(config), seed=seed, class_names=class_names
+    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate or config["training"]["learning_rate"]))
+    return model
