@@ -8,6 +8,8 @@ segments. The backend-specific compilation is in
 `EditingMixin` (inpainting, inversion, interpolation) build on it.
 """
 
+import threading
+
 import keras
 import numpy as np
 from keras import ops
@@ -122,14 +124,16 @@ class Progress:
     def __init__(self, total, show):
         self.bar = keras.utils.Progbar(total, unit_name="step") if show else None
         self.done = 0
+        self._lock = threading.Lock()  # chunks may run in one thread per device
 
     def advance(self, steps, loop_state):
         if self.bar is None:
             return
         # Wait for the segment (asynchronous backends return at once).
         ops.convert_to_numpy(ops.ravel(loop_state[0][0])[:1])
-        self.done += steps
-        self.bar.update(self.done)
+        with self._lock:
+            self.done += steps
+            self.bar.update(self.done)
 
 
 def num_segments(num_steps, segment_steps):

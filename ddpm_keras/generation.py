@@ -18,6 +18,7 @@ from ddpm_keras._chains import chunk_seeds
 from ddpm_keras._chains import num_segments
 from ddpm_keras._chains import padded
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras.chunk_plan import ChunkPlan
 from ddpm_keras.editing import EditingMixin
 from ddpm_keras.precision import check_inference_dtype
 
@@ -78,8 +79,10 @@ class GenerationMixin(EditingMixin):
                 requests run in chunks of this size (the last padded). Chunk
                 `k` draws its noise from a seed derived from `(seed, k)`, so
                 results are deterministic for a given `(seed, batch_size)`
-                but differ between batch sizes. Defaults to `None` (one
-                chunk, seeded with `seed` itself).
+                but differ between batch sizes. The chunks of a model built
+                under a strategy are dealt to its devices and workers
+                (`ddpm_keras.chunk_plan`), with the same images. Defaults to
+                `None` (one chunk, seeded with `seed` itself).
             return_trajectory: Boolean, also return the intermediate
                 samples. Defaults to `False`.
             trajectory_every: Integer or `None`, steps between trajectory
@@ -164,21 +167,31 @@ class GenerationMixin(EditingMixin):
         key = ("generate", tuple(sorted(options.items())), conditioning.key(request))
 
         num_chunks = -(-num_images // batch_size)
-        progress = Progress(num_chunks * num_steps, verbose and (num_chunks > 1 or num_segments(num_steps, segment_steps) > 1))
-        chunks = []
-        for k, chunk_seed in enumerate(chunk_seeds(seed, num_chunks)):
+        plan = ChunkPlan(num_chunks, self._sampling_strategy())
+        progress = Progress(
+            plan.num_local_chunks * num_steps, verbose and (num_chunks > 1 or num_segments(num_steps, segment_steps) > 1)
+        )
+        seeds = chunk_seeds(seed, num_chunks)
+
+        def run_chunk(k):
             x_T = None if initial_noise is None else padded(initial_noise[k * batch_size : (k + 1) * batch_size], batch_size)
             outputs = self._run_chain(
-                key, build, (batch_size,) + self.image_shape, num_steps, chunk_seed, x_T=x_T,
+                key, build, (batch_size,) + self.image_shape, num_steps, seeds[k], x_T=x_T,
                 inputs=conditioning.chain_inputs(request, k * batch_size, batch_size, self.null_label),
                 trajectory_every=every, segment_steps=segment_steps, progress=progress, dtype=options["dtype"],
             )
-            chunks.append([ops.convert_to_numpy(o) for o in (outputs if return_trajectory else (outputs,))])
+            return tuple(ops.convert_to_numpy(o) for o in (outputs if return_trajectory else (outputs,)))
+
+        chunks = plan.run(run_chunk)
         images = self._to_images(np.concatenate([c[0] for c in chunks], axis=0)[:num_images])
         if not return_trajectory:
             return images
         trajectory = self._to_images(np.concatenate([c[1] for c in chunks], axis=1)[:, :num_images])
         return images, trajectory
+
+    def _sampling_strategy(self):
+        """The `tf.distribute` strategy the model was built under, whose replicas share large requests; else `None`."""
+        return getattr(self, "_distribute_strategy", None)
 
     def export_generator(self, path, **options):
         """Writes the generator as a TensorFlow SavedModel: `(seed, num_images) -> uint8 images`.
