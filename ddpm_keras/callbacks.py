@@ -256,7 +256,7 @@ class QualityMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.run_dir is None:
             return
-        completed = int(self.model.epoch) if hasattr(self.model, "epoch") else 0
+        completed = int(keras.ops.convert_to_numpy(self.model.epoch)) if hasattr(self.model, "epoch") else 0
         resume_log(self.run_dir, completed, QUALITY_LOG_FILE)
         self.history = read_rows(os.path.join(self.run_dir, QUALITY_LOG_FILE))
 

@@ -292,15 +292,18 @@ def _raise_if_worker_lost(error, workers, run_dir):
     from ddpm_keras.distribute import is_worker_lost
 
     if is_worker_lost(error):
-        first_line = str(error).strip().splitlines()[0]
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "aborted" in line), lines[0] if lines else type(error).__name__)
         raise WorkerLostError(
-            f"another worker was lost ({first_line}). {run_dir}/model.keras holds the last finished epoch: "
+            f"another worker was lost ({reason}). {run_dir}/model.keras holds the last finished epoch: "
             "relaunch every worker with --resume."
         ) from None
 
 
 def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=None, workers=1):
     """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
+    import keras
+
     from ddpm_keras.callbacks import resume_log
 
     if args.resume:
@@ -311,7 +314,7 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
             )
         model = _load_model(model_path)
         check_resumed_model(args, model, model_path)
-        completed = int(model.epoch)
+        completed = int(keras.ops.convert_to_numpy(model.epoch))  # a MirroredVariable under a strategy
         if completed >= epochs:
             raise CLIError(
                 f"{model_path} has already trained {completed} epochs; pass --epochs larger than {completed} to continue."
