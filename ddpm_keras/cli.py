@@ -109,6 +109,13 @@ def build_parser():
     evaluate.add_argument("--bpd-steps", type=positive_int, default=None,
                           help="timesteps for bpd: all T (exact) or fewer (a stratified estimate)")
     evaluate.add_argument("--out", default=None, help="also write the results to this JSON file")
+    from ddpm_keras.distribute import STRATEGIES
+
+    evaluate.add_argument("--strategy", default="none", choices=STRATEGIES,
+                          help="mirrored: split the sampling over this machine's GPUs; multiworker: over the "
+                          "processes of TF_CONFIG or srun (on JAX KERAS_DISTRIBUTION_*), each running this command; "
+                          "the chief writes --out. Chunks of --batch-size go to the replicas in turn: the same "
+                          "images as one process")
 
     inpaint = commands.add_parser(
         "inpaint",

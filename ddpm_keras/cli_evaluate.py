@@ -1,5 +1,6 @@
 """`ddpm-keras evaluate`, and the quality monitor of `ddpm-keras train --fid-every`."""
 
+import contextlib
 import json
 import os
 import time
@@ -13,6 +14,9 @@ from ddpm_keras.cli import _load_model
 from ddpm_keras.cli import _write_json
 from ddpm_keras.cli import CLIError
 from ddpm_keras.data import load_dataset
+from ddpm_keras.distribute import is_chief
+from ddpm_keras.distribute import strategy_scope
+from ddpm_keras.distribute import worker_of
 from ddpm_keras.metrics import inception_classifier
 from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import InceptionScore
@@ -29,7 +33,13 @@ def evaluate(args):
                            + (" (one per --is-splits)." if name == "is" else "."))
     if args.out:
         _check_suffix(args.out, ".json", "--out")
-    model = _load_model(args.checkpoint)
+    # Under a strategy the model is built on its replicas: generate_images deals its chunks to them
+    # (`ddpm_keras.chunk_plan`). The feature extractors stay outside, on one device.
+    if args.strategy != "none" and keras.backend.backend() != "tensorflow":
+        raise CLIError(f"evaluate --strategy {args.strategy} needs KERAS_BACKEND=tensorflow. Received: "
+                       f"KERAS_BACKEND={keras.backend.backend()!r}.")
+    with _strategy_scope(args.strategy) as strategy:
+        model = _load_model(args.checkpoint)
     run = _run_info(args.checkpoint)
     dataset_name = args.dataset or run.get("dataset")
     split = args.split or run.get("split") or "train"
@@ -52,6 +62,8 @@ def evaluate(args):
     if {"fid", "kid", "is"} & set(metrics):
         tic = time.perf_counter()
         print(f"Generating {args.num_samples} samples ({describe_sampling(sampling)})")
+        if args.strategy != "none":
+            _note_unsplit_sampling(args, strategy)
         images = model.generate_images(args.num_samples, seed=args.seed, batch_size=args.batch_size, **sampling)
         seconds["sampling"] = time.perf_counter() - tic
     if extractor is not None:
@@ -77,7 +89,12 @@ def evaluate(args):
         seconds["bpd"] = time.perf_counter() - tic
     seconds["total"] = time.perf_counter() - start
     _print_table(results)
-    if args.out:
+    # Every worker of a multi-worker run measures the same images; only the chief writes them down.
+    chief = args.strategy != "multiworker" or is_chief(strategy)
+    if args.out and not chief:
+        worker, workers = worker_of(strategy)
+        print(f"Worker {worker} of {workers}: not writing {args.out} (the chief writes it)")
+    elif args.out:
         _write_json(args.out, {
             "checkpoint": args.checkpoint, "dataset": dataset_name, "split": split, "metrics": results,
             "num_samples": args.num_samples, "sampling": sampling, "seed": args.seed,
@@ -86,6 +103,23 @@ def evaluate(args):
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
         })
         print(f"Wrote {args.out}")
+
+
+def _strategy_scope(name):
+    """`strategy_scope(name)`, or no scope at all (yielding `None`) for `"none"`."""
+    if name == "none":
+        return contextlib.nullcontext()
+    return strategy_scope(name)
+
+
+def _note_unsplit_sampling(args, strategy):
+    """One line when --batch-size leaves too few chunks to deal one to every replica of `strategy`."""
+    chunks = -(-args.num_samples // args.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    if chunks < max(2, replicas):
+        print(f"Note: --batch-size decides the chunks dealt to the {replicas} replica(s) of --strategy "
+              f"{args.strategy}: {args.num_samples} samples in batches of {args.batch_size} make {chunks} "
+              f"chunk(s), so the sampling is not split across all of them; lower --batch-size to split it.")
 
 
 def _evaluation_sampling(args, num_timesteps):

@@ -142,6 +142,26 @@ def test_evaluate_needs_a_checkpoint(tmp_path, capsys):
     assert "No checkpoint at" in capsys.readouterr().err
 
 
+def test_evaluate_strategy_mirrored_on_one_device_matches_none(run_dir, extractors, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--checkpoint", run_dir, "--strategy", "bogus"])
+    assert exit_info.value.code == 2
+    assert "--strategy: invalid choice: 'bogus'" in capsys.readouterr().err
+    reports = {}
+    for strategy in ("none", "mirrored"):
+        out = str(tmp_path / f"{strategy}.json")
+        argv = ["evaluate", "--checkpoint", run_dir, "--num-samples", "12", "--batch-size", "16", "--sampler", "ddim",
+                "--steps", "2", "--metrics", "fid,kid", "--feature-extractor", extractors["features"],
+                "--kid-subset-size", "2", "--cache-dir", extractors["cache"], "--strategy", strategy, "--out", out]
+        assert main(argv) == 0
+        with open(out) as f:
+            reports[strategy] = json.load(f)
+        printed = capsys.readouterr().out
+        # One chunk of --batch-size: nothing to deal to the replicas, said in one line.
+        assert ("--batch-size decides the chunks" in printed) == (strategy == "mirrored")
+    assert reports["mirrored"]["metrics"] == reports["none"]["metrics"]
+
+
 def test_resume_continues_the_epoch_count_with_optimizer_state(run_dir):
     assert log_epochs(run_dir) == [1, 2]
     model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
