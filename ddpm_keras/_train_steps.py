@@ -450,9 +450,22 @@ def _jax_compile_chain(weights_network, network, chain):
     jitted = jax.jit(compiled)
 
     def run(seed, *inputs):
-        return jitted(*weight_values(weights_network), jax.random.key(random_seed(seed)), *inputs)
+        trainable, non_trainable = weight_values(weights_network)
+        weights = [_jax_local(w) for w in trainable], [_jax_local(w) for w in non_trainable]
+        return jitted(*weights, jax.random.key(random_seed(seed)), *inputs)
 
     return run
+
+
+def _jax_local(value):
+    """A weight replicated over the processes of a `keras.distribution`: this process's copy.
+
+    A chain then runs on this process alone, so that processes can make
+    different chunks of a request (`ddpm_keras.chunk_plan`).
+    """
+    if getattr(value, "is_fully_addressable", True):
+        return value
+    return value.addressable_data(0)
 
 
 def _torch_compile_chain(weights_network, network, chain):

@@ -1,17 +1,16 @@
 """`ChunkPlan`: which chunks of a large sampling request this process runs, on which device, and how they come together.
 
 `generate_images(n, batch_size=b)` runs `ceil(n / b)` independent chunks,
-chunk `k` seeded from `(seed, k)` (`_chains.chunk_seeds`). Under several
-replicas chunk `k` goes to replica `k % R`:
-
-- TensorFlow, a model built under a `tf.distribute` strategy: each replica
-  is a device (`MirroredStrategy`: this machine's GPUs) of a worker
-  (`MultiWorkerMirroredStrategy`: the processes of the run). This process
-  runs its replicas' chunks, one thread per local device, and the workers
-  then exchange their images with one all-gather.
-- JAX, with a `keras.distribution` set across processes: each process is a
-  replica; the images are exchanged with
-  `jax.experimental.multihost_utils.process_allgather`.
+chunk `k` seeded from `(seed, k)` (`_chains.chunk_seeds`). Chunk `k` goes
+to replica `k % R` of the `R` replicas of the `tf.distribute` strategy a
+model was built under, each replica a device
+(`MirroredStrategy`: this machine's GPUs) of a worker
+(`MultiWorkerMirroredStrategy`: the processes of the run). This process
+runs its replicas' chunks, one thread per local device, and the workers
+then exchange their images with one all-gather. On JAX, with a
+`keras.distribution` over several processes, each process is a replica
+and runs its chunks with its own copy of the weights; the images are
+exchanged with `jax.experimental.multihost_utils.process_allgather`.
 
 So `R` replicas make an evaluation set in about `1 / R` of the time, and
 the images are the same, in the same order, as one process makes with
@@ -20,6 +19,7 @@ make the same call, as with `fit`; a request of fewer chunks than workers
 runs whole on every process, with no exchange.
 """
 
+import contextlib
 import threading
 
 import keras
@@ -34,8 +34,8 @@ class ChunkPlan:
     Args:
         num_chunks: Integer, the chunks of the request.
         strategy: The model's `tf.distribute.Strategy` (TensorFlow), or
-            `None`: on JAX the current `keras.distribution`, elsewhere one
-            replica.
+            `None`: on JAX the processes of the current `keras.distribution`,
+            elsewhere one replica.
     """
 
     def __init__(self, num_chunks, strategy=None):
@@ -109,12 +109,11 @@ class ChunkPlan:
 
 def _replicas(strategy):
     """`(local devices, global index of the first local replica, replicas, workers)` for `strategy`."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow" and strategy is not None and strategy.num_replicas_in_sync > 1:
+    if keras.backend.backend() == "tensorflow" and strategy is not None and strategy.num_replicas_in_sync > 1:
         devices = list(strategy.extended.worker_devices)
         worker, workers = worker_of(strategy)
         return devices, worker * len(devices), strategy.num_replicas_in_sync, workers
-    if backend == "jax" and keras.distribution.distribution() is not None:
+    if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
         import jax
 
         if jax.process_count() > 1:
@@ -123,19 +122,11 @@ def _replicas(strategy):
 
 
 def _device_scope(device):
-    if device is None or keras.backend.backend() != "tensorflow":
-        return _null_scope()
+    if device is None:
+        return contextlib.nullcontext()
     import tensorflow as tf
 
     return tf.device(device)
-
-
-class _null_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _all_gather(strategy, blocks, first_replica):
