@@ -304,4 +304,9 @@ def _is_keras_distribution(strategy):
 
 
 def _has_chief(resolver):
-    return "chief" in resolver.cluster_spec().jobs
+    """Whether the cluster has a `"chief"` task besides its workers (a `TF_CONFIG` may; a SLURM step has not)."""
+    import tensorflow as tf
+
+    return isinstance(resolver, tf.distribute.cluster_resolver.TFConfigClusterResolver) and (
+        "chief" in resolver.cluster_spec().jobs
+    )
