@@ -7,6 +7,7 @@ chief (worker 0) writes the run directory, the others `--worker-dir`.
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 
@@ -78,6 +79,9 @@ def add_train_arguments(train):
                        help="mirrored: every GPU of this machine; multiworker: several processes or machines "
                        "(TF_CONFIG or srun; on JAX KERAS_DISTRIBUTION_*), each running this command. "
                        "--batch-size is the global batch")
+    train.add_argument("--worker-timeout", type=positive_float, default=600.0, metavar="SECONDS",
+                       help="multiworker: how long a worker waits for the others to join at the start before "
+                       "it stops (SIGALRM)")
     train.add_argument("--worker-dir", default=None,
                        help="multiworker: where a worker other than the chief writes its checkpoints (equal to "
                        "the chief's). Default: a temporary directory, deleted at the end")
@@ -225,7 +229,8 @@ def train(args):
     set_precision(args.precision)
     model_path = os.path.join(run_dir, "model.keras")
     # JAX keeps its distribution set for `fit`; the strategy's collectives start with it.
-    with strategy_scope(args.strategy) as strategy, contextlib.ExitStack() as cleanup:
+    with _join_deadline(args) as joined, strategy_scope(args.strategy) as strategy, contextlib.ExitStack() as cleanup:
+        joined()
         keras.utils.set_random_seed(args.seed)
         worker, workers = worker_of(strategy)
         # Every worker saves (collective ops), only the chief into the run directory.
@@ -273,8 +278,34 @@ def train(args):
         except Exception as error:  # noqa: BLE001 - a lost worker becomes one line and its own status
             _raise_if_worker_lost(error, workers, run_dir)
             raise
-    print(f"Done: {os.path.join(write_dir, 'model.keras')}, {os.path.join(write_dir, 'log.csv')}"
-          + (f", {os.path.join(write_dir, 'samples')}/" if plot_every else ""))
+    if write_dir != run_dir:
+        print(f"Done: worker {worker} of {workers}; the chief wrote {model_path}"
+              + (f" (this worker's copy: {args.worker_dir}/)" if args.worker_dir else ""))
+        return
+    print(f"Done: {model_path}, {os.path.join(run_dir, 'log.csv')}"
+          + (f", {os.path.join(run_dir, 'samples')}/" if plot_every else ""))
+
+
+@contextlib.contextmanager
+def _join_deadline(args):
+    """Bounds the wait for the other workers at the start; yields the function to call once they have joined.
+
+    TensorFlow waits for every worker without a bound, inside a call that
+    holds the interpreter (no Python thread or handler can run): after
+    `--worker-timeout` s `SIGALRM`, left to its default action, ends the
+    process (status 142 in a shell), after the line printed here.
+    """
+    if args.strategy != "multiworker" or not hasattr(signal, "alarm"):
+        yield lambda: None
+        return
+    print(f"Waiting up to {args.worker_timeout:g} s (--worker-timeout) for the other workers to join; "
+          "a worker left alone then stops (SIGALRM).", flush=True)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(1, round(args.worker_timeout)))
+    try:
+        yield lambda: signal.alarm(0)
+    finally:
+        signal.alarm(0)
 
 
 def _shard_by_data(dataset):

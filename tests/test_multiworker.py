@@ -174,6 +174,22 @@ def test_two_jax_processes_train_as_one(tmp_path):
     check_two_workers(tmp_path, jax_env, per_worker_images=False)
 
 
+def test_a_worker_alone_gives_up_after_the_worker_timeout(tmp_path):
+    """Worker 1 never starts: worker 0 must not wait for it forever."""
+    ports = free_ports(2)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT), KERAS_BACKEND="tensorflow",
+               **tf_config_env(ports, 0))
+    start = time.time()
+    process = subprocess.run(
+        [sys.executable, "-m", "ddpm_keras", "train", *TINY, "--epochs", "1", "--out", str(tmp_path / "run"),
+         "--worker-timeout", "3"], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+    )
+    assert process.returncode == -signal.SIGALRM, process.stderr[-3000:]
+    assert "Waiting up to 3 s (--worker-timeout) for the other workers to join" in process.stdout
+    assert time.time() - start < 60
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_a_lost_worker_stops_the_other_and_the_run_resumes(tmp_path):
     """Launched as srun would (SLURM's variables); worker 1 is killed in epoch 2, then both resume."""
@@ -213,36 +229,37 @@ def test_a_lost_worker_stops_the_other_and_the_run_resumes(tmp_path):
 
 
 SAMPLE = """
-from ddpm_keras.distribute import get_strategy
+from ddpm_keras.distribute import strategy_scope
 worker, weights = os.environ.get("WORKER", "single"), sys.argv[1] + "/weights.weights.h5"
-if worker == "single":
+with strategy_scope("none" if worker == "single" else "multiworker"):
     model = tiny_model(timesteps=20, seed=0)
-    for w in model.ema_network.weights:
-        w.assign(w + np.random.default_rng(0).normal(0, 0.05, w.shape).astype("float32"))
-    model.save_weights(weights)
-else:
-    with get_strategy("multiworker").scope():
-        model = tiny_model(timesteps=20, seed=0)
-    model.load_weights(weights)
-images, frames = model.generate_images(5, seed=3, batch_size=2, sampler="ddpm", num_steps=4, verbose=0,
-                                       return_trajectory=True)
+    if worker == "single":
+        for w in model.ema_network.weights:
+            w.assign(w + np.random.default_rng(0).normal(0, 0.05, w.shape).astype("float32"))
+        model.save_weights(weights)
+    else:
+        model.load_weights(weights)
+    images, frames = model.generate_images(5, seed=3, batch_size=2, sampler="ddpm", num_steps=4, verbose=0,
+                                           return_trajectory=True)
 np.save(f"{sys.argv[1]}/images-{worker}.npy", np.concatenate([images[None], frames]))
 """
 
 
 @pytest.mark.slow
-def test_sampling_chunks_are_dealt_to_the_workers(tmp_path):
+@pytest.mark.parametrize("backend, worker_env", [("tensorflow", tf_config_env), ("jax", jax_env)])
+def test_sampling_chunks_are_dealt_to_the_workers(tmp_path, backend, worker_env):
     """Two workers each make their chunks of a request; after the exchange both hold one process's images."""
+    pytest.importorskip(backend)
     script = tmp_path / "sample.py"
     script.write_text(PREAMBLE + SAMPLE)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow",
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend,
                PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     env.pop("TF_CONFIG", None)
     subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=LAUNCH_TIMEOUT)
     ports, processes = free_ports(2), []
     for index in range(2):
-        worker_env = dict(env, WORKER=str(index), **tf_config_env(ports, index))
-        processes.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=worker_env,
+        environment = dict(env, WORKER=str(index), **worker_env(ports, index))
+        processes.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=environment,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         outputs = [p.communicate(timeout=LAUNCH_TIMEOUT)[0] for p in processes]
