@@ -61,18 +61,14 @@ class ChunkPlan:
         `run_chunk(k)` returns a tuple of NumPy arrays; the result is a list
         of those tuples in chunk order.
         """
-        local = {}
-        if len(self.devices) == 1 and self.num_replicas == 1:
-            local = {k: run_chunk(k) for k in range(self.num_chunks)}
-        else:
-            self._run_local(run_chunk, local)
+        local = self._run_local(run_chunk)
         if self.num_workers == 1:
             return [local[k] for k in range(self.num_chunks)]
         return self._gather(local)
 
-    def _run_local(self, run_chunk, local):
-        """Runs this process's chunks, one thread per local device (the chain releases the GIL while it runs)."""
-        errors = []
+    def _run_local(self, run_chunk):
+        """This process's chunks by index, one thread per local device (the chain releases the GIL while it runs)."""
+        local, errors = {}, []
 
         def work(index, device):
             try:
@@ -92,6 +88,7 @@ class ChunkPlan:
                 thread.join()
         if errors:
             raise errors[0]
+        return local
 
     def _gather(self, local):
         """Every chunk in order, from each worker's `local` chunks, with one all-gather per output."""
