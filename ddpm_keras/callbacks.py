@@ -2,6 +2,8 @@
 
 import csv
 import os
+import sys
+import threading
 import time
 
 import keras
@@ -179,6 +181,63 @@ class WorkerShare(keras.callbacks.Callback):
         local = tf.distribute.get_strategy().experimental_local_results(self.model.loss_tracker.count.value)
         images = int(round(sum(float(count) for count in local)))
         print(f"worker {self.worker} of {self.workers}: epoch {epoch + 1}: trained on {images} images", flush=True)
+
+
+class StallWatchdog(keras.callbacks.Callback):
+    """Ends the process when training makes no progress for `timeout` seconds: a lost worker's bound.
+
+    In a multi-worker run a worker whose peer died waits inside a
+    collective until TensorFlow notices (seconds when the connection
+    drops; up to a minute or more otherwise). From the end of the first
+    step (its tracing and compilation do not count), a thread checks every
+    second that a batch or an epoch began or ended within `timeout`
+    seconds; if not, it prints `message` and exits with `exit_code`
+    (without cleanup: the run directory holds the last finished epoch).
+    The pauses between two steps (the epoch-end checkpoint, sample grids,
+    FID measurements) must stay below `timeout`.
+
+    Args:
+        timeout: Seconds without progress before the process ends.
+        message: String printed on standard error first.
+        exit_code: Integer, the process's exit status.
+    """
+
+    def __init__(self, timeout, message, exit_code):
+        super().__init__()
+        self.timeout, self.message, self.exit_code = float(timeout), message, int(exit_code)
+        self._last = time.monotonic()
+        self._armed = False
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _progress(self, *args, **kwargs):
+        self._last = time.monotonic()
+
+    on_epoch_begin = on_epoch_end = on_train_batch_begin = _progress
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._progress()
+        self._armed = True
+
+    def on_train_begin(self, logs=None):
+        self._progress()
+        self._armed = False
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def on_train_end(self, logs=None):
+        self.stop()
+
+    def stop(self):
+        """Stops watching (`fit` does not call `on_train_end` when it raises)."""
+        self._stop.set()
+
+    def _watch(self):
+        while not self._stop.wait(1.0):
+            if self._armed and time.monotonic() - self._last > self.timeout:
+                print(self.message, file=sys.stderr, flush=True)
+                os._exit(self.exit_code)
 
 
 class QualityMonitor(keras.callbacks.Callback):

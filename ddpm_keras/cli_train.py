@@ -12,6 +12,8 @@ import sys
 import tempfile
 
 from ddpm_keras.cli import CHECKPOINTS_DIR
+from ddpm_keras.cli import EXIT_WORKER_LOST
+from ddpm_keras.cli import PROG
 from ddpm_keras.cli import CLIError
 from ddpm_keras.cli import WorkerLostError
 from ddpm_keras.cli import _load_model
@@ -80,8 +82,9 @@ def add_train_arguments(train):
                        "(TF_CONFIG or srun; on JAX KERAS_DISTRIBUTION_*), each running this command. "
                        "--batch-size is the global batch")
     train.add_argument("--worker-timeout", type=positive_float, default=600.0, metavar="SECONDS",
-                       help="multiworker: how long a worker waits for the others to join at the start before "
-                       "it stops (SIGALRM)")
+                       help="multiworker: how long a worker waits for the others to join at the start (then it "
+                       "stops, SIGALRM), and how long training may go without a finished step before it exits 75 "
+                       "(a lost or stalled worker; keep it above the epoch-end pause of checkpoints, grids and FID)")
     train.add_argument("--worker-dir", default=None,
                        help="multiworker: where a worker other than the chief writes its checkpoints (equal to "
                        "the chief's). Default: a temporary directory, deleted at the end")
@@ -219,6 +222,7 @@ def train(args):
 
     from ddpm_keras.callbacks import RunCheckpoint
     from ddpm_keras.callbacks import SamplePlotter
+    from ddpm_keras.callbacks import StallWatchdog
     from ddpm_keras.callbacks import WorkerShare
     from ddpm_keras.data import load_dataset
     from ddpm_keras.distribute import is_chief
@@ -269,6 +273,14 @@ def train(args):
               f"({where}{height}x{width}, batch {batch_size}{classes}) into {write_dir}/", flush=True)
         if workers > 1 and keras.backend.backend() == "tensorflow":
             callbacks.append(WorkerShare(worker, workers))
+        # A bound on the wait for a lost worker, however TensorFlow or JAX notices it (or not).
+        watchdog = StallWatchdog(
+            args.worker_timeout, f"{PROG}: error: another worker was lost or stalled: no training step "
+            f"finished for {args.worker_timeout:g} s (--worker-timeout). {_resume_advice(run_dir)}",
+            EXIT_WORKER_LOST,
+        )
+        if workers > 1:
+            callbacks.append(watchdog)
         try:
             model.fit(
                 dataset, epochs=epochs, initial_epoch=completed, steps_per_epoch=args.steps_per_epoch,
@@ -278,6 +290,8 @@ def train(args):
         except Exception as error:  # noqa: BLE001 - a lost worker becomes one line and its own status
             _raise_if_worker_lost(error, workers, run_dir)
             raise
+        finally:
+            watchdog.stop()
     if write_dir != run_dir:
         print(f"Done: worker {worker} of {workers}; the chief wrote {model_path}"
               + (f" (this worker's copy: {args.worker_dir}/)" if args.worker_dir else ""))
@@ -325,10 +339,11 @@ def _raise_if_worker_lost(error, workers, run_dir):
     if is_worker_lost(error):
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         reason = next((line for line in lines if "aborted" in line), lines[0] if lines else type(error).__name__)
-        raise WorkerLostError(
-            f"another worker was lost ({reason}). {run_dir}/model.keras holds the last finished epoch: "
-            "relaunch every worker with --resume."
-        ) from None
+        raise WorkerLostError(f"another worker was lost ({reason}). {_resume_advice(run_dir)}") from None
+
+
+def _resume_advice(run_dir):
+    return f"{run_dir}/model.keras holds the last finished epoch: relaunch every worker with --resume."
 
 
 def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=None, workers=1):

@@ -195,7 +195,8 @@ def test_a_lost_worker_stops_the_other_and_the_run_resumes(tmp_path):
     """Launched as srun would (SLURM's variables); worker 1 is killed in epoch 2, then both resume."""
     run_dir, steps = tmp_path / "run", 40
     args = [*TINY, "--steps-per-epoch", str(steps), "--plot-every", "0", "--out", str(run_dir)]
-    workers = Workers(tmp_path, slurm_env, [*args, "--epochs", "3"], name="first")
+    # The watchdog's bound (a step normally takes well under a second here).
+    workers = Workers(tmp_path, slurm_env, [*args, "--epochs", "3", "--worker-timeout", "20"], name="first")
     deadline = time.time() + LAUNCH_TIMEOUT
     while "worker 1 of 2: epoch 1:" not in workers.output(1) and time.time() < deadline:
         assert workers.processes[1].poll() is None, workers.output(1)[-3000:]
@@ -212,6 +213,7 @@ def test_a_lost_worker_stops_the_other_and_the_run_resumes(tmp_path):
     chief = workers.output(0)
     assert code == 75, chief[-3000:]
     assert "another worker was lost" in chief and "--resume" in chief
+    assert seconds < 20 + 10  # --worker-timeout, and the watchdog's one-second checks
     assert [row["epoch"] for row in logged(run_dir)] == ["1"]
     finished = load(run_dir)
     assert int(finished.epoch) == 1 and int(finished.optimizer.iterations) == steps
@@ -309,6 +311,35 @@ def test_chunks_go_to_the_replicas_in_turn():
     assert plan.chunks_of(0) == [2, 5] and plan.num_local_chunks == 2
     plan.first_replica = 0
     assert plan.chunks_of(0) == [0, 3, 6]
+
+
+def test_stall_watchdog_ends_a_process_that_makes_no_progress():
+    """A step (here a callback) that blocks for longer than the timeout: exit status and message, within bounds."""
+    code = PREAMBLE + """
+import time
+from ddpm_keras.callbacks import StallWatchdog
+
+class Stuck(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            print("stuck", flush=True)
+            time.sleep(60)
+
+model = tiny_model(timesteps=10)
+model.fit(tiny_images(8), batch_size=2, epochs=1, verbose=0,
+          callbacks=[Stuck(), StallWatchdog(2, "no progress: relaunch", 75)])
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "stuck" in stdout, stderr[-3000:]
+    assert process.returncode == 75 and "no progress: relaunch" in stderr
 
 
 SLURM_CPU = {
