@@ -2,6 +2,7 @@
 
 Usage:
     python bench/multiworker.py [--img-size 32] [--batch-size 16] [--steps 20] [--backends tensorflow,jax]
+                                [--worker-timeout 20] [--repeats 3]
 
 Runs `ddpm-keras train --preset tiny --dataset synthetic` as users launch
 it: one process, then two processes on 127.0.0.1 (`TF_CONFIG`, or Keras's
@@ -9,9 +10,10 @@ it: one process, then two processes on 127.0.0.1 (`TF_CONFIG`, or Keras's
 steps. The step time is the second epoch's (the first compiles), as `fit`
 prints it. Then, on TensorFlow, two workers train for a longer epoch and
 worker 1 is killed (SIGKILL) or frozen (SIGSTOP: a machine that stops
-answering without closing its connections) in mid-epoch; the table gives
-the seconds until worker 0 exits, and its exit status (75: relaunch with
-`--resume`).
+answering without closing its connections) in mid-epoch, with the default
+`--worker-timeout` (TensorFlow's own detection) and a short one (the
+watchdog's bound); the table gives the seconds until worker 0 exits, and
+its exit status (75: relaunch with `--resume`).
 
 On one machine the two workers share its cores and talk over loopback,
 so the ratio measures the cost of the collectives and of splitting, not
@@ -80,10 +82,12 @@ def step_seconds(backend, workers, options, tmp):
     return float(value) / (1000.0 if unit == "ms" else 1.0)
 
 
-def time_to_stop(signal_number, options, tmp):
+def time_to_stop(signal_number, options, tmp, worker_timeout=None):
     args = ["--img-size", str(options.img_size), "--batch-size", str(options.batch_size),
             "--steps-per-epoch", "400", "--epochs", "2"]
-    processes = _launch("tensorflow", 2, args, os.path.join(tmp, f"lost-{signal_number}"))
+    if worker_timeout is not None:
+        args += ["--worker-timeout", str(worker_timeout)]
+    processes = _launch("tensorflow", 2, args, os.path.join(tempfile.mkdtemp(dir=tmp), "run"))
     lines = []
     try:
         for line in processes[1].stdout:  # worker 1 reaches its first logged epoch
@@ -108,6 +112,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--backends", default="tensorflow,jax")
+    parser.add_argument("--worker-timeout", type=int, default=20, help="the bound set in the second rows")
+    parser.add_argument("--repeats", type=int, default=3, help="launches per lost-worker row")
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         print(f"tiny preset, {options.img_size}x{options.img_size}, global batch {options.batch_size}, "
@@ -118,11 +124,14 @@ def main(argv=None):
             one = step_seconds(backend, 1, options, tmp)
             two = step_seconds(backend, 2, options, tmp)
             print(f"| {backend} | {one:.3f} | {two:.3f} | {two / one:.2f}x |", flush=True)
-        print("\n| worker 1 | seconds until worker 0 exits | worker 0's exit status |")
-        print("|---|---|---|")
+        print(f"\n| worker 1 | --worker-timeout | seconds until worker 0 exits ({options.repeats} runs) | exit status |")
+        print("|---|---|---|---|")
         for name, number in (("killed (SIGKILL)", signal.SIGKILL), ("frozen (SIGSTOP)", signal.SIGSTOP)):
-            seconds, code = time_to_stop(number, options, tmp)
-            print(f"| {name} | {seconds:.1f} | {code} |", flush=True)
+            for timeout in (None, options.worker_timeout):
+                runs = [time_to_stop(number, options, tmp, timeout) for _ in range(options.repeats)]
+                seconds = ", ".join(f"{s:.1f}" for s, _ in runs)
+                codes = sorted({code for _, code in runs})
+                print(f"| {name} | {timeout or 'default (600)'} | {seconds} | {codes} |", flush=True)
 
 
 if __name__ == "__main__":
