@@ -1,7 +1,9 @@
 """Callbacks for `DiffusionModel.fit`: sample grids, sample quality, and checkpoints that survive a kill."""
 
 import csv
+import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -196,15 +198,26 @@ class StallWatchdog(keras.callbacks.Callback):
     The pauses between two steps (the epoch-end checkpoint, sample grids,
     FID measurements) must stay below `timeout`.
 
+    A call can hold the interpreter while it waits (TensorFlow's eager
+    collectives, as when a checkpoint reads the metrics' variables): no
+    Python thread runs then. With `alarm`, `SIGALRM` at its default action
+    ends the process `ALARM_MARGIN` seconds after `timeout` in that case
+    (status 142 in a shell); it is re-armed at each step, from the main
+    thread, and replaces any other use of `SIGALRM`.
+
     Args:
         timeout: Seconds without progress before the process ends.
         message: String printed on standard error first.
         exit_code: Integer, the process's exit status.
+        alarm: Boolean, add the `SIGALRM` bound. Defaults to `False`.
     """
 
-    def __init__(self, timeout, message, exit_code):
+    ALARM_MARGIN = 15
+
+    def __init__(self, timeout, message, exit_code, alarm=False):
         super().__init__()
         self.timeout, self.message, self.exit_code = float(timeout), message, int(exit_code)
+        self.alarm = alarm and hasattr(signal, "alarm")
         self._last = time.monotonic()
         self._armed = False
         self._stop = threading.Event()
@@ -212,16 +225,20 @@ class StallWatchdog(keras.callbacks.Callback):
 
     def _progress(self, *args, **kwargs):
         self._last = time.monotonic()
+        if self.alarm and self._armed:
+            signal.alarm(math.ceil(self.timeout) + self.ALARM_MARGIN)
 
     on_epoch_begin = on_epoch_end = on_train_batch_begin = _progress
 
     def on_train_batch_end(self, batch, logs=None):
-        self._progress()
         self._armed = True
+        self._progress()
 
     def on_train_begin(self, logs=None):
-        self._progress()
         self._armed = False
+        self._progress()
+        if self.alarm:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -232,6 +249,8 @@ class StallWatchdog(keras.callbacks.Callback):
     def stop(self):
         """Stops watching (`fit` does not call `on_train_end` when it raises)."""
         self._stop.set()
+        if self.alarm:
+            signal.alarm(0)
 
     def _watch(self):
         while not self._stop.wait(1.0):

@@ -83,8 +83,9 @@ def add_train_arguments(train):
                        "--batch-size is the global batch")
     train.add_argument("--worker-timeout", type=positive_float, default=600.0, metavar="SECONDS",
                        help="multiworker: how long a worker waits for the others to join at the start (then it "
-                       "stops, SIGALRM), and how long training may go without a finished step before it exits 75 "
-                       "(a lost or stalled worker; keep it above the epoch-end pause of checkpoints, grids and FID)")
+                       "stops, SIGALRM), and how long training may go without a finished step before it exits 75, "
+                       "or is stopped by SIGALRM 15 s later (a lost or stalled worker; keep it above the epoch-end "
+                       "pause of checkpoints, grids and FID)")
     train.add_argument("--worker-dir", default=None,
                        help="multiworker: where a worker other than the chief writes its checkpoints (equal to "
                        "the chief's). Default: a temporary directory, deleted at the end")
@@ -277,7 +278,7 @@ def train(args):
         watchdog = StallWatchdog(
             args.worker_timeout, f"{PROG}: error: another worker was lost or stalled: no training step "
             f"finished for {args.worker_timeout:g} s (--worker-timeout). {_resume_advice(run_dir)}",
-            EXIT_WORKER_LOST,
+            EXIT_WORKER_LOST, alarm=True,
         )
         if workers > 1:
             callbacks.append(watchdog)
