@@ -32,6 +32,7 @@ import zipfile
 import keras
 import numpy as np
 
+from ddpm_keras import _files
 from ddpm_keras._download import one_line
 from ddpm_keras._download import probe_host
 from ddpm_keras.diffusion import GaussianDiffusion
@@ -93,7 +94,7 @@ def load_keras_io_checkpoint(source, preset="flowers64", unet=None):
     return model
 
 
-def convert_keras_io_checkpoint(source, out_path, preset="flowers64", unet=None):
+def convert_keras_io_checkpoint(source, out_path, preset="flowers64", unet=None, overwrite=False):
     """Writes a keras.io example checkpoint as a `.keras` file of a `DiffusionModel`.
 
     The model in the file is not compiled: Keras warns at every load of a
@@ -107,6 +108,9 @@ def convert_keras_io_checkpoint(source, out_path, preset="flowers64", unet=None)
             to `"flowers64"`.
         unet: `None` or a dict of `build_unet` arguments replacing the
             preset's. Defaults to `None`.
+        overwrite: Boolean, replace an existing `out_path` that is not a
+            `DiffusionModel` file of ddpm_keras (one that is is replaced
+            anyway). Defaults to `False`.
 
     Returns:
         `out_path`, which `keras.saving.load_model` (and
@@ -117,15 +121,14 @@ def convert_keras_io_checkpoint(source, out_path, preset="flowers64", unet=None)
     >>> convert_keras_io_checkpoint(KERAS_IO_CHECKPOINT_URL, "flowers64.keras")
     'flowers64.keras'
     """
-    from ddpm_keras.callbacks import save_atomically
-
     out_path = os.fspath(out_path)
     if not out_path.endswith(".keras"):
         raise ValueError(f"out_path must name a .keras file. Received: out_path={out_path!r}")
+    _files.check_output(out_path, "out_path", overwrite=overwrite)
     config = get_preset(preset)
     config["unet"].update(unet or {})
-    save_atomically(_import(source, preset, config), out_path)
-    return out_path
+    model = _import(source, preset, config)
+    return _files.atomic_write(out_path, model.save, mode=None)
 
 
 def _import(source, preset, config):
@@ -259,6 +262,7 @@ def _checkpoint_prefix(source):
         with tempfile.TemporaryDirectory(prefix="ddpm-keras-import-") as folder:
             try:
                 with zipfile.ZipFile(source) as archive:
+                    _check_members(archive, source)
                     archive.extractall(folder)
             except zipfile.BadZipFile as error:
                 raise ValueError(f"Cannot read the zip file {source}: {one_line(error)}") from None
@@ -274,6 +278,15 @@ def _checkpoint_prefix(source):
             "it, a directory holding one .index file, a .zip of one, or an http(s) URL of such a zip."
         )
     yield prefix
+
+
+def _check_members(archive, source):
+    """Refuses a zip holding links: a checkpoint is plain files (Python would write a link as a file of its target)."""
+    import stat
+
+    links = [info.filename for info in archive.infolist() if stat.S_ISLNK(info.external_attr >> 16)]
+    if links:
+        raise ValueError(f"{source} holds a symbolic link ({links[0]}): a checkpoint zip holds plain files only.")
 
 
 def _find_prefix(folder, source):

@@ -24,19 +24,18 @@ load it under `KERAS_BACKEND=tensorflow` to export it.
 
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 from keras import ops
 
+from ddpm_keras import _files
 from ddpm_keras import _train_steps
 from ddpm_keras import conditioning
 from ddpm_keras import samplers
 from ddpm_keras.presets import DEFAULT_SAMPLING
 
-METADATA_FILE = os.path.join("assets.extra", "ddpm_keras.json")
+METADATA_FILE = _files.EXPORT_METADATA_FILE
 
 
 def export_generator(
@@ -52,6 +51,7 @@ def export_generator(
     snr=0.16,
     dtype=None,
     guidance_rescale=0.0,
+    overwrite=False,
 ):
     """Writes `model`'s generator as a TensorFlow SavedModel at `path`.
 
@@ -69,8 +69,10 @@ def export_generator(
 
     Args:
         model: A `DiffusionModel`.
-        path: String, the SavedModel directory to write (replaced if it
-            exists).
+        path: String, the SavedModel directory to write. It must be new
+            or empty, or hold a previous export of ddpm_keras and nothing
+            else (which is replaced); anything else is an error unless
+            `overwrite`.
         sampler, num_steps, timestep_spacing, eta, clip_denoised,
             thresholding, corrector_steps, snr: As in
             `DiffusionModel.generate_images`. Default to
@@ -82,6 +84,9 @@ def export_generator(
         guidance_rescale: Float in `[0, 1]`, a conditional model's rescale
             of the guided output (`generate_images`), fixed at export.
             Defaults to `0.0`.
+        overwrite: Boolean, replace `path` even when it holds files that
+            are not an export of ddpm_keras. Nothing beside `path` is ever
+            touched. Defaults to `False`.
 
     Returns:
         `path`.
@@ -98,6 +103,8 @@ def export_generator(
         )
     import tensorflow as tf
 
+    # Checked before the compilation: a folder of the user's is never replaced.
+    _files.check_output(path, "path", overwrite=overwrite, kind="dir")
     options = model._generation_options(
         sampler, num_steps, eta, clip_denoised, corrector_steps, snr, timestep_spacing, thresholding, dtype
     )
@@ -182,31 +189,12 @@ def export_generator(
         "outputs": {"images": "uint8 (num_images, H, W, C)"},
     }
     # Written beside `path` and moved in place, so an interrupted export leaves no half SavedModel.
-    path = os.path.abspath(path)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(path) + ".", dir=os.path.dirname(path))
-    try:
+    with _files.replacing_dir(path, overwrite=overwrite, option="path") as staging:
         tf.saved_model.save(module, staging, signatures={"serving_default": generate.get_concrete_function()})
         os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=2, default=_json_default)
-        _replace_directory(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path
-
-
-def _replace_directory(source, destination):
-    """Moves directory `source` to `destination`, replacing what is there."""
-    if os.path.isdir(destination):
-        old = destination + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(destination, old)
-        os.replace(source, destination)
-        shutil.rmtree(old, ignore_errors=True)
-    elif os.path.exists(destination):
-        raise FileExistsError(f"{destination} exists and is not a directory: choose another path for the SavedModel.")
-    else:
-        os.replace(source, destination)
 
 
 def _json_default(value):

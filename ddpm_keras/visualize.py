@@ -5,10 +5,14 @@ returns them; needs no display.
 """
 
 import math
-import os
 
 import numpy as np
 from PIL import Image
+from PIL import PngImagePlugin
+
+from ddpm_keras._files import IMAGE_MARK_KEY
+from ddpm_keras._files import WRITER
+from ddpm_keras._files import atomic_write
 
 
 def to_uint8(images, value_range=(-1.0, 1.0)):
@@ -57,12 +61,14 @@ def save_image_grid(images, path, ncols=None, padding=2, scale=1, value_range=(-
     """Saves a batch of images as one PNG grid (see `image_grid`); returns `path`.
 
     `scale` enlarges the grid by an integer factor (nearest neighbour), so
-    that 32-px samples are visible. The file is written atomically.
+    that 32-px samples are visible. The file is written atomically and
+    marked as written by ddpm_keras (a PNG text chunk), so that a later
+    command may replace it.
     """
     picture = _to_pil(image_grid(images, ncols, padding, value_range))
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    _atomic_save(path, lambda f: picture.save(f, format="PNG"))
+    atomic_write(path, lambda f: picture.save(f, format="PNG", pnginfo=_png_mark()))
     return path
 
 
@@ -81,10 +87,11 @@ def save_gif(frames, path, ncols=None, duration_ms=80, hold_last_ms=1500, scale=
     if scale > 1:
         pictures = [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pictures]
     durations = [duration_ms] * (len(pictures) - 1) + [max(hold_last_ms, duration_ms)]
-    _atomic_save(
+    atomic_write(
         path,
         lambda f: pictures[0].save(
-            f, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0
+            f, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0,
+            comment=WRITER.encode(),
         ),
     )
     return path
@@ -120,7 +127,7 @@ def plot_metrics(rows, path, keys, x_key="epoch", title=None):
         axes.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
-    _atomic_save(path, lambda f: figure.savefig(f, format="png"))
+    atomic_write(path, lambda f: figure.savefig(f, format="png", metadata={IMAGE_MARK_KEY: WRITER}))
     return path
 
 
@@ -128,17 +135,7 @@ def _float_or_nan(value):
     return float("nan") if value in (None, "") else float(value)
 
 
-def _atomic_save(path, write):
-    """Writes through a temporary file then renames, so readers never see half a file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _png_mark():
+    info = PngImagePlugin.PngInfo()
+    info.add_text(IMAGE_MARK_KEY, WRITER)
+    return info

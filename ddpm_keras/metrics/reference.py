@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from ddpm_keras._files import atomic_write
 from ddpm_keras.metrics.features import extract_features
 from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.features import extractor_id
@@ -101,20 +102,11 @@ class ReferenceStatistics:
 
     def save(self, path):
         """Writes an `.npz` file, through a temporary file and a rename."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
         arrays = {"mean": self.mean, "covariance": self.covariance, "num_images": self.num_images,
                   "extractor": self.extractor, "fingerprint": self.fingerprint}
         if self.features is not None:
             arrays["features"] = self.features
-        try:
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path):
@@ -218,7 +210,9 @@ def reference_statistics(
         name = "-".join(_slug(part) for part in (dataset_name, split, size, identity))
         path = os.path.join(cache_dir or default_cache_dir(), f"{name}.npz")
         cached = _load_if_current(path, images_id, identity, keep_features)
-        if cached is not None:
+        if cached is _NOT_OURS:
+            path = None
+        elif cached is not None:
             print_(f"Reference statistics of {cached.num_images} images from {path}")
             return cached
     print_(f"Computing reference statistics of {dataset_name} ({split}) with {feature_extractor.name}")
@@ -230,14 +224,23 @@ def reference_statistics(
     return statistics
 
 
+_NOT_OURS = object()
+
+
 def _load_if_current(path, images_id, identity, keep_features):
-    if not os.path.isfile(path):
+    """The cached statistics when current; `None` to compute (and cache) them; `_NOT_OURS` to compute only.
+
+    A file at the cache's path that is not reference statistics (unreadable,
+    or of other arrays) is not ours to replace: it is left as it is.
+    """
+    if not os.path.lexists(path):
         return None
     try:
         cached = ReferenceStatistics.load(path)
     except (OSError, ValueError, KeyError) as error:
-        warnings.warn(f"Recomputing the unreadable reference statistics {path}: {error}", stacklevel=3)
-        return None
+        warnings.warn(f"{path} is not readable reference statistics ({error}): computing them without caching, "
+                      "and leaving that file as it is.", stacklevel=3)
+        return _NOT_OURS
     if cached.fingerprint == images_id and cached.extractor == identity and (
         cached.features is not None or not keep_features
     ):
