@@ -15,6 +15,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import _train_steps
+from ddpm_keras._progress import progress_bar
 from ddpm_keras import samplers
 from ddpm_keras.precision import check_inference_dtype
 from ddpm_keras.precision import inference_network
@@ -122,7 +123,7 @@ class Progress:
     """A progress bar over sampling steps, shown only when `show`; waits for each segment to finish."""
 
     def __init__(self, total, show):
-        self.bar = keras.utils.Progbar(total, unit_name="step") if show else None
+        self.bar = progress_bar(total, unit_name="step") if show else None
         self.done = 0
         self._lock = threading.Lock()  # chunks may run in one thread per device
 

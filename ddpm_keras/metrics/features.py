@@ -22,6 +22,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras._progress import progress_bar
 from ddpm_keras._download import one_line
 from ddpm_keras._download import probe_host
 
@@ -90,12 +91,21 @@ def _inception(weights, include_top, name):
     weights = resolve_inception_weights(weights, include_top)
     inputs = keras.Input((None, None, 3), name="images")
     x = keras.layers.Resizing(INCEPTION_SIZE, INCEPTION_SIZE, interpolation="bilinear", name="resize_299")(inputs)
-    backbone = keras.applications.InceptionV3(
-        include_top=include_top,
-        weights=weights,
-        input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
-        pooling=None if include_top else "avg",
-    )
+    try:
+        backbone = keras.applications.InceptionV3(
+            include_top=include_top,
+            weights=weights,
+            input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
+            pooling=None if include_top else "avg",
+        )
+    except Exception as error:  # noqa: BLE001 - a weights file that does not load is one line naming it
+        if weights is None:
+            raise
+        expected = _WEIGHTS_FILES[bool(include_top)][0]
+        raise ValueError(
+            f"Cannot read {weights} as InceptionV3 weights ({type(error).__name__}: {one_line(error)[:200]}): "
+            f"pass Keras's {expected}."
+        ) from None
     return keras.Model(inputs, backbone(x), name=name)
 
 
@@ -193,7 +203,7 @@ def extract_features(model, data, batch_size=64, verbose=0):
     """
     batch_size = check_positive_int("batch_size", batch_size)
     total = len(data) if _is_array(data) else None
-    progbar = keras.utils.Progbar(total, unit_name="image") if verbose else None
+    progbar = progress_bar(total, unit_name="image") if verbose else None
     outputs = []
     for batch in image_batches(data, batch_size):
         for start in range(0, len(batch), batch_size):
