@@ -1,6 +1,10 @@
 """Argument checks shared by every layer of the package; they raise `ValueError` naming the value."""
 
+import math
 import numbers
+
+# The seeds the samplers and the data pipeline take: what fits a signed 32-bit integer, from 0.
+SEED_LIMIT = 2**31
 
 
 def is_int(value):
@@ -29,3 +33,50 @@ def image_size(img_size):
             f"positive integers. Received: img_size={img_size!r}"
         )
     return int(sizes[0]), int(sizes[1])
+
+
+def check_seed(name, value, allow_none=True):
+    """`value` as an `int` in `[0, 2**31)` (or `None` where allowed), or a `ValueError` naming `name`."""
+    if value is None and allow_none:
+        return None
+    if not is_int(value) or not 0 <= value < SEED_LIMIT:
+        raise ValueError(
+            f"{name} must be {'None or ' if allow_none else ''}an integer in [0, {SEED_LIMIT - 1}]. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_number(name, value, low=None, high=None, low_open=False, high_open=False):
+    """`value` as a finite `float` in the range, or a `ValueError` naming `name` and the range in words."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or not in_range(number, low, high, low_open, high_open):
+        raise ValueError(
+            f"{name} must be {describe_range(low, high, low_open, high_open)}. Received: {name}={value!r}"
+        )
+    return number
+
+
+def in_range(value, low=None, high=None, low_open=False, high_open=False):
+    """Whether `value` is a finite number within the range (closed ends unless `*_open`)."""
+    if not math.isfinite(value):
+        return False
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    if high is not None and (value >= high if high_open else value > high):
+        return False
+    return True
+
+
+def describe_range(low=None, high=None, low_open=False, high_open=False):
+    """`"a finite number > 0"`, `"a number in [0, 1)"`: a range in words that hold for all its values."""
+    if low is not None and high is not None:
+        return f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"a finite number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"a finite number {'<' if high_open else '<='} {high:g}"
+    return "a finite number"

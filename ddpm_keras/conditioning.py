@@ -15,6 +15,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import samplers
+from ddpm_keras._checks import check_number
 
 
 class Conditioning(NamedTuple):
@@ -143,17 +144,8 @@ def guided_build(build, null_label, guided, rescaled):
 
 
 def check_float(name, value, low=None, high=None):
-    """`value` as a float within `[low, high]`, or a one-line ValueError naming it."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not np.isfinite(number) or (low is not None and number < low) or (
-        high is not None and number > high
-    ):
-        bounds = f"[{low}, {'inf' if high is None else high}]"
-        raise ValueError(f"{name} must be a number in {bounds}. Received: {name}={value!r}")
-    return number
+    """`value` as a finite float within `[low, high]`, or a one-line ValueError naming it."""
+    return check_number(name, value, low=low, high=high)
 
 
 def _shorten(value):

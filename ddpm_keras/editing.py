@@ -11,6 +11,7 @@ from ddpm_keras._chains import ChainRunner
 from ddpm_keras._chains import Progress
 from ddpm_keras._chains import num_segments
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras._checks import check_seed
 
 
 class EditingMixin(ChainRunner):
@@ -57,6 +58,7 @@ class EditingMixin(ChainRunner):
         >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0
         >>> filled = model.inpaint(images, mask, seed=0, resample=5)
         """
+        seed = check_seed("seed", seed)
         images = self._check_images(images, "images")
         mask = _broadcast_mask(mask, images.shape)
         num_steps = samplers.check_sampler_args(
@@ -204,6 +206,7 @@ class EditingMixin(ChainRunner):
         if num_images < 2:
             raise ValueError(f"num_images must be at least 2 (the two endpoints). Received: num_images={num_images}")
         samplers.check_num_steps(num_steps, self.diffusion.num_timesteps)
+        seed = check_seed("seed", seed)
         if images is not None and noises is not None:
             raise ValueError("Pass images or noises, not both. Received both.")
         if images is not None:

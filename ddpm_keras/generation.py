@@ -18,6 +18,7 @@ from ddpm_keras._chains import chunk_seeds
 from ddpm_keras._chains import num_segments
 from ddpm_keras._chains import padded
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras._checks import check_seed
 from ddpm_keras.chunk_plan import ChunkPlan
 from ddpm_keras.editing import EditingMixin
 from ddpm_keras.precision import check_inference_dtype
@@ -140,6 +141,7 @@ class GenerationMixin(EditingMixin):
         >>> images = model.generate_images(16, seed=0, sampler="dpmpp_2m_sde", num_steps=20)
         >>> images, frames = model.generate_images(4, return_trajectory=True)
         """
+        seed = check_seed("seed", seed)
         if initial_noise is not None:
             initial_noise = self._check_images(initial_noise, "initial_noise")
             if num_images is not None and num_images != len(initial_noise):

@@ -7,6 +7,7 @@ from keras import ops
 from ddpm_keras import _train_steps
 from ddpm_keras import objectives
 from ddpm_keras import training_labels
+from ddpm_keras._checks import is_int
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import check_prediction_type
 from ddpm_keras.distribute import num_replicas_in_sync
@@ -144,6 +145,8 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
         _freeze(self.ema_network)
         self.diffusion = diffusion
         self.ema = float(ema)
+        if seed is not None and not is_int(seed):
+            raise ValueError(f"seed must be None or an integer. Received: seed={seed!r}")
         self.seed = seed
         self.prediction_type = prediction_type
         self.loss_weighting = loss_weighting

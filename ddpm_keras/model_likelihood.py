@@ -7,13 +7,14 @@ images in chunks, through the compiled path of the samplers
 `ddpm_keras.model` imports this module.
 """
 
-import keras
 import numpy as np
 from keras import ops
 
 from ddpm_keras import _train_steps
+from ddpm_keras._progress import progress_bar
 from ddpm_keras import likelihood
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras._checks import check_seed
 from ddpm_keras._chains import derived_seed
 
 
@@ -105,7 +106,7 @@ class LikelihoodMixin:
         >>> bpd = model.bits_per_dim(test_images)                       # all T timesteps
         >>> terms = model.bits_per_dim(test_ds, num_steps=100, return_terms=True)
         """
-        seed = _train_steps.random_seed(seed)
+        seed = _train_steps.random_seed(check_seed("seed", seed))
         timesteps, weights = likelihood.stratified_timesteps(self.diffusion.num_timesteps, num_steps, seed)
         likelihood.check_model_variance(model_variance)
         batch_size = None if batch_size is None else check_positive_int("batch_size", batch_size)
@@ -126,7 +127,7 @@ class LikelihoodMixin:
 
         term_sums, prior_sum, num_images = np.zeros(len(timesteps)), 0.0, 0
         target = -(-len(data) // (batch_size or len(data))) if isinstance(data, np.ndarray) else None
-        progbar = keras.utils.Progbar(target, unit_name="chunk") if verbose and target != 1 else None
+        progbar = progress_bar(target, unit_name="chunk") if verbose and target != 1 else None
         for k, (chunk, count) in enumerate(_image_chunks(self, data, batch_size)):
             run = self._compiled(("bits_per_dim", chunk.shape, len(timesteps)) + tuple(sorted(options.items())), chain)
             x_0 = ops.convert_to_tensor(chunk)

@@ -39,6 +39,7 @@ import functools
 from typing import Callable
 from typing import NamedTuple
 
+from ddpm_keras._checks import check_number
 from ddpm_keras._checks import is_int
 from ddpm_keras.samplers.common import Chain
 from ddpm_keras.samplers.common import advance
@@ -222,8 +223,7 @@ def check_sampler_args(
         raise ValueError(
             f"corrector_steps must be a non-negative integer. Received: corrector_steps={corrector_steps!r}"
         )
-    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not snr > 0.0:
-        raise ValueError(f"snr must be a positive float, e.g. 0.16. Received: snr={snr!r}")
+    check_number("snr", snr, low=0.0, low_open=True)
     check_spacing(timestep_spacing)
     check_thresholding(thresholding)
     return num_steps
