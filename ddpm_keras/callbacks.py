@@ -10,7 +10,12 @@ import time
 
 import keras
 
+from ddpm_keras import _files
 from ddpm_keras._checks import check_positive_int
+from ddpm_keras._progress import in_notebook
+from ddpm_keras.finite import NonFiniteError
+from ddpm_keras.finite import NonFiniteGuard  # noqa: F401 - a callback of fit, importable from here
+from ddpm_keras.finite import non_finite_weights
 from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
@@ -72,7 +77,7 @@ class SamplePlotter(keras.callbacks.Callback):
         self.seed = seed
         self.sampling = dict(DEFAULT_SAMPLING if sampling is None else sampling)
         self.scale = scale
-        self.show = _in_ipython_kernel() if show is None else show
+        self.show = in_notebook() if show is None else show
         self.classes = classes
         self.guidance_scale = guidance_scale
         self.last_path = None
@@ -128,7 +133,9 @@ class RunCheckpoint(keras.callbacks.Callback):
     At the end of every epoch the model (network, EMA network, optimizer
     state, and the count of completed epochs in `model.epoch`) is saved to
     `<run_dir>/model.keras` through a temporary file and a rename, so a kill
-    at any moment leaves the last finished epoch intact; then a row is
+    at any moment, or a full disk, leaves the last finished epoch intact.
+    Weights holding NaN or Inf are never saved: the callback raises
+    `NonFiniteError` instead and the previous file stays. Then a row is
     appended to `<run_dir>/log.csv` (`epoch`, the logs such as `loss` and
     `val_loss`, and `seconds`). `resume_log` trims rows of epochs the
     checkpoint does not hold, so a resumed log has each epoch once.
@@ -155,8 +162,18 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_start if self._epoch_start else float("nan")
+        bad = non_finite_weights(self.model)
+        if bad:
+            raise NonFiniteError(
+                f"the weights became NaN or Inf in epoch {epoch + 1} ({len(bad)} variables, such as {bad[0]}): "
+                f"{self.model_path} was not written.", epoch=epoch + 1,
+            )
         self.model.epoch.assign(epoch + 1)
-        save_atomically(self.model, self.model_path)
+        try:
+            save_atomically(self.model, self.model_path)
+        except BaseException:
+            self.model.epoch.assign(epoch)  # the file on disk still holds `epoch` epochs
+            raise
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, "seconds": round(seconds, 3)}
         _append_row(self.log_path, row)
 
@@ -371,27 +388,25 @@ def describe_sampling(sampling):
 
 
 def save_atomically(model, path):
-    """`model.save(path)` through a temporary file and a rename."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        model.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """`model.save(path)` through a temporary file beside it and a rename (`_files.atomic_write`)."""
+    return _files.atomic_write(path, model.save, mode=None)
 
 
 def resume_log(run_dir, completed_epochs, filename=LOG_FILE):
-    """Drops rows of a run's CSV log (`log.csv`) for epochs after `completed_epochs` (written after the last checkpoint)."""
+    """Reconciles a run's CSV log (`log.csv`) with a checkpoint of `completed_epochs` epochs.
+
+    Rows of epochs after `completed_epochs` (written after the last
+    checkpoint) are dropped. Returns the epochs up to `completed_epochs`
+    that have no row (a kill between the save and the log's append, or a
+    log lost), for the caller to report; they stay missing.
+    """
     path = os.path.join(os.fspath(run_dir), filename)
     rows = read_rows(path)
     kept = [row for row in rows if int(row["epoch"]) <= completed_epochs]
     if len(kept) != len(rows):
         _write_rows(path, kept, list(rows[0].keys()))
+    logged = {int(row["epoch"]) for row in kept}
+    return [epoch for epoch in range(1, completed_epochs + 1) if epoch not in logged]
 
 
 def read_rows(path):
@@ -421,21 +436,9 @@ def _append_row(path, row):
 
 
 def _write_rows(path, rows, fields):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    def write(f):
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
-
-def _in_ipython_kernel():
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+    _files.atomic_write(path, write, mode="w")
