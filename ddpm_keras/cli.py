@@ -14,11 +14,16 @@ Every default comes from `ddpm_keras.presets`; the options of `train` are in
 """
 
 import argparse
-import json
 import os
 import re
 import sys
 
+from ddpm_keras import _files
+from ddpm_keras.cli_types import non_negative_int  # noqa: F401 - importable from here
+from ddpm_keras.cli_types import number
+from ddpm_keras.cli_types import positive_int
+from ddpm_keras.cli_types import probability
+from ddpm_keras.cli_types import seed as seed_type
 
 PROG = "ddpm-keras"
 EVALUATE_METRICS = ("fid", "kid", "is", "bpd")
@@ -33,26 +38,11 @@ class WorkerLostError(Exception):
     """Another worker of a multi-worker run was lost: printed as one line, exit status `EXIT_WORKER_LOST`."""
 
 
-# EX_TEMPFAIL: relaunching the workers with --resume continues the run.
-EXIT_WORKER_LOST = 75
-
-
-def positive_int(text):
-    return _bounded_int(text, 1, "a positive integer")
-
-
-def non_negative_int(text):
-    return _bounded_int(text, 0, "an integer >= 0")
-
-
-def _bounded_int(text, low, what):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-    return value
+# The exit statuses (README, "Training state and resuming").
+EXIT_USAGE = 2  # a bad option or input, or a file or folder that cannot be read or written
+EXIT_NON_FINITE = 3  # the loss or weights became NaN or Inf: training stopped, the last finite checkpoint kept
+EXIT_WORKER_LOST = 75  # EX_TEMPFAIL: relaunching the workers with --resume continues the run
+EXIT_INTERRUPTED = 130  # Ctrl-C: the last finished epoch is kept
 
 
 def build_parser():
@@ -97,7 +87,7 @@ def build_parser():
     evaluate.add_argument("--metrics", default="fid,kid", type=_metric_list,
                           help=f"comma-separated, from {','.join(EVALUATE_METRICS)}")
     evaluate.add_argument("--num-samples", type=positive_int, default=1000, help="generated images for fid, kid, is")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the samples and of bpd's noise")
+    evaluate.add_argument("--seed", type=seed_type, default=0, help="seed of the samples and of bpd's noise")
     _add_sampler_args(evaluate)
     evaluate.add_argument("--batch-size", type=positive_int, default=128, help="images per compiled sampling call")
     _add_extractor_args(evaluate)
@@ -109,6 +99,7 @@ def build_parser():
     evaluate.add_argument("--bpd-steps", type=positive_int, default=None,
                           help="timesteps for bpd: all T (exact) or fewer (a stratified estimate)")
     evaluate.add_argument("--out", default=None, help="also write the results to this JSON file")
+    add_overwrite_arg(evaluate)
     from ddpm_keras.distribute import STRATEGIES
 
     evaluate.add_argument("--strategy", default="none", choices=STRATEGIES,
@@ -159,8 +150,14 @@ def build_parser():
 
 def _add_checkpoint_args(parser):
     parser.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
+    parser.add_argument("--seed", type=seed_type, default=0, help="the same seed gives the same images")
     parser.add_argument("--out", required=True, help="output PNG file")
+    add_overwrite_arg(parser)
+
+
+def add_overwrite_arg(parser, what="an output file"):
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} that ddpm_keras did not write (one it wrote is replaced anyway)")
 
 
 def _add_sampler_args(parser, inpainting=False):
@@ -180,14 +177,15 @@ def _add_sampler_args(parser, inpainting=False):
                         "pc: DDPM predictor + Langevin corrector; dpmpp_2m, dpmpp_3m: DPM-Solver++ (deterministic); "
                         "dpmpp_2m_sde: its stochastic form; unipc: UniPC (deterministic)")
     parser.add_argument("--steps", type=positive_int, default=None, help=f"reverse steps. Default: {default_steps}")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    parser.add_argument("--eta", type=probability, default=0.0, help="DDIM noise in [0, 1]: 0 deterministic, 1 DDPM-like")
     default_spacing = "trailing" if inpainting else (
         f"{DEFAULT_SAMPLING.get('timestep_spacing', 'trailing')} for the default sampler, else trailing"
     )
     parser.add_argument("--timestep-spacing", default=None, choices=samplers.TIMESTEP_SPACINGS,
                         help=f"which training timesteps the steps visit. Default: {default_spacing}")
     if not inpainting:
-        parser.add_argument("--thresholding", type=float, default=None, metavar="Q",
+        parser.add_argument("--thresholding", type=number(0.0, 1.0, low_open=True, high_open=True), default=None,
+                            metavar="Q",
                             help="dynamic thresholding of the predicted x_0 at quantile Q, e.g. 0.995 "
                             "(Imagen), instead of clipping")
         parser.add_argument("--dtype", default=None, choices=INFERENCE_DTYPES,
@@ -195,12 +193,21 @@ def _add_sampler_args(parser, inpainting=False):
                             "bfloat16 or float16 run faster where the hardware supports them. Default: float32")
 
 
-def sampling_options(args):
-    """The `generate_images` options of a command's sampler arguments; the default sampler gets its default steps."""
+def sampling_options(args, num_timesteps=None):
+    """The `generate_images` options of a command's sampler arguments; the default sampler gets its default steps.
+
+    With the model's `num_timesteps`, the default sampler's default step
+    count is capped at it, and a larger `--steps` is a `CLIError`.
+    """
     from ddpm_keras.presets import DEFAULT_SAMPLING
 
     default = args.sampler == DEFAULT_SAMPLING["sampler"]
+    if num_timesteps is not None and args.steps is not None and args.steps > num_timesteps:
+        raise CLIError(f"--steps {args.steps} is more than the model's {num_timesteps} timesteps: pass "
+                       f"--steps {num_timesteps} or fewer.")
     steps = DEFAULT_SAMPLING["num_steps"] if args.steps is None and default else args.steps
+    if num_timesteps is not None and steps is not None:
+        steps = min(steps, num_timesteps)
     spacing = args.timestep_spacing or (DEFAULT_SAMPLING.get("timestep_spacing", "trailing") if default else "trailing")
     options = {"sampler": args.sampler, "num_steps": steps, "eta": args.eta, "timestep_spacing": spacing}
     for name in ("thresholding", "dtype"):
@@ -237,7 +244,7 @@ def _metric_list(text):
 
 
 def main(argv=None):
-    """Runs the command line; returns the exit status."""
+    """Runs the command line; returns the exit status (see `EXIT_*`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -253,17 +260,28 @@ def main(argv=None):
         }
         commands[args.command](args)
     except WorkerLostError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_WORKER_LOST
+        return _fail(error, EXIT_WORKER_LOST)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the last finished epoch is in the run directory.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - user errors become one line
+        from ddpm_keras.finite import NonFiniteError
+
+        if isinstance(error, NonFiniteError):
+            return _fail(error, EXIT_NON_FINITE)
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno is not None:
+            return _fail(_files.describe_os_error(error), EXIT_USAGE)
         if not _is_user_error(error):
             raise
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error, EXIT_USAGE)
     return 0
+
+
+def _fail(error, status):
+    """Prints `error` as the one line `ddpm-keras: error: ...` on standard error; returns `status`."""
+    text = " ".join(str(error).split())
+    print(f"{PROG}: error: {text}", file=sys.stderr)
+    return status
 
 
 def _is_user_error(error):
@@ -277,15 +295,16 @@ def inpaint(args):
     """`ddpm-keras inpaint`: original, masked input and fillings, one row each, in a PNG."""
     import numpy as np
 
+    check_output(args.out, "--out", ".png", args.overwrite)
     model = _load_model(args.checkpoint)
-    _check_suffix(args.out, ".png", "--out")
+    steps = sampling_options(args, model.diffusion.num_timesteps)["num_steps"] if args.steps else None
     height, width, _ = model.image_shape
     image = _read_image(args.image, (height, width))
     mask = (_read_image(args.mask, (height, width)).mean(axis=-1, keepdims=True) > 0.0).astype("float32")
     if mask.min() == 1.0:
         raise CLIError(f"The mask {args.mask} is white everywhere: nothing to fill (black marks the region to fill).")
     images = np.repeat(image[None], args.num_images, axis=0)
-    filled = model.inpaint(images, mask, seed=args.seed, sampler=args.sampler, num_steps=args.steps,
+    filled = model.inpaint(images, mask, seed=args.seed, sampler=args.sampler, num_steps=steps,
                            eta=args.eta, resample=args.resample, timestep_spacing=args.timestep_spacing or "trailing")
     masked = np.where(mask > 0, image, 0.0)[None]
     rows = [image[None], masked, filled]
@@ -298,8 +317,11 @@ def interpolate(args):
     """`ddpm-keras interpolate`: a row of images along a spherical path between two latents."""
     import numpy as np
 
+    check_output(args.out, "--out", ".png", args.overwrite)
     model = _load_model(args.checkpoint)
-    _check_suffix(args.out, ".png", "--out")
+    if args.steps > model.diffusion.num_timesteps:
+        raise CLIError(f"--steps {args.steps} is more than the model's {model.diffusion.num_timesteps} timesteps: "
+                       f"pass --steps {model.diffusion.num_timesteps} or fewer.")
     images = None
     if args.images:
         size = model.image_shape[:2]
@@ -314,25 +336,60 @@ def interpolate(args):
           + (" (the two inputs at the ends)." if images else "."))
 
 
-def _load_model(path):
-    """Loads a DiffusionModel from a `.keras` file or a run directory holding `model.keras`."""
-    import keras
+def _load_model(path, check_finite=True):
+    """Loads a DiffusionModel from a `.keras` file or a run directory holding `model.keras`.
 
+    A file that is not a whole `.keras` archive, one that Keras's safe mode
+    refuses, one of another model, and (with `check_finite`) one whose
+    weights hold NaN or Inf are one-line errors naming the file.
+    """
     from ddpm_keras import DiffusionModel
+    from ddpm_keras.finite import check_finite_model
 
     if os.path.isdir(path):
         path = os.path.join(path, "model.keras")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint at {path}: expected a model.keras file or a run directory holding one.")
-    model = keras.saving.load_model(path)
+    model = load_keras_file(path)
     if not isinstance(model, DiffusionModel):
         raise CLIError(f"{path} holds a {type(model).__name__}, not a DiffusionModel.")
-    return model
+    return check_finite_model(model, path) if check_finite else model
 
 
-def _check_suffix(path, suffix, option):
-    if not path.lower().endswith(suffix):
-        raise CLIError(f"{option} must name a {suffix} file. Received: {option}={path}")
+def load_keras_file(path, option=None):
+    """`keras.saving.load_model(path)`, with each way it can fail as one `CLIError` naming the file (and `option`)."""
+    import zipfile
+
+    import keras
+
+    from ddpm_keras._download import one_line
+
+    named = f"{option} {path}" if option else path
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, EOFError):
+        broken = ""
+    if broken is not None:
+        raise CLIError(f"{named} is corrupt or truncated ({os.path.getsize(path):,} bytes): not a whole .keras "
+                       "archive.")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001 - Keras's loading errors become one line
+        if "safe_mode" in str(error):
+            raise CLIError(
+                f"Keras's safe mode refused {named}: it holds Python code (a lambda or function) that would run "
+                "when loaded, and ddpm_keras never turns safe mode off for a file it did not write. If you trust "
+                "the file, load it yourself: keras.saving.load_model(path, safe_mode=False)."
+            ) from None
+        raise CLIError(f"Cannot load {named} ({type(error).__name__}: {one_line(error)}).") from None
+
+
+def check_output(path, option, suffix=None, overwrite=False):
+    """Checks an output file's name and that it can be written, before any long computation (`_files.check_output`)."""
+    if suffix is not None and not path.lower().endswith(suffix):
+        raise CLIError(f"{option} must name a {suffix} file. Received: {option} {path}")
+    return _files.check_output(path, option, overwrite=overwrite)
 
 
 def _display_scale(images):
@@ -367,13 +424,6 @@ def _slug(dataset):
     """A directory-friendly name for a dataset name or path."""
     name = os.path.basename(os.path.normpath(dataset)) or "data"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _write_json(path, data):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def add_import_parser(commands, formatter):
         "The default is the example author's flowers64 weights",
     )
     parser.add_argument("--out", required=True, help="the .keras file to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that is not a DiffusionModel written by ddpm_keras")
     parser.add_argument("--preset", default="flowers64", choices=sorted(PRESETS),
                         help="the configuration the checkpoint was trained with: its UNet, diffusion and "
                         "training options")
@@ -39,6 +41,9 @@ def import_keras_io(args):
     """`ddpm-keras import-keras-io`: converts the checkpoint and says where it went."""
     from ddpm_keras.convert import convert_keras_io_checkpoint
 
-    path = convert_keras_io_checkpoint(args.source, args.out, preset=args.preset)
+    from ddpm_keras.cli import check_output
+
+    check_output(args.out, "--out", ".keras", args.overwrite)
+    path = convert_keras_io_checkpoint(args.source, args.out, preset=args.preset, overwrite=args.overwrite)
     print(f"Wrote {path} (preset {args.preset}, from {args.source}). "
           f"Sample from it: ddpm-keras sample --checkpoint {path} --out samples.png")

@@ -7,11 +7,13 @@ import time
 
 import keras
 
+from ddpm_keras import _files
 from ddpm_keras.callbacks import QualityMonitor
 from ddpm_keras.callbacks import describe_sampling
-from ddpm_keras.cli import _check_suffix
 from ddpm_keras.cli import _load_model
-from ddpm_keras.cli import _write_json
+from ddpm_keras.cli import check_output
+from ddpm_keras.cli import load_keras_file
+from ddpm_keras.cli import sampling_options
 from ddpm_keras.cli import CLIError
 from ddpm_keras.data import load_dataset
 from ddpm_keras.distribute import is_chief
@@ -31,8 +33,8 @@ def evaluate(args):
         if name in metrics and args.num_samples < needed:
             raise CLIError(f"--num-samples {args.num_samples} is too few for {name}: it needs at least {needed}"
                            + (" (one per --is-splits)." if name == "is" else "."))
-    if args.out:
-        _check_suffix(args.out, ".json", "--out")
+    if args.out:  # before any computation
+        check_output(args.out, "--out", ".json", args.overwrite)
     # Under a strategy the model is built on its replicas: generate_images deals its chunks to them
     # (`ddpm_keras.chunk_plan`). The feature extractors stay outside, on one device.
     if args.strategy != "none" and keras.backend.backend() != "tensorflow":
@@ -47,7 +49,7 @@ def evaluate(args):
     if needs_real and dataset_name is None:
         raise CLIError("Pass --dataset: the checkpoint has no run.json saying what it was trained on.")
     real = _real_images(dataset_name, split, model.image_shape[:2], args.data_dir, run.get("seed", 0)) if needs_real else None
-    sampling = _evaluation_sampling(args, model.diffusion.num_timesteps)
+    sampling = sampling_options(args, model.diffusion.num_timesteps)
     results, seconds = {}, {}
     start = time.perf_counter()
     # The extractors first: a missing weights file fails before minutes of sampling.
@@ -95,7 +97,7 @@ def evaluate(args):
         worker, workers = worker_of(strategy)
         print(f"Worker {worker} of {workers}: not writing {args.out} (the chief writes it)")
     elif args.out:
-        _write_json(args.out, {
+        _files.write_json(args.out, {
             "checkpoint": args.checkpoint, "dataset": dataset_name, "split": split, "metrics": results,
             "num_samples": args.num_samples, "sampling": sampling, "seed": args.seed,
             "feature_extractor": None if extractor is None else extractor.name,
@@ -120,16 +122,6 @@ def _note_unsplit_sampling(args, strategy):
         print(f"Note: --batch-size decides the chunks dealt to the {replicas} replica(s) of --strategy "
               f"{args.strategy}: {args.num_samples} samples in batches of {args.batch_size} make {chunks} "
               f"chunk(s), so the sampling is not split across all of them; lower --batch-size to split it.")
-
-
-def _evaluation_sampling(args, num_timesteps):
-    """The sampler options of `evaluate`: the default sampler takes the sample grids' step count (at most T)."""
-    from ddpm_keras.cli import sampling_options
-
-    options = sampling_options(args)
-    if options["num_steps"] is not None:
-        options["num_steps"] = min(options["num_steps"], num_timesteps)
-    return options
 
 
 def _print_table(results):
@@ -163,7 +155,7 @@ def _classifier(args):
 def _load_keras_model(path, option):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path} ({option}): expected a .keras file.")
-    return keras.saving.load_model(path)
+    return load_keras_file(path, option)
 
 
 def quality_monitor(args, dataset_name, size, run_dir):

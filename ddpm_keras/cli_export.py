@@ -4,13 +4,13 @@
     ddpm-keras export --checkpoint RUN_DIR --out gen --sampler ddim --steps 50 --dtype bfloat16
 """
 
-import os
 import time
 
 
 def add_export_parser(commands, formatter):
     """Adds the `export` command to the `ddpm-keras` sub-parsers."""
     from ddpm_keras.cli import _add_sampler_args
+    from ddpm_keras.cli import add_overwrite_arg
 
     export = commands.add_parser(
         "export",
@@ -22,23 +22,25 @@ def add_export_parser(commands, formatter):
         "same seed and options. Needs KERAS_BACKEND=tensorflow (the default).",
     )
     export.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
-    export.add_argument("--out", required=True, help="the SavedModel directory to write (replaced if it exists)")
+    export.add_argument("--out", required=True,
+                        help="the SavedModel directory to write: a new or empty folder, or a previous export of "
+                        "ddpm_keras holding nothing else (replaced)")
+    add_overwrite_arg(export, "a folder holding other files")
     _add_sampler_args(export)
     return export
 
 
 def export(args):
     """Runs `ddpm-keras export`."""
-    from ddpm_keras.cli import CLIError
+    from ddpm_keras._files import check_output
     from ddpm_keras.cli import _load_model
     from ddpm_keras.cli import sampling_options
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise CLIError(f"--out must name a directory for the SavedModel; {args.out} is a file.")
+    check_output(args.out, "--out", overwrite=args.overwrite, kind="dir")
     model = _load_model(args.checkpoint)
-    options = sampling_options(args)
+    options = sampling_options(args, model.diffusion.num_timesteps)
     start = time.perf_counter()
-    model.export_generator(args.out, **options)
+    model.export_generator(args.out, overwrite=args.overwrite, **options)
     steps = options["num_steps"] or "default"
     print(
         f"Wrote the generator ({options['sampler']}, {steps} steps) to {args.out} in "

@@ -7,6 +7,10 @@
 
 import time
 
+from ddpm_keras.cli_types import in_range
+from ddpm_keras.cli_types import non_negative_float
+from ddpm_keras.cli_types import probability
+
 
 def add_sample_parser(commands, formatter):
     """Adds the `sample` command to the `ddpm-keras` sub-parsers."""
@@ -39,10 +43,10 @@ def add_conditioning_args(parser):
                         help="classes (integers or names), one for all images or one per image")
     parser.add_argument("--class", dest="class_names", action="append", default=None, metavar="NAME",
                         help="a class by name, for all images (repeat for one row per class)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0,
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
                         help="classifier-free guidance s (s = 1 + w): 1 the conditional model, larger values "
                         "closer to the class and less varied")
-    parser.add_argument("--guidance-rescale", type=float, default=0.0,
+    parser.add_argument("--guidance-rescale", type=probability, default=0.0,
                         help="Lin et al.'s rescale of the guided output's std, in [0, 1], against over-saturation")
     parser.add_argument("--guidance-sweep", default=None, metavar="S,S,...",
                         help="draw the same noise under each guidance scale, one row per scale")
@@ -71,6 +75,9 @@ def sweep_scales(text):
         raise CLIError(f"--guidance-sweep must be numbers separated by commas. Received: {text!r}") from None
     if not scales:
         raise CLIError(f"--guidance-sweep must name at least one scale. Received: {text!r}")
+    bad = [scale for scale in scales if not in_range(scale, low=0.0)]
+    if bad:
+        raise CLIError(f"--guidance-sweep takes finite scales >= 0. Received: {bad[0]:g} in {text!r}")
     return scales
 
 
@@ -79,22 +86,21 @@ def sample(args):
     import numpy as np
 
     from ddpm_keras.cli import CLIError
-    from ddpm_keras.cli import _check_suffix
     from ddpm_keras.cli import _display_scale
     from ddpm_keras.cli import _load_model
     from ddpm_keras.cli import _save_grid
+    from ddpm_keras.cli import check_output
     from ddpm_keras.cli import sampling_options
     from ddpm_keras.visualize import save_gif
 
-    model = _load_model(args.checkpoint)
-    _check_suffix(args.out, ".png", "--out")
+    check_output(args.out, "--out", ".png", args.overwrite)
     if args.gif:
-        _check_suffix(args.gif, ".gif", "--gif")
+        check_output(args.gif, "--gif", ".gif", args.overwrite)
     if args.gif and args.guidance_sweep:
         raise CLIError("--gif draws one trajectory: use it without --guidance-sweep.")
-    options = sampling_options(args)
-    if options["num_steps"] is not None:
-        options["num_steps"] = min(options["num_steps"], model.diffusion.num_timesteps)
+    scales = sweep_scales(args.guidance_sweep) if args.guidance_sweep else None
+    model = _load_model(args.checkpoint)
+    options = sampling_options(args, model.diffusion.num_timesteps)
     labels = requested_labels(args)
     ncols = None
     if args.class_names and len(args.class_names) > 1:
@@ -106,8 +112,7 @@ def sample(args):
     common = dict(num_images=num_images, seed=args.seed, batch_size=args.batch_size, labels=labels,
                   guidance_rescale=args.guidance_rescale, **options)
     start = time.perf_counter()
-    if args.guidance_sweep:
-        scales = sweep_scales(args.guidance_sweep)
+    if scales:
         rows = [model.generate_images(guidance_scale=scale, **common) for scale in scales]
         _save_grid(np.concatenate(rows), args.out, ncols=num_images)
         print(f"Wrote {len(scales)} rows of {num_images} samples ({args.sampler}), the same noise under guidance "

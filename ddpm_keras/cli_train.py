@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 
+from ddpm_keras import _files
 from ddpm_keras.cli import CHECKPOINTS_DIR
 from ddpm_keras.cli import EXIT_WORKER_LOST
 from ddpm_keras.cli import PROG
@@ -18,10 +19,12 @@ from ddpm_keras.cli import CLIError
 from ddpm_keras.cli import WorkerLostError
 from ddpm_keras.cli import _load_model
 from ddpm_keras.cli import _slug
-from ddpm_keras.cli import _write_json
 from ddpm_keras.cli import _add_extractor_args
-from ddpm_keras.cli import non_negative_int
-from ddpm_keras.cli import positive_int
+from ddpm_keras.cli_types import non_negative_int
+from ddpm_keras.cli_types import number
+from ddpm_keras.cli_types import positive_float
+from ddpm_keras.cli_types import positive_int
+from ddpm_keras.cli_types import seed as seed_type
 from ddpm_keras.diffusion import PREDICTION_TYPES
 from ddpm_keras.distribute import PRECISIONS
 from ddpm_keras.distribute import STRATEGIES
@@ -41,42 +44,42 @@ MODEL_FLAGS = {
 }
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+DEFAULT_PRESET = "flowers64"
 
 
 def add_train_arguments(train):
     """Adds every option of `ddpm-keras train` to its subparser `train`."""
-    train.add_argument("--preset", default="flowers64", choices=sorted(PRESETS), help="model and training defaults")
+    train.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help=f"model and training defaults. Default: {DEFAULT_PRESET}; with --resume, the run's")
     train.add_argument(
         "--dataset",
         default=None,
         help="oxford_flowers102 (tfds), synthetic (procedural flowers, no download) or PATH to a "
         "folder of images. Default: the preset's (flowers64: oxford_flowers102, tiny: synthetic)",
     )
-    train.add_argument("--split", default="train", help="tfds split of oxford_flowers102, e.g. train+validation+test")
+    train.add_argument("--split", default=None,
+                       help="tfds split of oxford_flowers102, e.g. train+validation+test. Default: train")
     train.add_argument("--data-dir", default=None, help="tfds data directory (default: ~/tensorflow_datasets)")
     train.add_argument("--epochs", type=positive_int, default=None, help="total epochs to reach. Default: the preset's")
     train.add_argument(
         "--steps-per-epoch", type=positive_int, default=None, help="batches per epoch (the data repeats). Default: one pass"
     )
     train.add_argument("--batch-size", type=positive_int, default=None, help="Default: the preset's")
-    train.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate. Default: the preset's")
+    train.add_argument("--learning-rate", type=positive_float, default=None,
+                       help="Adam learning rate. Default: the preset's; with --resume, the run's")
     train.add_argument("--img-size", type=positive_int, default=None, help="image size in pixels. Default: the preset's")
     _add_objective_arguments(train)
     train.add_argument("--out", default=None, help="run directory. Default: checkpoints/PRESET-DATASET")
-    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/model.keras at the next epoch")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from RUN_DIR/model.keras at the next epoch. Options not given are the run's; "
+                       "one that changes the model or its data's shape (--preset, --img-size, --precision, the "
+                       "objective, the classes) is refused; the others take effect and run.json records them")
     train.add_argument("--plot-every", type=non_negative_int, default=None, help="epochs between sample grids (0: never). Default: the preset's")
-    train.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and sample grids")
-    train.add_argument("--precision", default="float32", choices=PRECISIONS,
+    train.add_argument("--seed", type=seed_type, default=None,
+                       help="seed of the data order, noise and sample grids. Default: 0")
+    train.add_argument("--precision", default=None, choices=PRECISIONS,
                        help="mixed_bfloat16 for recent GPUs, TPUs and AVX512_BF16 CPUs; mixed_float16 adds loss "
-                       "scaling for older GPUs. Weights, EMA and samples stay float32")
+                       "scaling for older GPUs. Weights, EMA and samples stay float32. Default: float32")
     train.add_argument("--strategy", default="none", choices=STRATEGIES,
                        help="mirrored: every GPU of this machine; multiworker: several processes or machines "
                        "(TF_CONFIG or srun; on JAX KERAS_DISTRIBUTION_*), each running this command. "
@@ -120,7 +123,7 @@ def _add_objective_arguments(train):
     train.add_argument("--class-conditional", action="store_true",
                        help="train on the dataset's labels (sub-folders, tfds labels, synthetic classes) with a "
                        "class embedding, for classifier-free guidance. Conditional presets: flowers64_cond, tiny_cond")
-    train.add_argument("--cond-drop-prob", type=float, default=None, metavar="P",
+    train.add_argument("--cond-drop-prob", type=number(0.0, 1.0, high_open=True), default=None, metavar="P",
                        help="probability that a label is replaced by the null label in training (Ho & Salimans). "
                        "Default: the preset's")
 
@@ -206,21 +209,32 @@ def check_resumed_model(args, model, model_path):
 
 def train(args):
     """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
-    config = apply_model_flags(get_preset(args.preset), args)
+    from ddpm_keras import cli_run_dir
+
+    run_dir = args.out or os.path.join(
+        CHECKPOINTS_DIR, f"{args.preset or DEFAULT_PRESET}-{_slug(args.dataset or _preset_dataset(args.preset))}"
+    )
+    record = cli_run_dir.read_record(run_dir) if args.resume else {}
+    if args.resume:
+        cli_run_dir.resolve_resumed_options(args, record)
+    preset = args.preset or record.get("preset") or DEFAULT_PRESET
+    config = apply_model_flags(get_preset(preset), args)
     training = config["training"]
     dataset_name = args.dataset or training["dataset"]
+    args.dataset, args.split, args.seed = dataset_name, args.split or "train", args.seed or 0
+    args.precision = args.precision or "float32"
     class_names = None if args.resume else class_conditioning(args, config, dataset_name)
     epochs = args.epochs or training["epochs"]
     batch_size = args.batch_size or training["batch_size"]
     plot_every = training["plot_every"] if args.plot_every is None else args.plot_every
     if args.img_size:
         config["unet"]["img_size"] = args.img_size
-    run_dir = args.out or os.path.join(CHECKPOINTS_DIR, f"{args.preset}-{_slug(dataset_name)}")
     if args.worker_dir is not None and args.strategy != "multiworker":
         raise CLIError(f"--worker-dir applies to --strategy multiworker. Received: --strategy {args.strategy}")
 
     import keras
 
+    from ddpm_keras.callbacks import NonFiniteGuard
     from ddpm_keras.callbacks import RunCheckpoint
     from ddpm_keras.callbacks import SamplePlotter
     from ddpm_keras.callbacks import StallWatchdog
@@ -242,7 +256,9 @@ def train(args):
         write_dir = run_dir if is_chief(strategy) else (
             args.worker_dir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ddpm-keras-worker-"))
         )
-        model, completed = _build_or_resume(args, config, model_path, epochs, write_dir, class_names, workers)
+        if write_dir == run_dir and not args.resume:
+            record = cli_run_dir.check_fresh(run_dir)  # before anything long
+        model, completed = _build_or_resume(args, config, model_path, epochs, write_dir, class_names, workers, record)
         if args.jit_compile:
             model.jit_compile = True
         height, width = model.image_shape[:2]
@@ -255,19 +271,22 @@ def train(args):
         if workers > 1:
             dataset = _shard_by_data(dataset)
         if write_dir == run_dir:
-            os.makedirs(run_dir, exist_ok=True)
-            _write_json(os.path.join(run_dir, "run.json"), {**vars(args), "dataset": dataset_name, "epochs": epochs,
-                                                            "batch_size": batch_size, "preset_config": config,
-                                                            "model": model_record(model)})
-        # The quality monitor first: the checkpoint's log.csv then records its figures.
-        callbacks = []
+            learning_rate = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.7g}")
+            options = {**vars(args), "preset": preset, "epochs": epochs, "batch_size": batch_size,
+                       "plot_every": plot_every, "learning_rate": learning_rate}
+            cli_run_dir.write_record(run_dir, record, {**options, "preset_config": config, "model": model_record(model)},
+                                     {"resume": bool(args.resume), "from_epoch": completed,
+                                      **{k: options[k] for k in cli_run_dir.LAUNCH_OPTIONS}})
+        # The guard first: a non-finite loss stops the epoch before any callback saves it. The quality
+        # monitor before the checkpoint: the checkpoint's log.csv then records its figures.
+        callbacks = [NonFiniteGuard()]
         if args.fid_every:
             from ddpm_keras.cli_evaluate import quality_monitor
 
             callbacks.append(quality_monitor(args, dataset_name, (height, width), write_dir))
         callbacks.append(RunCheckpoint(write_dir))
-        if plot_every:
-            callbacks.append(SamplePlotter(write_dir, every=plot_every, seed=args.seed))
+        plotter = SamplePlotter(write_dir, every=plot_every, seed=args.seed) if plot_every else None
+        callbacks += [plotter] if plotter else []
         classes = f", {model.num_classes} classes" if model.num_classes else ""
         where = f"worker {worker} of {workers}, " if workers > 1 else ""
         print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
@@ -288,8 +307,9 @@ def train(args):
                 callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
                 shuffle=False,  # the pipeline shuffles examples before batching
             )
-        except Exception as error:  # noqa: BLE001 - a lost worker becomes one line and its own status
+        except Exception as error:  # noqa: BLE001 - a lost worker, a NaN, a full disk: one line each
             _raise_if_worker_lost(error, workers, run_dir)
+            _raise_with_state(error, model, os.path.join(write_dir, "model.keras"))
             raise
         finally:
             watchdog.stop()
@@ -297,8 +317,28 @@ def train(args):
         print(f"Done: worker {worker} of {workers}; the chief wrote {model_path}"
               + (f" (this worker's copy: {args.worker_dir}/)" if args.worker_dir else ""))
         return
-    print(f"Done: {model_path}, {os.path.join(run_dir, 'log.csv')}"
-          + (f", {os.path.join(run_dir, 'samples')}/" if plot_every else ""))
+    grids = os.path.dirname(plotter.last_path) + "/" if plotter and plotter.last_path else None
+    print(f"Done: {model_path}, {os.path.join(run_dir, 'log.csv')}" + (f", {grids}" if grids else ""))
+
+
+def _preset_dataset(preset):
+    return PRESETS[preset or DEFAULT_PRESET]["training"]["dataset"]
+
+
+def _raise_with_state(error, model, model_path):
+    """Re-raises a non-finite loss or an operating-system error with where the last finished epoch is."""
+    import keras
+
+    from ddpm_keras.finite import NonFiniteError
+
+    if not isinstance(error, (NonFiniteError, OSError)) or isinstance(error, FileNotFoundError):
+        return
+    saved = int(keras.ops.convert_to_numpy(model.epoch))
+    kept = (f"The last finished and finite state, epoch {saved}, is still in {model_path}" if saved and
+            os.path.isfile(model_path) else "Nothing was saved")
+    if isinstance(error, NonFiniteError):
+        raise NonFiniteError(f"{error.message} {kept}.", error.epoch, error.step) from None
+    raise CLIError(f"{_files.describe_os_error(error)}. {kept}: mend that, then --resume.") from None
 
 
 @contextlib.contextmanager
@@ -347,11 +387,11 @@ def _resume_advice(run_dir):
     return f"{run_dir}/model.keras holds the last finished epoch: relaunch every worker with --resume."
 
 
-def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=None, workers=1):
+def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=None, workers=1, record=None):
     """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
     import keras
 
-    from ddpm_keras.callbacks import resume_log
+    from ddpm_keras import cli_run_dir
 
     if args.resume:
         if workers > 1 and not os.path.isfile(model_path):
@@ -359,18 +399,21 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
                 f"No checkpoint at {model_path} on this worker: every worker resumes from the chief's run "
                 "directory, which must be shared between the machines (or copied to each) before --resume."
             )
+        if write_dir == os.path.dirname(model_path):
+            cli_run_dir.remove_temporaries(write_dir)
         model = _load_model(model_path)
         check_resumed_model(args, model, model_path)
+        cli_run_dir.check_resumed(args, record or {}, model, model_path)
         completed = int(keras.ops.convert_to_numpy(model.epoch))  # a MirroredVariable under a strategy
         if completed >= epochs:
             raise CLIError(
                 f"{model_path} has already trained {completed} epochs; pass --epochs larger than {completed} to continue."
             )
-        resume_log(write_dir, completed)
+        if args.learning_rate is not None:
+            model.optimizer.learning_rate = args.learning_rate
+        cli_run_dir.reconcile_log(write_dir, completed)
         print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
         return model, completed
-    if os.path.exists(model_path):
-        raise CLIError(f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one.")
     return _build_model(config, args.learning_rate, args.seed, class_names), 0
 
 

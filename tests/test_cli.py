@@ -256,7 +256,7 @@ def test_kill_9_mid_training_keeps_the_last_finished_epoch(tmp_path):
         (["train", *FAST, "--img-size", "30"], "img_size=30"),
         (["train", *FAST, "--resume"], "No checkpoint at"),
         (["train", "--preset", "tiny", "--dataset", "no/such/folder"], "no/such/folder"),
-        (["sample", "--checkpoint", "missing_dir", "--out", "x.jpg"], "No checkpoint"),
+        (["sample", "--checkpoint", "missing_dir", "--out", "x.jpg"], "--out must name a .png file"),
         (["train", *FAST, "--zero-terminal-snr"], "Use prediction_type='v'"),
     ],
 )
@@ -278,7 +278,7 @@ def test_argument_errors_name_the_value(capsys):
     assert exit_info.value.code == 2
     assert "--epochs: expected a positive integer, got -1" in capsys.readouterr().err
     for argv, message in [
-        (["--snr-gamma", "0"], "--snr-gamma: expected a positive number, got 0.0"),
+        (["--snr-gamma", "0"], "--snr-gamma: expected a finite number > 0, got 0"),
         (["--loss-weighting", "snr"], "--loss-weighting: invalid choice: 'snr'"),
         (["--prediction-type", "noise"], "--prediction-type: invalid choice: 'noise'"),
     ]:
@@ -295,4 +295,4 @@ def test_help_explains_every_option_and_its_default(capsys):
                    "--out", "--resume", "--plot-every", "--seed", "--prediction-type", "--loss-weighting",
                    "--snr-gamma", "--beta-schedule", "--zero-terminal-snr", "--ema-warmup"]:
         assert option in text
-    assert "(default: flowers64)" in text and "(default: 0)" in text
+    assert "Default: flowers64" in text and "Default: 0" in text

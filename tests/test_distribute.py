@@ -46,6 +46,24 @@ noises = [n.numpy() for n in strategy.experimental_local_results(draw())]
 a = model.generate_images(num_images=2, seed=5)
 b = model.generate_images(num_images=2, seed=5)
 
+# The NaN guard under the strategy: a batch holding NaN stops fit before the checkpoint is replaced.
+import hashlib, tempfile
+from ddpm_keras.callbacks import RunCheckpoint
+from ddpm_keras.finite import NonFiniteError, NonFiniteGuard
+run_dir = tempfile.mkdtemp()
+guarded = lambda: [NonFiniteGuard(), RunCheckpoint(run_dir)]
+with strategy.scope():
+    g_model = tiny_model(timesteps=10, seed=0)
+g_model.fit(tiny_images(16), batch_size=8, epochs=2, verbose=0, shuffle=False, callbacks=guarded())
+digest = lambda: hashlib.sha256(open(os.path.join(run_dir, "model.keras"), "rb").read()).hexdigest()
+saved, poisoned = digest(), tiny_images(16)
+poisoned[9] = np.nan
+try:
+    g_model.fit(poisoned, batch_size=8, epochs=3, initial_epoch=2, verbose=0, shuffle=False, callbacks=guarded())
+    guard = None
+except NonFiniteError as error:
+    guard = [error.epoch, error.step, digest() == saved]
+
 # v-prediction with min-SNR weights and the EMA warm-up: the decay of the cross-replica update
 # after the first step is min(ema, 2 / 11).
 from ddpm_keras import DiffusionModel, GaussianDiffusion
@@ -92,7 +110,7 @@ emit(
     noise_difference=float(np.abs(noises[0] - noises[1]).mean()),
     noise_std=[float(n.std()) for n in noises],
     iterations=int(to_numpy(model.optimizer.iterations)), same_seed=float(np.abs(a - b).max()),
-    samples_finite=bool(np.isfinite(a).all()),
+    samples_finite=bool(np.isfinite(a).all()), guard=guard,
     v_losses=v_losses, v_ema_error=v_ema_error, v_replica_spread=v_replica_spread,
     v_iterations=int(to_numpy(v_model.optimizer.iterations)),
 )
@@ -120,6 +138,12 @@ def test_mirrored_strategy_on_two_cpus(mirrored):
     assert all(0.8 < s < 1.2 for s in result["noise_std"])
     assert result["noise_difference"] > 0.5
     assert result["same_seed"] == 0.0 and result["samples_finite"]
+
+
+@pytest.mark.slow
+def test_the_nan_guard_under_mirrored_strategy(mirrored):
+    # Epoch 3, its second step (the batch holding image 9): stopped, and the epoch-2 file unchanged.
+    assert mirrored["guard"] == [3, 2, True]
 
 
 @pytest.mark.slow

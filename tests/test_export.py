@@ -126,12 +126,10 @@ def test_export_command_writes_a_servable_generator_and_replaces_an_old_one(tmp_
     checkpoint = str(tmp_path / "model.keras")
     model.save(checkpoint)
     out = tmp_path / "generator"
-    out.mkdir()
-    (out / "stale.txt").write_text("from an earlier export")
-
+    # An earlier export (of other options) is replaced; a folder holding anything else would be refused.
+    assert main(["export", "--checkpoint", checkpoint, "--out", str(out), "--sampler", "ddim", "--steps", "2"]) == 0
     assert main(["export", "--checkpoint", checkpoint, "--out", str(out), "--sampler", "ddim", "--steps", "4"]) == 0
     assert "Wrote the generator (ddim, 4 steps)" in capsys.readouterr().out
-    assert not (out / "stale.txt").exists()
     served = tf.saved_model.load(str(out)).signatures["serving_default"](
         seed=tf.constant(3, tf.int64), num_images=tf.constant(2, tf.int32)
     )["images"].numpy()
@@ -146,7 +144,7 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "taken"
     a_file.write_text("")
     assert main(["export", "--checkpoint", checkpoint, "--out", str(a_file)]) == 2
-    assert "--out must name a directory" in capsys.readouterr().err
+    assert "is a file: name a new folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="dtype must be one of .* Received: dtype='int8'"):
         model.export_generator(str(tmp_path / "g"), dtype="int8")
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
