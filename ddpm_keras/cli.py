@@ -108,35 +108,9 @@ def build_parser():
                           "the chief writes --out. Chunks of --batch-size go to the replicas in turn: the same "
                           "images as one process")
 
-    inpaint = commands.add_parser(
-        "inpaint",
-        help="fill in the masked region of an image",
-        formatter_class=formatter,
-        description="Inpaint an image: pixels where the mask is white are kept, black ones are generated "
-        "(replacement method, RePaint resampling with --resample > 1). The output PNG shows the original, "
-        "the masked input and --num-images results.",
-    )
-    _add_checkpoint_args(inpaint)
-    inpaint.add_argument("--image", required=True, help="the image (any size: centre-cropped and resized)")
-    inpaint.add_argument("--mask", required=True, help="a black-and-white image: white = keep, black = fill")
-    inpaint.add_argument("--num-images", type=positive_int, default=4, help="number of fillings to draw")
-    _add_sampler_args(inpaint, inpainting=True)
-    inpaint.add_argument("--resample", type=positive_int, default=1,
-                         help="RePaint resampling count per step (blends the edges; costs that many network calls)")
+    from ddpm_keras.cli_edit import add_edit_parsers
 
-    interpolate = commands.add_parser(
-        "interpolate",
-        help="spherical interpolation between two noises or two images",
-        formatter_class=formatter,
-        description="Decode a spherical interpolation between two latent noises with a deterministic sampler "
-        "(DDIM by default). With --images A B the two latents come from DDIM inversion of two real images.",
-    )
-    _add_checkpoint_args(interpolate)
-    interpolate.add_argument("--num-images", type=positive_int, default=8, help="images along the path, ends included")
-    interpolate.add_argument("--sampler", default="ddim", choices=_deterministic_samplers(),
-                             help="the deterministic sampler that decodes the path (ddim with --images)")
-    interpolate.add_argument("--steps", type=positive_int, default=50, help="decoding steps")
-    interpolate.add_argument("--images", nargs=2, metavar=("A", "B"), default=None, help="two image files to interpolate")
+    add_edit_parsers(commands, formatter)
 
     from ddpm_keras.cli_export import add_export_parser
 
@@ -202,9 +176,8 @@ def sampling_options(args, num_timesteps=None):
     from ddpm_keras.presets import DEFAULT_SAMPLING
 
     default = args.sampler == DEFAULT_SAMPLING["sampler"]
-    if num_timesteps is not None and args.steps is not None and args.steps > num_timesteps:
-        raise CLIError(f"--steps {args.steps} is more than the model's {num_timesteps} timesteps: pass "
-                       f"--steps {num_timesteps} or fewer.")
+    if num_timesteps is not None:
+        check_steps(args.steps, num_timesteps)
     steps = DEFAULT_SAMPLING["num_steps"] if args.steps is None and default else args.steps
     if num_timesteps is not None and steps is not None:
         steps = min(steps, num_timesteps)
@@ -216,10 +189,11 @@ def sampling_options(args, num_timesteps=None):
     return options
 
 
-def _deterministic_samplers():
-    from ddpm_keras.generation import DETERMINISTIC_SAMPLERS
-
-    return DETERMINISTIC_SAMPLERS
+def check_steps(steps, num_timesteps):
+    """A `CLIError` for a `--steps` above the model's timesteps (the samplers visit each at most once)."""
+    if steps is not None and steps > num_timesteps:
+        raise CLIError(f"--steps {steps} is more than the model's {num_timesteps} timesteps: pass "
+                       f"--steps {num_timesteps} or fewer.")
 
 
 def _add_extractor_args(parser):
@@ -249,6 +223,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         from ddpm_keras.cli_convert import import_keras_io
+        from ddpm_keras.cli_edit import inpaint
+        from ddpm_keras.cli_edit import interpolate
         from ddpm_keras.cli_evaluate import evaluate
         from ddpm_keras.cli_sample import sample
         from ddpm_keras.cli_export import export
@@ -291,57 +267,12 @@ def _is_user_error(error):
     return isinstance(error, (CLIError, ValueError, FileNotFoundError, DatasetUnavailableError, WeightsUnavailableError))
 
 
-def inpaint(args):
-    """`ddpm-keras inpaint`: original, masked input and fillings, one row each, in a PNG."""
-    import numpy as np
-
-    check_output(args.out, "--out", ".png", args.overwrite)
-    model = _load_model(args.checkpoint)
-    steps = sampling_options(args, model.diffusion.num_timesteps)["num_steps"] if args.steps else None
-    height, width, _ = model.image_shape
-    image = _read_image(args.image, (height, width))
-    mask = (_read_image(args.mask, (height, width)).mean(axis=-1, keepdims=True) > 0.0).astype("float32")
-    if mask.min() == 1.0:
-        raise CLIError(f"The mask {args.mask} is white everywhere: nothing to fill (black marks the region to fill).")
-    images = np.repeat(image[None], args.num_images, axis=0)
-    filled = model.inpaint(images, mask, seed=args.seed, sampler=args.sampler, num_steps=steps,
-                           eta=args.eta, resample=args.resample, timestep_spacing=args.timestep_spacing or "trailing")
-    masked = np.where(mask > 0, image, 0.0)[None]
-    rows = [image[None], masked, filled]
-    _save_grid(np.concatenate([np.pad(r, ((0, args.num_images - len(r)), (0, 0), (0, 0), (0, 0)),
-                                      constant_values=1.0) for r in rows]), args.out, ncols=args.num_images)
-    print(f"Wrote the original, the masked input and {args.num_images} fillings to {args.out}.")
-
-
-def interpolate(args):
-    """`ddpm-keras interpolate`: a row of images along a spherical path between two latents."""
-    import numpy as np
-
-    check_output(args.out, "--out", ".png", args.overwrite)
-    model = _load_model(args.checkpoint)
-    if args.steps > model.diffusion.num_timesteps:
-        raise CLIError(f"--steps {args.steps} is more than the model's {model.diffusion.num_timesteps} timesteps: "
-                       f"pass --steps {model.diffusion.num_timesteps} or fewer.")
-    images = None
-    if args.images:
-        size = model.image_shape[:2]
-        images = tuple(_read_image(path, size)[None] for path in args.images)
-    if images is not None and args.sampler != "ddim":
-        raise CLIError(f"--images needs --sampler ddim (the inverse of the DDIM encoding). Received: --sampler {args.sampler}")
-    path = model.interpolate(num_images=args.num_images, seed=args.seed, num_steps=args.steps, images=images,
-                             sampler=args.sampler)
-    grid = path if images is None else np.concatenate([images[0], path, images[1]])
-    _save_grid(grid, args.out, ncols=len(grid))
-    print(f"Wrote {args.num_images} interpolated images to {args.out}"
-          + (" (the two inputs at the ends)." if images else "."))
-
-
-def _load_model(path, check_finite=True):
+def _load_model(path):
     """Loads a DiffusionModel from a `.keras` file or a run directory holding `model.keras`.
 
     A file that is not a whole `.keras` archive, one that Keras's safe mode
-    refuses, one of another model, and (with `check_finite`) one whose
-    weights hold NaN or Inf are one-line errors naming the file.
+    refuses, one of another model, and one whose weights hold NaN or Inf
+    are one-line errors naming the file.
     """
     from ddpm_keras import DiffusionModel
     from ddpm_keras.finite import check_finite_model
@@ -353,7 +284,7 @@ def _load_model(path, check_finite=True):
     model = load_keras_file(path)
     if not isinstance(model, DiffusionModel):
         raise CLIError(f"{path} holds a {type(model).__name__}, not a DiffusionModel.")
-    return check_finite_model(model, path) if check_finite else model
+    return check_finite_model(model, path)
 
 
 def load_keras_file(path, option=None):
@@ -400,24 +331,6 @@ def _save_grid(images, path, ncols=None):
     from ddpm_keras.visualize import save_image_grid
 
     save_image_grid(images, path, ncols=ncols, scale=_display_scale(images))
-
-
-def _read_image(path, size):
-    """An image file as float32 `(H, W, 3)` in [-1, 1], cropped and resized as for training."""
-    import numpy as np
-    from PIL import Image
-    from PIL import UnidentifiedImageError
-
-    from ddpm_keras.data import preprocess_image
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No image file at {path}.")
-    try:
-        with Image.open(path) as picture:
-            pixels = np.asarray(picture.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise CLIError(f"Cannot read the image {path}: {error}") from None
-    return np.asarray(preprocess_image(pixels, size), dtype="float32")
 
 
 def _slug(dataset):

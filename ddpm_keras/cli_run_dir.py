@@ -95,6 +95,7 @@ def resolve_resumed_options(args, record):
 
 def check_resumed(args, record, model, model_path):
     """Raises a `CLIError` for an option given with `--resume` that would change the model or its data's shape."""
+    _check_model_options(args, model, model_path)
     recorded_preset = record.get("preset")
     if args.preset is not None and recorded_preset is not None and args.preset != recorded_preset:
         raise CLIError(f"--preset {args.preset} differs from the run's {recorded_preset!r} ({model_path}): a resumed "
@@ -133,3 +134,66 @@ def write_record(run_dir, record, options, launch):
         launches.append({"started": None, **{k: record.get(k) for k in LAUNCH_OPTIONS if k in record}})
     launches.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **launch})
     return _files.write_json(os.path.join(run_dir, RUN_RECORD), {**options, "launches": launches})
+
+
+def model_record(model):
+    """The options of `model` that `cli_train.MODEL_FLAGS` set, for run.json: what the run actually trains."""
+    return {
+        "prediction_type": model.prediction_type, "loss_weighting": model.loss_weighting,
+        "snr_gamma": model.snr_gamma, "ema": model.ema, "ema_warmup": model.ema_warmup,
+        "diffusion": model.diffusion.get_config(), "num_classes": model.num_classes,
+        "cond_drop_prob": model.cond_drop_prob if model.num_classes else None,
+    }
+
+
+def _check_model_options(args, model, model_path):
+    """Raises a `CLIError` where a model option given with `--resume` differs from the saved model's."""
+    saved = {
+        "prediction_type": model.prediction_type,
+        "loss_weighting": model.loss_weighting,
+        "snr_gamma": model.snr_gamma,
+        "ema_warmup": model.ema_warmup,
+        "beta_schedule": model.diffusion.beta_schedule,
+        "zero_terminal_snr": model.diffusion.rescale_zero_terminal_snr,
+        "cond_drop_prob": model.cond_drop_prob,
+    }
+    if args.class_conditional and model.num_classes is None:
+        raise CLIError(
+            f"--class-conditional, but the resumed model ({model_path}) is unconditional: a resumed run keeps "
+            f"its network. {_ADVICE}"
+        )
+    for dest, value in saved.items():
+        given = getattr(args, dest)
+        if given is not None and model_option_value(dest, given) != value:
+            option = _flag(dest) if given is True else "--no-" + _flag(dest)[2:] if given is False else f"{_flag(dest)} {given}"
+            raise CLIError(
+                f"{option} differs from the resumed model's {value!r} ({model_path}): a resumed run "
+                f"keeps its model's options. {_ADVICE}"
+            )
+
+
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def model_option_value(dest, value):
+    """A flag's value as the model's option: `--loss-weighting none` is `None`."""
+    return None if dest == "loss_weighting" and value == "none" else value
+
+
+def raise_with_state(error, model, model_path):
+    """Re-raises a non-finite loss or an operating-system error with where the last finished epoch is."""
+    import keras
+
+    from ddpm_keras.finite import NonFiniteError
+
+    if not isinstance(error, (NonFiniteError, OSError)) or isinstance(error, FileNotFoundError):
+        return
+    saved = int(keras.ops.convert_to_numpy(model.epoch))
+    if saved and os.path.isfile(model_path):
+        kept, then = f"The last finished and finite state, epoch {saved}, is still in {model_path}", "then --resume"
+    else:
+        kept, then = "Nothing was saved", "then run again"
+    if isinstance(error, NonFiniteError):
+        raise NonFiniteError(f"{error.message} {kept}.", error.epoch, error.step) from None
+    raise CLIError(f"{_files.describe_os_error(error)}. {kept}: mend that, {then}.") from None

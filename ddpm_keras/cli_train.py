@@ -11,7 +11,6 @@ import signal
 import sys
 import tempfile
 
-from ddpm_keras import _files
 from ddpm_keras.cli import CHECKPOINTS_DIR
 from ddpm_keras.cli import EXIT_WORKER_LOST
 from ddpm_keras.cli import PROG
@@ -20,6 +19,7 @@ from ddpm_keras.cli import WorkerLostError
 from ddpm_keras.cli import _load_model
 from ddpm_keras.cli import _slug
 from ddpm_keras.cli import _add_extractor_args
+from ddpm_keras.cli_run_dir import model_option_value
 from ddpm_keras.cli_types import non_negative_int
 from ddpm_keras.cli_types import number
 from ddpm_keras.cli_types import positive_float
@@ -128,32 +128,13 @@ def _add_objective_arguments(train):
                        "Default: the preset's")
 
 
-def _flag(dest):
-    return "--" + dest.replace("_", "-")
-
-
-def _value(dest, value):
-    """A flag's value as the model's option: `--loss-weighting none` is `None`."""
-    return None if dest == "loss_weighting" and value == "none" else value
-
-
 def apply_model_flags(config, args):
     """Writes the model options given on the command line into the preset `config` (in place)."""
     for dest, (part, key) in MODEL_FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
-            config[part][key] = _value(dest, value)
+            config[part][key] = model_option_value(dest, value)
     return config
-
-
-def model_record(model):
-    """The options of `model` that `MODEL_FLAGS` set, for run.json: what the run actually trains."""
-    return {
-        "prediction_type": model.prediction_type, "loss_weighting": model.loss_weighting,
-        "snr_gamma": model.snr_gamma, "ema": model.ema, "ema_warmup": model.ema_warmup,
-        "diffusion": model.diffusion.get_config(), "num_classes": model.num_classes,
-        "cond_drop_prob": model.cond_drop_prob if model.num_classes else None,
-    }
 
 
 def class_conditioning(args, config, dataset_name):
@@ -179,32 +160,6 @@ def class_conditioning(args, config, dataset_name):
         )
     config["unet"]["num_classes"] = len(names)
     return list(names)
-
-
-def check_resumed_model(args, model, model_path):
-    """Raises a `CLIError` where a model option given with `--resume` differs from the saved model's."""
-    saved = {
-        "prediction_type": model.prediction_type,
-        "loss_weighting": model.loss_weighting,
-        "snr_gamma": model.snr_gamma,
-        "ema_warmup": model.ema_warmup,
-        "beta_schedule": model.diffusion.beta_schedule,
-        "zero_terminal_snr": model.diffusion.rescale_zero_terminal_snr,
-        "cond_drop_prob": model.cond_drop_prob,
-    }
-    if args.class_conditional and model.num_classes is None:
-        raise CLIError(
-            f"--class-conditional, but the resumed model ({model_path}) is unconditional: a resumed run keeps "
-            "its network. Drop the option, or start a new run with --out DIR."
-        )
-    for dest, value in saved.items():
-        given = getattr(args, dest)
-        if given is not None and _value(dest, given) != value:
-            option = _flag(dest) if given is True else "--no-" + _flag(dest)[2:] if given is False else f"{_flag(dest)} {given}"
-            raise CLIError(
-                f"{option} differs from the resumed model's {value!r} ({model_path}): a resumed run "
-                "keeps its model's options. Drop the option, or start a new run with --out DIR."
-            )
 
 
 def train(args):
@@ -274,7 +229,8 @@ def train(args):
             learning_rate = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.7g}")
             options = {**vars(args), "preset": preset, "epochs": epochs, "batch_size": batch_size,
                        "plot_every": plot_every, "learning_rate": learning_rate}
-            cli_run_dir.write_record(run_dir, record, {**options, "preset_config": config, "model": model_record(model)},
+            cli_run_dir.write_record(run_dir, record, {**options, "preset_config": config,
+                                                       "model": cli_run_dir.model_record(model)},
                                      {"resume": bool(args.resume), "from_epoch": completed,
                                       **{k: options[k] for k in cli_run_dir.LAUNCH_OPTIONS}})
         # The guard first: a non-finite loss stops the epoch before any callback saves it. The quality
@@ -309,7 +265,7 @@ def train(args):
             )
         except Exception as error:  # noqa: BLE001 - a lost worker, a NaN, a full disk: one line each
             _raise_if_worker_lost(error, workers, run_dir)
-            _raise_with_state(error, model, os.path.join(write_dir, "model.keras"))
+            cli_run_dir.raise_with_state(error, model, os.path.join(write_dir, "model.keras"))
             raise
         finally:
             watchdog.stop()
@@ -323,22 +279,6 @@ def train(args):
 
 def _preset_dataset(preset):
     return PRESETS[preset or DEFAULT_PRESET]["training"]["dataset"]
-
-
-def _raise_with_state(error, model, model_path):
-    """Re-raises a non-finite loss or an operating-system error with where the last finished epoch is."""
-    import keras
-
-    from ddpm_keras.finite import NonFiniteError
-
-    if not isinstance(error, (NonFiniteError, OSError)) or isinstance(error, FileNotFoundError):
-        return
-    saved = int(keras.ops.convert_to_numpy(model.epoch))
-    kept = (f"The last finished and finite state, epoch {saved}, is still in {model_path}" if saved and
-            os.path.isfile(model_path) else "Nothing was saved")
-    if isinstance(error, NonFiniteError):
-        raise NonFiniteError(f"{error.message} {kept}.", error.epoch, error.step) from None
-    raise CLIError(f"{_files.describe_os_error(error)}. {kept}: mend that, then --resume.") from None
 
 
 @contextlib.contextmanager
@@ -402,7 +342,6 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
         if write_dir == os.path.dirname(model_path):
             cli_run_dir.remove_temporaries(write_dir)
         model = _load_model(model_path)
-        check_resumed_model(args, model, model_path)
         cli_run_dir.check_resumed(args, record or {}, model, model_path)
         completed = int(keras.ops.convert_to_numpy(model.epoch))  # a MirroredVariable under a strategy
         if completed >= epochs:
