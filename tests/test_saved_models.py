@@ -1,0 +1,33 @@
+"""Files saved by an earlier version load and give the same images, bit for bit (`tests/fixtures/`)."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from ddpm_keras import DiffusionModel
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+SAMPLINGS = {
+    "ddpm": {"sampler": "ddpm"},
+    "ddim_5": {"sampler": "ddim", "num_steps": 5},
+    "dpmpp_2m_sde_5_karras": {"sampler": "dpmpp_2m_sde", "num_steps": 5, "timestep_spacing": "karras"},
+    "unipc_5": {"sampler": "unipc", "num_steps": 5},
+}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the fixtures' images were drawn on TensorFlow")
+@pytest.mark.parametrize("name", ["tiny_v0_1", "tiny_cond_v0_1"])
+def test_a_file_of_version_0_1_gives_the_same_images(name):
+    model = keras.saving.load_model(os.path.join(FIXTURES, f"{name}.keras"))
+    assert isinstance(model, DiffusionModel) and int(model.epoch) == 0 and int(model.optimizer.iterations) == 2
+    labels = {"labels": [0, 1], "guidance_scale": 2.0} if model.num_classes else {}
+    # The conditional file adds the labels and guidance to two of the samplers (each chain compiles: seconds).
+    samplings = ["ddpm", "dpmpp_2m_sde_5_karras"] if model.num_classes else list(SAMPLINGS)
+    with np.load(os.path.join(FIXTURES, f"{name}_images.npz")) as expected:
+        assert sorted(expected) == sorted(SAMPLINGS)
+        for sampling in samplings:
+            options = SAMPLINGS[sampling]
+            images = model.generate_images(2, seed=0, verbose=0, **options, **labels)
+            np.testing.assert_array_equal(images, expected[sampling], err_msg=f"{name}, {sampling}")
