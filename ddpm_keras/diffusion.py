@@ -16,6 +16,7 @@ from keras import random
 from ddpm_keras.schedules import BETA_SCHEDULES
 from ddpm_keras.schedules import get_beta_schedule
 from ddpm_keras import schedules
+from ddpm_keras._checks import check_number
 
 # What a network can be trained to predict from `x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps`:
 # the noise `eps` (Ho et al. 2020), the velocity `v = sqrt(ab) eps - sqrt(1 - ab) x_0`
@@ -144,11 +145,7 @@ class GaussianDiffusion:
                 f"Unknown beta_schedule: {beta_schedule!r}. "
                 f"Expected one of {BETA_SCHEDULES}."
             )
-        if not clip_min < clip_max:
-            raise ValueError(
-                "clip_min must be smaller than clip_max. "
-                f"Received: clip_min={clip_min}, clip_max={clip_max}"
-            )
+        _check_clip_range(clip_min, clip_max)
         betas = get_beta_schedule(beta_schedule, timesteps, beta_start, beta_end)
         if rescale_zero_terminal_snr:
             betas = schedules.rescale_zero_terminal_snr(betas)
@@ -184,11 +181,7 @@ class GaussianDiffusion:
                 "betas must be a non-empty 1-D array with values in (0, 1]. "
                 f"Received: betas={betas!r}"
             )
-        if not clip_min < clip_max:
-            raise ValueError(
-                "clip_min must be smaller than clip_max. "
-                f"Received: clip_min={clip_min}, clip_max={clip_max}"
-            )
+        _check_clip_range(clip_min, clip_max)
         diffusion = cls.__new__(cls)
         diffusion.beta_schedule = "custom"
         diffusion.rescale_zero_terminal_snr = False
@@ -395,3 +388,11 @@ def check_prediction_type(prediction_type):
             f"Unknown prediction_type: {prediction_type!r}. Expected one of {PREDICTION_TYPES} "
             "(what the network predicts: the noise, the velocity v or the clean image)."
         )
+
+
+def _check_clip_range(clip_min, clip_max):
+    """Raises a `ValueError` unless the data range `[clip_min, clip_max]` is finite and not empty."""
+    check_number("clip_min", clip_min)
+    check_number("clip_max", clip_max)
+    if not clip_min < clip_max:
+        raise ValueError(f"clip_min must be smaller than clip_max. Received: clip_min={clip_min}, clip_max={clip_max}")
