@@ -203,9 +203,10 @@ def check_output(path, option, overwrite=False, kind="file"):
         if kind == "dir" and not is_dir:
             raise OutputExistsError(f"{option} {path} is a file: name a new folder instead.")
         if not overwrite and not (kind == "dir" and not os.listdir(path)) and not written_by_toolkit(path):
-            what = "a folder of other files" if kind == "dir" else "a file"
+            what = ("holds files that are not an export of ddpm_keras" if kind == "dir"
+                    else "is a file ddpm_keras did not write")
             raise OutputExistsError(
-                f"{option} {path} is {what} ddpm_keras did not write: choose a new path, or pass "
+                f"{option} {path} {what}: choose a new path, or pass "
                 f"{'--overwrite' if option.startswith('--') else 'overwrite=True'} to replace it."
             )
     check_writable_folder(os.path.dirname(os.path.abspath(path)))

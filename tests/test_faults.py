@@ -106,7 +106,7 @@ CASES = {
     "export over a run directory": (["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/run"], 2,
                                     ["--out", "run", "--overwrite"]),
     "export over a user's folder": (["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/precious"], 2,
-                                    ["precious", "did not write", "--overwrite"]),
+                                    ["precious", "not an export of ddpm_keras", "--overwrite"]),
     "export to a file": (["export", "--checkpoint", "{tmp}/run", "--out", "{tmp}/a_file"], 2, ["a_file is a file"]),
     "sample over a user's PNG": (["sample", "--checkpoint", "{tmp}/run", "--out", "{tmp}/notes.png", *FAST_SAMPLE],
                                  2, ["notes.png", "--overwrite"]),
