@@ -357,16 +357,9 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
 
 
 def _build_model(config, learning_rate, seed, class_names=None):
-    import keras
-
     from ddpm_keras import DiffusionModel
-    from ddpm_keras import GaussianDiffusion
-    from ddpm_keras import build_unet
-    from ddpm_keras.presets import model_options
+    from ddpm_keras.preset_builder import model_from_config
 
-    network = build_unet(**config["unet"])
-    model = DiffusionModel(
-        network, GaussianDiffusion(**config["diffusion"]), **model_options(config), seed=seed, class_names=class_names
-    )
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate or config["training"]["learning_rate"]))
-    return model
+    if learning_rate is not None:
+        config["training"]["learning_rate"] = learning_rate
+    return model_from_config(DiffusionModel, config, seed=seed, class_names=class_names)

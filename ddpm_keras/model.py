@@ -14,6 +14,7 @@ from ddpm_keras.distribute import num_replicas_in_sync
 from ddpm_keras.generation import GenerationMixin
 from ddpm_keras.model_likelihood import LikelihoodMixin
 from ddpm_keras.objectives import LOSS_WEIGHTINGS  # noqa: F401 - also importable from here
+from ddpm_keras.preset_builder import build_model
 from ddpm_keras.unet import network_num_classes
 
 
@@ -436,6 +437,27 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
             "cond_drop_prob": self.cond_drop_prob,
             "class_names": self.class_names,
         }
+
+    @classmethod
+    def from_preset(cls, preset, compile=True, **overrides):
+        """A new model of the configuration named `preset` (`ddpm_keras.presets`), keras-hub's way.
+
+        Args:
+            preset: String, a name of `presets.PRESETS`: `"flowers64"` (the
+                keras.io example), `"tiny"`, `"quick"`, `"flowers64_cond"`,
+                `"tiny_cond"`.
+            compile: Boolean, compile with Adam at the preset's learning
+                rate. Defaults to `True`.
+            **overrides: Any argument of `build_unet`, `GaussianDiffusion`
+                or `DiffusionModel`, or `learning_rate`, replacing the
+                preset's (`preset_builder.build_model`).
+
+        Example:
+
+        >>> model = DiffusionModel.from_preset("tiny", img_size=16, prediction_type="v", seed=0)
+        >>> model.fit(images, epochs=10)
+        """
+        return build_model(cls, preset, compile=compile, **overrides)
 
     @classmethod
     def from_config(cls, config):

@@ -10,6 +10,7 @@ from conftest import tiny_model
 from conftest import tiny_unet
 from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
+from ddpm_keras import build_unet
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,32 @@ def test_bad_arguments(kwargs, error, message):
 def test_generate_images_rejects_a_bad_count():
     with pytest.raises(ValueError, match="num_images=0"):
         tiny_model().generate_images(num_images=0)
+
+
+def test_from_preset_builds_the_preset_with_each_override_in_its_place():
+    from ddpm_keras.presets import get_preset
+    from ddpm_keras.presets import model_options
+
+    keras.utils.set_random_seed(0)
+    model = DiffusionModel.from_preset("tiny", img_size=16, widths=[8, 16], has_attention=[False, True],
+                                       first_conv_channels=8, timesteps=50, prediction_type="v", seed=3,
+                                       learning_rate=5e-4)
+    config = get_preset("tiny")
+    config["unet"].update(img_size=16, widths=[8, 16], has_attention=[False, True], first_conv_channels=8)
+    config["diffusion"]["timesteps"] = 50
+    config["training"]["prediction_type"] = "v"
+    keras.utils.set_random_seed(0)
+    by_hand = DiffusionModel(build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]),
+                             **model_options(config), seed=3)
+    for ours, theirs in zip(model.network.get_weights(), by_hand.network.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert (model.image_shape, model.diffusion.num_timesteps, model.prediction_type, model.seed) == (
+        (16, 16, 3), 50, "v", 3)
+    assert (model.ema, model.loss_weighting) == (0.995, None)  # the preset's, where not overridden
+    assert np.isclose(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), 5e-4)
+    with pytest.raises(ValueError, match="Unknown option 'widht' for a preset's model. Expected one of"):
+        DiffusionModel.from_preset("tiny", widht=3)
+    with pytest.raises(ValueError, match="Unknown preset: 'tinny'"):
+        DiffusionModel.from_preset("tinny")
+    with pytest.raises(ValueError, match=r"learning_rate must be a finite number > 0. Received: learning_rate=0"):
+        DiffusionModel.from_preset("tiny", learning_rate=0)
