@@ -157,43 +157,6 @@ def make_context(
     return SamplingContext(model_fn, noise_fn, spaced, timestep_map, prediction_type, clip_denoised, thresholding)
 
 
-def sample_loop(model_fn, noise_fn, diffusion, x_T, sampler="ddpm", num_steps=None, trajectory_every=None, **kwargs):
-    """Runs a whole reverse chain from `x_T` to `x_0` (see `build_chain` for the arguments).
-
-    Args:
-        model_fn, noise_fn, diffusion, sampler, num_steps: As in
-            `build_chain`.
-        x_T: The starting noise, `(batch, H, W, C)` float32.
-        trajectory_every: `None` or an integer: also return `x_T`, the
-            sample after every `trajectory_every`-th step and after the
-            last, stacked `(frames, *x_T.shape)`.
-        **kwargs: The other arguments of `build_chain`.
-
-    Returns:
-        `x_0`, or `(x_0, frames)` when `trajectory_every` is set.
-    """
-    chain = build_chain(model_fn, noise_fn, diffusion, sampler, num_steps, **kwargs)
-    return run_chain(chain, x_T, trajectory_every)
-
-
-def ddim_encode_loop(model_fn, diffusion, x_0, num_steps=DEFAULT_DDIM_STEPS, prediction_type="epsilon",
-                     timestep_spacing="trailing"):
-    """DDIM inversion: the `x_T` that deterministic DDIM with the same steps decodes to about `x_0`."""
-    context = make_context(model_fn, None, diffusion, num_steps, prediction_type, timestep_spacing=timestep_spacing)
-    return run_chain(ddim_encode_chain(context), x_0)
-
-
-def inpaint_loop(model_fn, noise_fn, diffusion, x_T, x_0, mask, sampler="ddpm", num_steps=None, eta=0.0,
-                 resample=1, clip_denoised=True, prediction_type="epsilon", timestep_spacing="trailing",
-                 thresholding=None):
-    """Inpainting by replacement with RePaint resampling; see `inpaint.inpaint_chain`."""
-    num_steps = default_num_steps(sampler, num_steps, diffusion.num_timesteps)
-    context = make_context(
-        model_fn, noise_fn, diffusion, num_steps, prediction_type, clip_denoised, thresholding, timestep_spacing,
-    )
-    return run_chain(inpaint_chain(context, x_0, mask, sampler, eta, resample), x_T)
-
-
 def _spec(sampler):
     if sampler not in REGISTRY:
         raise ValueError(f"Unknown sampler. Received: sampler={sampler!r}. Expected one of {SAMPLERS}.")
@@ -232,9 +195,8 @@ def check_sampler_args(
 __all__ = [
     "Chain", "DEFAULT_DDIM_STEPS", "DEFAULT_SOLVER_STEPS", "INPAINT_SAMPLERS", "REGISTRY", "SAMPLERS",
     "SamplerSpec", "SamplingContext", "TIMESTEP_SPACINGS", "advance", "build_chain", "check_num_steps",
-    "check_sampler_args", "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_loop",
-    "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish", "guided_model_fn", "inpaint_loop",
-    "make_context", "make_denoiser",
-    "respaced", "run_chain", "sample_loop", "sampling_schedule", "sampling_timesteps",
+    "check_sampler_args", "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_chain",
+    "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish", "guided_model_fn", "inpaint_chain",
+    "make_context", "make_denoiser", "respaced", "run_chain", "sampling_schedule", "sampling_timesteps",
     "slerp", "spaced_timesteps", "start", "trajectory_length", "unipc_coefficients",
 ]
