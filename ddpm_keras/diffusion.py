@@ -213,33 +213,27 @@ class GaussianDiffusion:
         """The number of diffusion steps `T` (alias of `num_timesteps`)."""
         return self.num_timesteps
 
-    def _extract(self, a, t, x):
-        """Gathers `a[t]` and reshapes it to broadcast against `x`."""
-        out = ops.take(a, ops.cast(t, "int32"), axis=0)
-        out = ops.reshape(out, (-1,) + (1,) * (len(x.shape) - 1))
-        return ops.cast(out, x.dtype)
-
     def q_mean_variance(self, x_start, t):
         """Mean, variance and log-variance of `q(x_t | x_0)`."""
-        mean = self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
+        mean = gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
         # exp of the float64-computed log: `1 - alphas_cumprod` in float32
         # would lose most digits at small t.
-        log_variance = self._extract(self.log_one_minus_alphas_cumprod, t, x_start)
+        log_variance = gather(self.log_one_minus_alphas_cumprod, t, x_start)
         variance = ops.exp(log_variance)
         return mean, variance, log_variance
 
     def q_sample(self, x_start, t, noise):
         """Diffuses `x_start` to step `t`: `sqrt(ab_t) x_0 + sqrt(1 - ab_t) noise`."""
         return (
-            self._extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
-            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+            gather(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
         )
 
     def predict_start_from_noise(self, x_t, t, noise):
         """The `x_0` implied by `x_t` and its noise: `(x_t - sqrt(1 - ab_t) noise) / sqrt(ab_t)`."""
         return (
-            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * noise
+            gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * noise
         )
 
     def predict_noise_from_start(self, x_t, t, x_start):
@@ -249,8 +243,8 @@ class GaussianDiffusion:
         (also where `ab_t = 0`).
         """
         return (
-            x_t - self._extract(self.sqrt_alphas_cumprod, t, x_t) * x_start
-        ) / self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+            x_t - gather(self.sqrt_alphas_cumprod, t, x_t) * x_start
+        ) / gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
     def prediction_target(self, x_start, noise, t, prediction_type="epsilon"):
         """What a network of `prediction_type` is trained to output for `x_t = q_sample(x_start, t, noise)`.
@@ -264,8 +258,8 @@ class GaussianDiffusion:
         if prediction_type == "x0":
             return x_start
         return (
-            self._extract(self.sqrt_alphas_cumprod, t, x_start) * noise
-            - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+            gather(self.sqrt_alphas_cumprod, t, x_start) * noise
+            - gather(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
         )
 
     def split_prediction(self, model_output, x_t, t, prediction_type="epsilon"):
@@ -297,8 +291,8 @@ class GaussianDiffusion:
             return self.predict_start_from_noise(x_t, t, model_output), model_output
         if prediction_type == "x0":
             return model_output, self.predict_noise_from_start(x_t, t, model_output)
-        sqrt_ab = self._extract(self.sqrt_alphas_cumprod, t, x_t)
-        sqrt_one_minus_ab = self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        sqrt_ab = gather(self.sqrt_alphas_cumprod, t, x_t)
+        sqrt_one_minus_ab = gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
         return (
             sqrt_ab * x_t - sqrt_one_minus_ab * model_output,
             sqrt_one_minus_ab * x_t + sqrt_ab * model_output,
@@ -307,11 +301,11 @@ class GaussianDiffusion:
     def q_posterior(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of `q(x_{t-1} | x_t, x_0)`."""
         posterior_mean = (
-            self._extract(self.posterior_mean_coef1, t, x_t) * x_start
-            + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+            gather(self.posterior_mean_coef1, t, x_t) * x_start
+            + gather(self.posterior_mean_coef2, t, x_t) * x_t
         )
-        posterior_variance = self._extract(self.posterior_variance, t, x_t)
-        posterior_log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t)
+        posterior_variance = gather(self.posterior_variance, t, x_t)
+        posterior_log_variance = gather(self.posterior_log_variance_clipped, t, x_t)
         return posterior_mean, posterior_variance, posterior_log_variance
 
     def p_mean_variance(self, pred_noise, x, t, clip_denoised=True):
@@ -396,3 +390,21 @@ def _check_clip_range(clip_min, clip_max):
     check_number("clip_max", clip_max)
     if not clip_min < clip_max:
         raise ValueError(f"clip_min must be smaller than clip_max. Received: clip_min={clip_min}, clip_max={clip_max}")
+
+
+def gather(table, t, x):
+    """`table[t]` in `x`'s dtype, shaped `(batch, 1, ..., 1)` to broadcast against `x`.
+
+    The one gather of the package's coefficient tables: the diffusion's own
+    (float32 tensors) and the samplers' and the likelihood's (float64 NumPy
+    arrays, kept as float32 first).
+
+    Args:
+        table: A 1-D tensor, or a NumPy array (or sequence) of floats.
+        t: Integer timesteps or step indices, `(batch,)`.
+        x: The tensor to broadcast against.
+    """
+    if not hasattr(table, "dtype") or isinstance(table, np.ndarray):
+        table = ops.convert_to_tensor(np.asarray(table, np.float32))
+    values = ops.take(table, ops.cast(t, "int32"), axis=0)
+    return ops.cast(ops.reshape(values, (-1,) + (1,) * (len(x.shape) - 1)), x.dtype)

@@ -33,6 +33,7 @@ from keras import ops
 
 from ddpm_keras._checks import is_int
 from ddpm_keras.diffusion import check_prediction_type
+from ddpm_keras.diffusion import gather
 
 MODEL_VARIANCES = ("fixedsmall", "fixedlarge")
 NUM_BINS = 256
@@ -129,12 +130,6 @@ def _mean_flat_bits(x):
     return ops.mean(x, axis=tuple(range(1, len(x.shape)))) / math.log(2.0)
 
 
-def _gather(table, t, x):
-    """`table[t]` (a float64 NumPy table) as float32, shaped to broadcast against `x`."""
-    values = ops.take(ops.convert_to_tensor(np.asarray(table, np.float32)), ops.cast(t, "int32"))
-    return ops.reshape(values, (-1,) + (1,) * (len(x.shape) - 1))
-
-
 def check_model_variance(model_variance):
     """Raises a `ValueError` unless `model_variance` is one of `MODEL_VARIANCES`."""
     if model_variance not in MODEL_VARIANCES:
@@ -226,7 +221,7 @@ def vb_terms_bpd(
     if clip_denoised:
         x_0_pred = ops.clip(x_0_pred, diffusion.clip_min, diffusion.clip_max)
     model_mean, _, _ = diffusion.q_posterior(x_0_pred, x_t, t)
-    log_variance = _gather(model_log_variance(diffusion, model_variance), t, x_t)
+    log_variance = gather(model_log_variance(diffusion, model_variance), t, x_t)
     kl = _mean_flat_bits(normal_kl(true_mean, true_log_variance, model_mean, log_variance))
     decoder_nll = -_mean_flat_bits(
         discretized_gaussian_log_likelihood(

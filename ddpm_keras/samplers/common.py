@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras.diffusion import check_prediction_type
+from ddpm_keras.diffusion import gather  # noqa: F401 - the samplers' gather, importable from here
 
 
 class Chain(NamedTuple):
@@ -123,12 +124,6 @@ def check_thresholding(thresholding):
 
 
 # ---------------------------------------------------------------- tables
-
-
-def gather(table, t, x):
-    """`table[t]` (a float64 NumPy array, kept as float32) shaped to broadcast against `x`."""
-    values = ops.take(ops.convert_to_tensor(np.asarray(table, np.float32)), t)
-    return ops.reshape(ops.cast(values, x.dtype), (-1,) + (1,) * (len(x.shape) - 1))
 
 
 def gather_scalar(table, i):
