@@ -80,3 +80,9 @@ def describe_range(low=None, high=None, low_open=False, high_open=False):
     if high is not None:
         return f"a finite number {'<' if high_open else '<='} {high:g}"
     return "a finite number"
+
+
+def shorten(value):
+    """`repr(value)`, cut to 60 characters: a received value in a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -21,6 +21,7 @@ from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
 from ddpm_keras.metrics.distances import DISTANCES
 from ddpm_keras.presets import DEFAULT_SAMPLING
+from ddpm_keras.visualize import display_scale
 from ddpm_keras.visualize import plot_metrics
 from ddpm_keras.visualize import save_image_grid
 
@@ -91,7 +92,7 @@ class SamplePlotter(keras.callbacks.Callback):
             num_images=len(labels) if labels is not None else self.num_images, seed=self.seed,
             **self.sampling, **conditioning,
         )
-        scale = self.scale or (4 if max(images.shape[1:3]) <= 32 else 2)
+        scale = self.scale or display_scale(images)
         path = os.path.join(self.run_dir, SAMPLES_DIR, f"epoch_{epoch + 1:04d}.png")
         self.last_path = save_image_grid(images, path, ncols=ncols, scale=scale)
         if self.show:

@@ -323,14 +323,11 @@ def check_output(path, option, suffix=None, overwrite=False):
     return _files.check_output(path, option, overwrite=overwrite)
 
 
-def _display_scale(images):
-    return 4 if max(images.shape[1:3]) <= 32 else 2
-
-
 def _save_grid(images, path, ncols=None):
+    from ddpm_keras.visualize import display_scale
     from ddpm_keras.visualize import save_image_grid
 
-    save_image_grid(images, path, ncols=ncols, scale=_display_scale(images))
+    save_image_grid(images, path, ncols=ncols, scale=display_scale(images))
 
 
 def _slug(dataset):

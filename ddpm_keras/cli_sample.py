@@ -86,11 +86,11 @@ def sample(args):
     import numpy as np
 
     from ddpm_keras.cli import CLIError
-    from ddpm_keras.cli import _display_scale
     from ddpm_keras.cli import _load_model
     from ddpm_keras.cli import _save_grid
     from ddpm_keras.cli import check_output
     from ddpm_keras.cli import sampling_options
+    from ddpm_keras.visualize import display_scale
     from ddpm_keras.visualize import save_gif
 
     check_output(args.out, "--out", ".png", args.overwrite)
@@ -124,5 +124,5 @@ def sample(args):
     _save_grid(images, args.out, ncols=ncols)
     print(f"Wrote {num_images} samples ({args.sampler}) to {args.out} in {time.perf_counter() - start:.1f} s.")
     if args.gif:
-        save_gif(trajectory, args.gif, scale=_display_scale(images))
+        save_gif(trajectory, args.gif, scale=display_scale(images))
         print(f"Wrote the denoising trajectory ({len(trajectory)} frames) to {args.gif}.")

@@ -16,6 +16,7 @@ from keras import ops
 
 from ddpm_keras import samplers
 from ddpm_keras._checks import check_number
+from ddpm_keras._checks import shorten
 
 
 class Conditioning(NamedTuple):
@@ -46,7 +47,7 @@ def request(model, labels, num_images, guidance_scale=1.0, guidance_rescale=0.0)
         if labels is not None:
             raise ValueError(
                 "This model is unconditional (its network takes no labels): sample without labels, or train "
-                f"a model with build_unet(..., num_classes=N). Received: labels={_shorten(labels)}"
+                f"a model with build_unet(..., num_classes=N). Received: labels={shorten(labels)}"
             )
         if guidance_scale != 1.0 or guidance_rescale != 0.0:
             raise ValueError(
@@ -78,7 +79,7 @@ def label_ids(model, labels, num_images=None):
         A NumPy int32 array of classes in `[0, num_classes)`.
     """
     if model.num_classes is None:
-        raise ValueError(f"This model is unconditional: it takes no labels. Received: labels={_shorten(labels)}")
+        raise ValueError(f"This model is unconditional: it takes no labels. Received: labels={shorten(labels)}")
     single = isinstance(labels, (str, int, np.integer)) or (isinstance(labels, np.ndarray) and labels.ndim == 0)
     items = [labels.item() if isinstance(labels, np.ndarray) else labels] if single else list(labels)
     if single and num_images is not None:
@@ -146,8 +147,3 @@ def guided_build(build, null_label, guided, rescaled):
 def check_float(name, value, low=None, high=None):
     """`value` as a finite float within `[low, high]`, or a one-line ValueError naming it."""
     return check_number(name, value, low=low, high=high)
-
-
-def _shorten(value):
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from ddpm_keras._checks import shorten
+
 
 def check_cond_drop_prob(cond_drop_prob):
     """`cond_drop_prob` as a float, or a `ValueError` unless it is a number in `[0, 1)` (not a boolean)."""
@@ -45,16 +47,16 @@ def check_class_names(class_names, num_classes):
     if num_classes is None:
         raise ValueError(
             "class_names needs a class-conditional network (build_unet(..., num_classes=N)); this one is "
-            f"unconditional. Received: class_names={_shorten(class_names)}"
+            f"unconditional. Received: class_names={shorten(class_names)}"
         )
     if isinstance(class_names, str) or not isinstance(class_names, (list, tuple)):
         raise ValueError(
-            f"class_names must be a list of {num_classes} strings. Received: class_names={_shorten(class_names)}"
+            f"class_names must be a list of {num_classes} strings. Received: class_names={shorten(class_names)}"
         )
     if len(class_names) != num_classes or not all(isinstance(name, str) for name in class_names):
         raise ValueError(
             f"class_names must be a list of num_classes={num_classes} strings, one per class. "
-            f"Received: {len(class_names)} names: {_shorten(class_names)}"
+            f"Received: {len(class_names)} names: {shorten(class_names)}"
         )
     return list(class_names)
 
@@ -165,8 +167,3 @@ def _leading(images):
 
 def _shape(labels):
     return _static_shape(labels) if hasattr(labels, "shape") else type(labels).__name__
-
-
-def _shorten(value):
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -57,6 +57,11 @@ def _to_pil(array):
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def display_scale(images):
+    """The enlargement that makes a grid of `images` visible: 4x up to 32 px, else 2x."""
+    return 4 if max(np.shape(images)[1:3]) <= 32 else 2
+
+
 def save_image_grid(images, path, ncols=None, padding=2, scale=1, value_range=(-1.0, 1.0)):
     """Saves a batch of images as one PNG grid (see `image_grid`); returns `path`.
 
