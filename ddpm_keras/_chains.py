@@ -4,7 +4,7 @@ One compiled function draws `x_T` (or takes it) and sets up the chain's
 state, another runs `segment_steps` steps of it from any position (compiled
 once, the position an argument), and a progress bar moves between
 segments. The backend-specific compilation is in
-`ddpm_keras._train_steps.compile_chain`. `GenerationMixin` (sampling) and
+`ddpm_keras._compile.compile_chain`. `GenerationMixin` (sampling) and
 `EditingMixin` (inpainting, inversion, interpolation) build on it.
 """
 
@@ -14,9 +14,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras import _train_steps
-from ddpm_keras._progress import progress_bar
+from ddpm_keras import _compile
 from ddpm_keras import samplers
+from ddpm_keras._progress import progress_bar
+from ddpm_keras._seeds import random_seed
 from ddpm_keras.precision import check_inference_dtype
 from ddpm_keras.precision import inference_network
 
@@ -62,7 +63,7 @@ class ChainRunner:
 
         run_init = self._compiled(key + ("init",), init, dtype)
         run_segment = self._compiled(key + ("segment",), segment, dtype)
-        seed = _train_steps.random_seed(seed)
+        seed = random_seed(seed)
         loop_state = run_init(seed, *((() if drawn else (ops.convert_to_tensor(x_T),)) + tuple(inputs)))
         size = num_steps if segment_steps is None else segment_steps
         for begin in range(0, num_steps, size):
@@ -109,7 +110,7 @@ class ChainRunner:
         """
         key = key + (dtype,)
         if key not in self._samplers:
-            self._samplers[key] = _train_steps.compile_chain(self, chain, self.inference_network(dtype))
+            self._samplers[key] = _compile.compile_chain(self, chain, self.inference_network(dtype))
         return self._samplers[key]
 
 class _NetworkCache:

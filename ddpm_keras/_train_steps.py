@@ -1,4 +1,4 @@
-"""The backend-specific parts of `DiffusionModel`: one training step per backend and the compiled sampler.
+"""The backend-specific training of `DiffusionModel`: one training step and one test step per backend.
 
 Everything else of training (`training_batch`: the draws, the label
 dropout of a conditional model, the target of the prediction type and the
@@ -22,37 +22,16 @@ is traced); the sample weights are ignored.
 - PyTorch: `zero_grad`, `backward`, gradients from `v.value.grad`,
   `optimizer.apply` and the EMA assign under `torch.no_grad()`.
 
-The compiled sampler (`compile_chain`, from `ddpm_keras._chains`; the
-exported generator reuses `tf_chain_function`) runs a chain with the EMA
-network's weights as arguments. `ddpm_keras.model` and the modules of its
-mixins (`_chains`, `model_likelihood`, `training_labels`) and `export`
-import this module.
+The compiled sampling chains are `ddpm_keras._compile`'s; `ddpm_keras.model`
+imports this module.
 """
-
-import secrets
 
 import keras
 from keras import ops
 
 from ddpm_keras import training_labels
+from ddpm_keras._seeds import DrawnSeed
 from ddpm_keras.distribute import num_replicas_in_sync
-
-
-class _DrawnSeed(keras.random.SeedGenerator):
-    """A seed already drawn (an int `(2,)` tensor), usable where `keras.random` takes a `SeedGenerator`.
-
-    Each `next()` returns the seed with its second word advanced by one, as
-    a `SeedGenerator` does, without a state variable.
-    """
-
-    def __init__(self, seed):  # No SeedGenerator.__init__: there is no state variable.
-        self._seed = seed
-        self._draws = 0
-
-    def next(self, ordered=True):
-        offset = ops.convert_to_tensor([0, self._draws], dtype=self._seed.dtype)
-        self._draws += 1
-        return ops.add(self._seed, offset)
 
 
 def images_from(data):
@@ -173,7 +152,7 @@ def _tf_replica_seed(seed_generator):
     seed = tf.cast(seed_generator.next(), "int64")
     replica_id = tf.cast(context.replica_id_in_sync_group, "int32")
     task_seed = tf.random.experimental.stateless_fold_in(seed, replica_id)
-    return _DrawnSeed(tf.cast(tf.math.floormod(task_seed, 2**31 - 1), "int32"))
+    return DrawnSeed(tf.cast(tf.math.floormod(task_seed, 2**31 - 1), "int32"))
 
 
 def _tf_update_ema(model):
@@ -338,158 +317,3 @@ def step_for(steps, what):
             f"Received: KERAS_BACKEND={backend!r}."
         )
     return steps[backend]
-
-
-# ------------------------------------------------------------------- sampling
-
-
-def random_seed(seed):
-    """`seed` as an int, or a fresh random one for `None`."""
-    return secrets.randbelow(2**31 - 1) if seed is None else int(seed)
-
-
-def compile_chain(model, chain, network=None):
-    """`run(seed, *inputs)` running `chain(model_fn, noise_fn, *inputs)` with the EMA weights, compiled per backend.
-
-    `network` is the EMA network itself (the default) or a copy of it with
-    another dtype policy (`ddpm_keras.precision.inference_network`), which
-    runs with the EMA network's variable values.
-    """
-    backend = keras.backend.backend()
-    network = model.ema_network if network is None else network
-    if backend == "jax":
-        return _jax_compile_chain(model.ema_network, network, chain)
-    if backend == "tensorflow":
-        return _tf_compile_chain(model.ema_network, network, chain)
-    if backend == "torch":
-        return _torch_compile_chain(model.ema_network, network, chain)
-    raise NotImplementedError(
-        "Sampling supports the tensorflow, jax and torch backends. "
-        f"Received: KERAS_BACKEND={backend!r}."
-    )
-
-
-def reset_seed(seed_generator, seed):
-    """Restarts `seed_generator` from `seed`, as if newly made with it."""
-    seed_generator.state.assign(ops.convert_to_tensor([seed, 0], dtype=seed_generator.state.dtype))
-
-
-def _stateless_model_fn(network, trainable, non_trainable):
-    """`model_fn(x, t, *more)`: the network with the given weight values, which a compiled chain takes as arguments.
-
-    `more` are the network's further inputs (a conditional network's
-    labels). The output is float32 whatever the network computes in, so the
-    chain's arithmetic stays in float32.
-    """
-
-    def model_fn(*inputs):
-        outputs, _ = network.stateless_call(trainable, non_trainable, list(inputs), training=False)
-        return ops.cast(outputs, "float32")
-
-    return model_fn
-
-
-def weight_values(network):
-    """The values of `network`'s trainable and non-trainable variables, as a compiled chain takes them."""
-    return [v.value for v in network.trainable_variables], [v.value for v in network.non_trainable_variables]
-
-
-def tf_chain_function(network, chain):
-    """`fn(trainable, non_trainable, seed, *inputs)`: `chain` on TensorFlow with the weights and an int32 seed as arguments.
-
-    Each noise draw's seed is `[seed, step]`. Not compiled: `compile_chain`
-    and `ddpm_keras.export` wrap it in `tf.function(jit_compile=True)`.
-    """
-    import tensorflow as tf
-
-    def fn(trainable, non_trainable, seed, *inputs):
-        def noise_fn(shape, step):
-            step_seed = tf.stack([seed, tf.cast(step, "int32")])
-            return keras.random.normal(shape, seed=_DrawnSeed(step_seed))
-
-        return chain(_stateless_model_fn(network, trainable, non_trainable), noise_fn, *inputs)
-
-    return fn
-
-
-def _tf_compile_chain(weights_network, network, chain):
-    """One `tf.function(jit_compile=True)` taking the EMA weights and the seed as arguments.
-
-    Reading no variable inside the XLA function keeps it valid for models
-    built under a `tf.distribute` strategy (XLA cannot read a mirrored
-    variable's copy on another device).
-    """
-    import tensorflow as tf
-
-    compiled = tf.function(tf_chain_function(network, chain), jit_compile=True, autograph=False)
-
-    def run(seed, *inputs):
-        trainable, non_trainable = weight_values(weights_network)
-        return compiled(
-            [tf.convert_to_tensor(v) for v in trainable],
-            [tf.convert_to_tensor(v) for v in non_trainable],
-            tf.constant(random_seed(seed), "int32"),
-            *inputs,
-        )
-
-    return run
-
-
-def _jax_compile_chain(weights_network, network, chain):
-    """`jax.jit` of the chain with the EMA weights as arguments (not frozen constants) and an explicit key."""
-    import jax
-    import jax.numpy as jnp
-
-    def compiled(trainable, non_trainable, key, *inputs):
-        def noise_fn(shape, step):
-            data = jax.lax.convert_element_type(jnp.asarray(step, jnp.int32), jnp.uint32)
-            return jax.random.normal(jax.random.fold_in(key, data), shape, dtype="float32")
-
-        return chain(_stateless_model_fn(network, trainable, non_trainable), noise_fn, *inputs)
-
-    jitted = jax.jit(compiled)
-
-    def run(seed, *inputs):
-        trainable, non_trainable = weight_values(weights_network)
-        weights = [_jax_local(w) for w in trainable], [_jax_local(w) for w in non_trainable]
-        return jitted(*weights, jax.random.key(random_seed(seed)), *inputs)
-
-    return run
-
-
-def _jax_local(value):
-    """A weight replicated over the processes of a `keras.distribution`: this process's copy.
-
-    A chain then runs on this process alone, so that processes can make
-    different chunks of a request (`ddpm_keras.chunk_plan`).
-    """
-    if getattr(value, "is_fully_addressable", True):
-        return value
-    return value.addressable_data(0)
-
-
-def _torch_compile_chain(weights_network, network, chain):
-    """Eager under `torch.no_grad()`; each draw's noise comes from a seed derived from `(seed, step)`.
-
-    Stateless like the other backends, so a chain run in segments draws the
-    same noise as in one piece.
-    """
-    import torch
-
-    def model_fn(*inputs):
-        if network is weights_network:
-            return network(list(inputs), training=False)
-        return _stateless_model_fn(network, *weight_values(weights_network))(*inputs)
-
-    def run(seed, *inputs):
-        seed = random_seed(seed)
-
-        def noise_fn(shape, step):
-            # Keras seeds a torch generator with the sum of the two words.
-            step_seed = (seed * 1_000_003 + int(step) + 1) % (2**31 - 1)
-            return keras.random.normal(shape, seed=_DrawnSeed(ops.convert_to_tensor([step_seed, 0], "int32")))
-
-        with torch.no_grad():
-            return chain(model_fn, noise_fn, *inputs)
-
-    return run

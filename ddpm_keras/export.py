@@ -30,7 +30,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import _files
-from ddpm_keras import _train_steps
+from ddpm_keras import _compile
 from ddpm_keras import conditioning
 from ddpm_keras import samplers
 from ddpm_keras.presets import DEFAULT_SAMPLING
@@ -129,12 +129,12 @@ def export_generator(
             return samplers.advance(chain(model_fn, noise_fn, *extra), loop_state, begin, end, None)
 
         return tuple(
-            tf.function(_train_steps.tf_chain_function(network, fn), jit_compile=True, autograph=False)
+            tf.function(_compile.tf_chain_function(network, fn), jit_compile=True, autograph=False)
             for fn in (init, segment)
         )
 
     module = tf.Module()
-    trainable, non_trainable = _train_steps.weight_values(model.ema_network)
+    trainable, non_trainable = _compile.weight_values(model.ema_network)
     module.trainable = [tf.Variable(v, trainable=False) for v in trainable]
     module.non_trainable = [tf.Variable(v, trainable=False) for v in non_trainable]
     run_init, run_segment = compiled(False)

@@ -8,6 +8,7 @@ from ddpm_keras import _train_steps
 from ddpm_keras import objectives
 from ddpm_keras import training_labels
 from ddpm_keras._checks import is_int
+from ddpm_keras._seeds import reset_seed
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import check_prediction_type
 from ddpm_keras.distribute import num_replicas_in_sync
@@ -398,7 +399,7 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
         """`keras.Model.evaluate`, with the validation noise reset to its fixed seed and the labels checked."""
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y
         self._check_label_arrays(x, y)
-        _train_steps.reset_seed(self.eval_seed_generator, self.eval_seed)
+        reset_seed(self.eval_seed_generator, self.eval_seed)
         return super().evaluate(x, y, *args, **kwargs)
 
     def _check_label_arrays(self, x, y, validation_data=None):

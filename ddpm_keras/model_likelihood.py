@@ -11,10 +11,11 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import _train_steps
-from ddpm_keras._progress import progress_bar
 from ddpm_keras import likelihood
 from ddpm_keras._checks import check_positive_int
 from ddpm_keras._checks import check_seed
+from ddpm_keras._progress import progress_bar
+from ddpm_keras._seeds import random_seed
 from ddpm_keras._chains import derived_seed
 
 
@@ -106,7 +107,7 @@ class LikelihoodMixin:
         >>> bpd = model.bits_per_dim(test_images)                       # all T timesteps
         >>> terms = model.bits_per_dim(test_ds, num_steps=100, return_terms=True)
         """
-        seed = _train_steps.random_seed(check_seed("seed", seed))
+        seed = random_seed(check_seed("seed", seed))
         timesteps, weights = likelihood.stratified_timesteps(self.diffusion.num_timesteps, num_steps, seed)
         likelihood.check_model_variance(model_variance)
         batch_size = None if batch_size is None else check_positive_int("batch_size", batch_size)
