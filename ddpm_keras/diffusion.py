@@ -127,7 +127,13 @@ class GaussianDiffusion:
 
     >>> diffusion = GaussianDiffusion(timesteps=1000)
     >>> x_t = diffusion.q_sample(x_start, t, noise)
-    >>> x_prev = diffusion.p_sample(network([x_t, t]), x_t, t)
+    >>> x_prev = diffusion.p_sample(network([x_t, t]), x_t, t)   # an epsilon network
+    >>> _, pred_noise = diffusion.split_prediction(network([x_t, t]), x_t, t, "v")  # a v network
+    >>> x_prev = diffusion.p_sample(pred_noise, x_t, t)
+
+    `p_mean_variance` and `p_sample` take the predicted noise; the output
+    of a `"v"` or `"x0"` network goes through `split_prediction` first.
+    `ddpm_keras.samplers` runs whole chains for every prediction type.
     """
 
     def __init__(
