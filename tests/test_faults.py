@@ -3,9 +3,10 @@
 Each case of `CASES` runs `ddpm-keras` in this process against copies of a
 trained run and of a folder of the user's, hashes every file before and
 after, and checks the exit status, that the last line of standard error
-names the value, and that no traceback is printed. The cases whose point
-is the exit status of a real process (a diverging loss), a full disk and a
-read-only folder (tmpfs mounts, where the machine allows them) follow.
+names the value, and that no traceback is printed. Real processes (some
+of the cases, and a diverging loss's exit status) are in the slow run; a
+full disk and a read-only folder (tmpfs mounts, where the machine allows
+them) follow.
 """
 
 import contextlib
@@ -176,6 +177,7 @@ def test_bad_input_is_one_line_and_changes_no_file(case, world, capsys):
     assert tree_hashes(world) == before, case
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["safe mode", "truncated checkpoint", "export over a user's folder"])
 def test_a_real_process_exits_2_without_a_traceback(case, world):
     argv, status, words = CASES[case]
@@ -332,6 +334,7 @@ def test_the_nan_guard_on_other_backends(backend, tmp_path):
     assert (result["epoch"], result["step"], result["unchanged"]) == (2, 3, True), result
 
 
+@pytest.mark.slow
 def test_a_diverging_run_exits_3_and_keeps_its_last_finite_epoch(trained_run, tmp_path):
     run = str(tmp_path / "run")
     shutil.copytree(trained_run, run)
