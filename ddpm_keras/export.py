@@ -22,11 +22,9 @@ noise than TensorFlow's for a seed. A `.keras` file loads on any backend:
 load it under `KERAS_BACKEND=tensorflow` to export it.
 """
 
-import json
 import os
 
 import keras
-import numpy as np
 from keras import ops
 
 from ddpm_keras import _files
@@ -191,13 +189,5 @@ def export_generator(
     # Written beside `path` and moved in place, so an interrupted export leaves no half SavedModel.
     with _files.replacing_dir(path, overwrite=overwrite, option="path") as staging:
         tf.saved_model.save(module, staging, signatures={"serving_default": generate.get_concrete_function()})
-        os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
-        with open(os.path.join(staging, METADATA_FILE), "w") as f:
-            json.dump(metadata, f, indent=2, default=_json_default)
+        _files.write_json(os.path.join(staging, METADATA_FILE), metadata)
     return path
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {value!r}")
