@@ -103,19 +103,23 @@ def non_finite_weights(model):
     booleans to the host: cheap beside a save. A model without
     `network`/`ema_network` has its own weights checked.
     """
-    parts = [getattr(model, name) for name in ("network", "ema_network") if hasattr(model, name)] or [model]
-    variables = [(prefix, v) for prefix, part in zip(("network", "ema_network"), parts) for v in part.weights]
+    variables = [(prefix, v) for prefix, part in _parts(model) for v in part.weights]
     if not variables:
         return []
     finite = ops.convert_to_numpy(ops.stack([ops.all(ops.isfinite(v.value)) for _, v in variables]))
     return [f"{prefix}/{v.path}" for (prefix, v), ok in zip(variables, finite) if not ok]
 
 
+def _parts(model):
+    """`(name, network)` for a `DiffusionModel`'s network and EMA network; `[(name, model)]` for another model."""
+    parts = [(name, getattr(model, name)) for name in ("network", "ema_network") if hasattr(model, name)]
+    return parts or [(model.name, model)]
+
+
 def count_non_finite(model):
     """`(non-finite values, all values)` in `model`'s network and EMA network, for messages."""
-    parts = [getattr(model, name) for name in ("network", "ema_network") if hasattr(model, name)] or [model]
     bad = total = 0
-    for part in parts:
+    for _, part in _parts(model):
         for variable in part.weights:
             values = ops.convert_to_numpy(variable.value)
             bad += int(np.size(values) - np.isfinite(values).sum())
