@@ -32,14 +32,14 @@ import zipfile
 import keras
 import numpy as np
 
-from ddpm_keras import _files
-from ddpm_keras._download import one_line
-from ddpm_keras._download import probe_host
+from ddpm_keras.utils import files
+from ddpm_keras.utils.download import one_line
+from ddpm_keras.utils.download import probe_host
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.model import DiffusionModel
 from ddpm_keras.presets import get_preset
 from ddpm_keras.presets import model_options
-from ddpm_keras.unet import build_unet
+from ddpm_keras.nn.unet import build_unet
 
 KERAS_IO_CHECKPOINT_URL = "https://github.com/AakashKumarNain/ddpms/releases/download/v3.0.0/checkpoints.zip"
 NETWORKS = ("network", "ema_network")  # The example's DiffusionModel attributes.
@@ -124,11 +124,11 @@ def convert_keras_io_checkpoint(source, out_path, preset="flowers64", unet=None,
     out_path = os.fspath(out_path)
     if not out_path.endswith(".keras"):
         raise ValueError(f"out_path must name a .keras file. Received: out_path={out_path!r}")
-    _files.check_output(out_path, "out_path", overwrite=overwrite)
+    files.check_output(out_path, "out_path", overwrite=overwrite)
     config = get_preset(preset)
     config["unet"].update(unet or {})
     model = _import(source, preset, config)
-    return _files.atomic_write(out_path, model.save, mode=None)
+    return files.atomic_write(out_path, model.save, mode=None)
 
 
 def _import(source, preset, config):

@@ -4,19 +4,19 @@ import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras import _train_steps
-from ddpm_keras import objectives
-from ddpm_keras import training_labels
-from ddpm_keras._checks import is_int
-from ddpm_keras._seeds import reset_seed
+from ddpm_keras.training import steps as train_steps
+from ddpm_keras.diffusion import objectives
+from ddpm_keras.training import labels as training_labels
+from ddpm_keras.utils.checks import is_int
+from ddpm_keras.utils.seeds import reset_seed
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import check_prediction_type
-from ddpm_keras.distribute import num_replicas_in_sync
-from ddpm_keras.generation import GenerationMixin
-from ddpm_keras.model_likelihood import LikelihoodMixin
-from ddpm_keras.objectives import LOSS_WEIGHTINGS  # noqa: F401 - also importable from here
+from ddpm_keras.utils.distribute import num_replicas_in_sync
+from ddpm_keras.inference.generate import GenerationMixin
+from ddpm_keras.inference.likelihood import LikelihoodMixin
+from ddpm_keras.diffusion.objectives import LOSS_WEIGHTINGS  # noqa: F401 - also importable from here
 from ddpm_keras.preset_builder import build_model
-from ddpm_keras.unet import network_num_classes
+from ddpm_keras.nn.unet import network_num_classes
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
@@ -47,7 +47,7 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
         network: A Keras model `[x_t, t] -> prediction` (the noise, `v`
             or `x_0`, as `prediction_type` says), such as `build_unet(...)`,
             or `[x_t, t, labels] -> prediction` for a class-conditional one
-            (`ddpm_keras.unet.network_num_classes`).
+            (`ddpm_keras.nn.unet.network_num_classes`).
         diffusion: A `GaussianDiffusion`.
         ema_network: A model of the same structure, holding the exponential
             moving average of the weights. Defaults to `None`: a clone of
@@ -354,9 +354,9 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
 
         `train_step(data)` on TensorFlow and PyTorch; the stateless
         `train_step(state, data) -> (logs, state)` on JAX. The backend's
-        step is in `ddpm_keras._train_steps`.
+        step is in `ddpm_keras.training.steps`.
         """
-        return _train_steps.step_for(_train_steps.TRAIN_STEPS, "fit")(self, *args)
+        return train_steps.step_for(train_steps.TRAIN_STEPS, "fit")(self, *args)
 
     def ema_decay(self):
         """The decay of the EMA update that follows the optimizer's latest step.
@@ -393,7 +393,7 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
 
     def test_step(self, *args):
         """The validation loss on noise from the evaluation seed; `(data)`, or `(state, data)` on JAX."""
-        return _train_steps.step_for(_train_steps.TEST_STEPS, "evaluate")(self, *args)
+        return train_steps.step_for(train_steps.TEST_STEPS, "evaluate")(self, *args)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, with the validation noise reset to its fixed seed and the labels checked."""

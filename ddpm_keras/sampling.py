@@ -1,4 +1,7 @@
-"""The samplers, under their former module name: see `ddpm_keras.samplers`."""
+"""`ddpm_keras.sampling` is `ddpm_keras.samplers`: this import path keeps working."""
 
-from ddpm_keras.samplers import *  # noqa: F401,F403
-from ddpm_keras.samplers import __all__  # noqa: F401
+import sys
+
+from ddpm_keras import samplers as _module
+
+sys.modules[__name__] = _module

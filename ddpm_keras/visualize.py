@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 from PIL import PngImagePlugin
 
-from ddpm_keras._files import IMAGE_MARK_KEY
-from ddpm_keras._files import WRITER
-from ddpm_keras._files import atomic_write
+from ddpm_keras.utils.files import IMAGE_MARK_KEY
+from ddpm_keras.utils.files import WRITER
+from ddpm_keras.utils.files import atomic_write
 
 
 def to_uint8(images, value_range=(-1.0, 1.0)):

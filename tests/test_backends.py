@@ -200,7 +200,7 @@ model.save(os.environ["DDPM_PATH"])
 """
 
 BPD = """
-from ddpm_keras import likelihood
+from ddpm_keras.diffusion import likelihood
 
 model = keras.saving.load_model(os.environ["DDPM_PATH"])
 images = tiny_images(8)

@@ -7,10 +7,10 @@ from PIL import Image
 
 from conftest import tiny_images
 from conftest import tiny_model
-from ddpm_keras.callbacks import QualityMonitor
-from ddpm_keras.callbacks import RunCheckpoint
-from ddpm_keras.callbacks import SamplePlotter
-from ddpm_keras.callbacks import resume_log
+from ddpm_keras.training.callbacks import QualityMonitor
+from ddpm_keras.training.callbacks import RunCheckpoint
+from ddpm_keras.training.callbacks import SamplePlotter
+from ddpm_keras.training.callbacks import resume_log
 from ddpm_keras.metrics import reference_statistics
 from ddpm_keras.metrics import sample_distances
 from ddpm_keras.visualize import image_grid

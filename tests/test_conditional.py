@@ -13,7 +13,7 @@ from conftest import tiny_images
 from conftest import tiny_model
 from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
-from ddpm_keras import _train_steps
+from ddpm_keras.training import steps as train_steps
 from ddpm_keras import build_unet
 
 NUM_CLASSES = 4
@@ -163,10 +163,10 @@ def test_batches_are_images_or_tuples_with_labels():
     images, labels = ops.convert_to_tensor(tiny_images(2)), ops.convert_to_tensor([1, 3])
     unconditional, conditional = tiny_model(timesteps=10), conditional_model()
     for data in (images, (images,), [images]):  # an unconditional model takes images, or 1-tuples as before
-        batch_images, batch_labels = _train_steps.batch_data(unconditional, data)
+        batch_images, batch_labels = train_steps.batch_data(unconditional, data)
         assert batch_images is images and batch_labels is None
     for data in ((images, labels), (images, labels, ops.ones((2,)))):  # (x, y) or (x, y, sample_weight)
-        batch_images, batch_labels = _train_steps.batch_data(conditional, data)
+        batch_images, batch_labels = train_steps.batch_data(conditional, data)
         assert batch_images is images and str(batch_labels.dtype) in ("int32", "<dtype: 'int32'>")
         np.testing.assert_array_equal(to_numpy(batch_labels), [1, 3])
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ddpm_keras.distribute import get_strategy
-from ddpm_keras.distribute import strategy_scope
+from ddpm_keras.utils.distribute import get_strategy
+from ddpm_keras.utils.distribute import strategy_scope
 from subprocess_json import run_snippet
 
 # Logical devices must be set before TensorFlow initialises: a fresh interpreter.
@@ -11,8 +11,8 @@ MIRRORED = """
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from ddpm_keras import _train_steps
-from ddpm_keras.distribute import get_strategy
+from ddpm_keras.training import steps as train_steps
+from ddpm_keras.utils.distribute import get_strategy
 
 strategy = get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
 with strategy.scope():
@@ -39,7 +39,7 @@ images = tf.constant(tiny_images(4))
 @tf.function
 def draw():
     def replica_fn():
-        _, t, noise = model.noisy_batch(images, _train_steps._tf_replica_seed(model.seed_generator))
+        _, t, noise = model.noisy_batch(images, train_steps._tf_replica_seed(model.seed_generator))
         return noise
     return strategy.run(replica_fn)
 noises = [n.numpy() for n in strategy.experimental_local_results(draw())]
@@ -48,8 +48,8 @@ b = model.generate_images(num_images=2, seed=5)
 
 # The NaN guard under the strategy: a batch holding NaN stops fit before the checkpoint is replaced.
 import hashlib, tempfile
-from ddpm_keras.callbacks import RunCheckpoint
-from ddpm_keras.finite import NonFiniteError, NonFiniteGuard
+from ddpm_keras.training.callbacks import RunCheckpoint
+from ddpm_keras.training.finite import NonFiniteError, NonFiniteGuard
 run_dir = tempfile.mkdtemp()
 guarded = lambda: [NonFiniteGuard(), RunCheckpoint(run_dir)]
 with strategy.scope():
@@ -99,7 +99,7 @@ c_replica_spread = max(
 zeros = tf.zeros((256,), "int32")
 @tf.function
 def drop():
-    return strategy.run(lambda: c_model.drop_labels(zeros, _train_steps._tf_replica_seed(c_model.seed_generator)))
+    return strategy.run(lambda: c_model.drop_labels(zeros, train_steps._tf_replica_seed(c_model.seed_generator)))
 c_drops = [d.numpy() for d in strategy.experimental_local_results(drop())]
 emit(
     c_losses=c_losses, c_iterations=int(to_numpy(c_model.optimizer.iterations)), c_replica_spread=c_replica_spread,
@@ -199,7 +199,7 @@ def test_default_strategy_is_one_replica():
 def test_only_the_chief_writes_the_run_directory(tf_config, chief, monkeypatch):
     import json
 
-    from ddpm_keras.distribute import is_chief
+    from ddpm_keras.utils.distribute import is_chief
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tiny_model
 from ddpm_keras.cli import main
-from ddpm_keras.export import METADATA_FILE
+from ddpm_keras.inference.export import METADATA_FILE
 from ddpm_keras.visualize import to_uint8
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a SavedModel needs TensorFlow")

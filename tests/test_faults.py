@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from ddpm_keras import DiffusionModel
-from ddpm_keras import _files
-from ddpm_keras.callbacks import RunCheckpoint
+from ddpm_keras.utils import files
+from ddpm_keras.training.callbacks import RunCheckpoint
 from ddpm_keras.cli import main
-from ddpm_keras.finite import NonFiniteError
-from ddpm_keras.finite import NonFiniteGuard
+from ddpm_keras.training.finite import NonFiniteError
+from ddpm_keras.training.finite import NonFiniteGuard
 
 TINY = ["--preset", "tiny", "--dataset", "synthetic", "--img-size", "16", "--steps-per-epoch", "2",
         "--batch-size", "4", "--plot-every", "0"]
@@ -208,16 +208,16 @@ def test_an_export_replaces_only_a_previous_export(world, capsys):
     assert run_cli([*argv, "--overwrite"], capsys)[0] == 0
     assert not os.path.exists(world / "generator" / "README.txt")
     assert tree_hashes(world / "precious", world / "precious.old", world / "run") == siblings
-    assert not [name for name in os.listdir(world) if name.startswith(_files.TMP_PREFIX)]
+    assert not [name for name in os.listdir(world) if name.startswith(files.TMP_PREFIX)]
 
 
 def test_sample_replaces_its_own_grid_and_overwrite_a_users(world, capsys):
     out = str(world / "grid.png")
     argv = ["sample", "--checkpoint", str(world / "run"), "--out", out, *FAST_SAMPLE]
-    assert run_cli(argv, capsys)[0] == 0 and _files.written_by_toolkit(out)
+    assert run_cli(argv, capsys)[0] == 0 and files.written_by_toolkit(out)
     assert run_cli([*argv, "--seed", "1"], capsys)[0] == 0  # its own grid: replaced
     users = ["sample", "--checkpoint", str(world / "run"), "--out", str(world / "notes.png"), *FAST_SAMPLE]
-    assert run_cli([*users, "--overwrite"], capsys)[0] == 0 and _files.written_by_toolkit(world / "notes.png")
+    assert run_cli([*users, "--overwrite"], capsys)[0] == 0 and files.written_by_toolkit(world / "notes.png")
 
 
 def test_resume_honours_what_may_change_and_records_each_launch(world, capsys):
@@ -305,8 +305,8 @@ def test_a_checkpoint_refuses_non_finite_weights_without_the_guard(tmp_path):
 
 GUARD_SNIPPET = """
 import hashlib
-from ddpm_keras.callbacks import RunCheckpoint
-from ddpm_keras.finite import NonFiniteError, NonFiniteGuard
+from ddpm_keras.training.callbacks import RunCheckpoint
+from ddpm_keras.training.finite import NonFiniteError, NonFiniteGuard
 images = tiny_images(32)
 model = tiny_model()
 run = sys.argv[1] if len(sys.argv) > 1 else os.environ["RUN_DIR"]
@@ -385,7 +385,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(trained_run, tmp_path, capsys
         last = err.strip().splitlines()[-1]
         assert "no space left on the device" in last and "model.keras" in last and "epoch 1" in last, last
         assert "Traceback" not in err
-        assert not [name for name in os.listdir(run) if name.startswith(_files.TMP_PREFIX)]
+        assert not [name for name in os.listdir(run) if name.startswith(files.TMP_PREFIX)]
         assert {path: digest for path, digest in tree_hashes(run).items() if "model.keras" in path} == {
             path: digest for path, digest in before.items() if "model.keras" in path}
         assert int(keras.saving.load_model(os.path.join(run, "model.keras")).epoch) == 1
@@ -405,8 +405,8 @@ def test_a_read_only_folder_fails_before_any_computation(trained_run, tmp_path, 
 
 
 def test_diffusion_model_files_are_recognised_as_the_toolkits(trained_run, world):
-    assert _files.written_by_toolkit(os.path.join(trained_run, "model.keras"))
-    assert not _files.written_by_toolkit(world / "lambda.keras")
+    assert files.written_by_toolkit(os.path.join(trained_run, "model.keras"))
+    assert not files.written_by_toolkit(world / "lambda.keras")
     assert isinstance(keras.saving.load_model(os.path.join(trained_run, "model.keras")), DiffusionModel)
 
 

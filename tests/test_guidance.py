@@ -168,8 +168,8 @@ def test_guidance_gives_tensorflows_images_on_other_backends(model, backend):
 def test_sample_plotter_draws_one_row_per_class(model, tmp_path):
     from PIL import Image
 
-    from ddpm_keras.callbacks import SamplePlotter
-    from ddpm_keras.callbacks import class_rows
+    from ddpm_keras.training.callbacks import SamplePlotter
+    from ddpm_keras.training.callbacks import class_rows
 
     assert class_rows(model, 10) == ([0, 0, 0, 1, 1, 1, 2, 2, 2], 3)
     assert class_rows(model, 4, classes=["mean+0.1", 0]) == ([2, 2, 0, 0], 2)

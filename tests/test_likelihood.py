@@ -24,7 +24,7 @@ from scipy import stats
 
 from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
-from ddpm_keras import likelihood
+from ddpm_keras.diffusion import likelihood
 
 from conftest import tiny_images
 from conftest import tiny_model

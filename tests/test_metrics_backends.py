@@ -15,7 +15,7 @@ from subprocess_json import skip_unless_installed
 pytestmark = pytest.mark.slow
 
 METRICS = """
-from ddpm_keras.callbacks import QualityMonitor
+from ddpm_keras.training.callbacks import QualityMonitor
 from ddpm_keras.metrics import FrechetInceptionDistance, InceptionScore, KernelInceptionDistance
 
 inputs = keras.Input((16, 16, 3))

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from ddpm_keras.callbacks import StallWatchdog
+from ddpm_keras.training.callbacks import StallWatchdog
 from subprocess_json import PREAMBLE
 from subprocess_json import ROOT
 from subprocess_json import run_snippet
@@ -234,7 +234,7 @@ def test_a_lost_worker_stops_the_other_and_the_run_resumes(tmp_path):
 
 
 SAMPLE = """
-from ddpm_keras.distribute import strategy_scope
+from ddpm_keras.utils.distribute import strategy_scope
 worker, weights = os.environ.get("WORKER", "single"), sys.argv[1] + "/weights.weights.h5"
 with strategy_scope("none" if worker == "single" else "multiworker"):
     model = tiny_model(timesteps=20, seed=0)
@@ -284,8 +284,8 @@ def test_sampling_chunks_are_dealt_to_two_devices():
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from ddpm_keras import chunk_plan
-    from ddpm_keras.distribute import get_strategy
+    from ddpm_keras.inference import chunks
+    from ddpm_keras.utils.distribute import get_strategy
 
     plain = tiny_model(timesteps=20, seed=0)
     for w in plain.ema_network.weights:
@@ -295,8 +295,8 @@ def test_sampling_chunks_are_dealt_to_two_devices():
         split = tiny_model(timesteps=20, seed=0)
     split.set_weights(plain.get_weights())
     seen = []
-    original = chunk_plan._device_scope
-    chunk_plan._device_scope = lambda device: (seen.append(device), original(device))[1]
+    original = chunks._device_scope
+    chunks._device_scope = lambda device: (seen.append(device), original(device))[1]
     a = plain.generate_images(5, seed=3, batch_size=2, sampler="ddpm", num_steps=4, verbose=0)
     b = split.generate_images(5, seed=3, batch_size=2, sampler="ddpm", num_steps=4, verbose=0)
     emit(difference=float(np.abs(a - b).max()), devices=sorted(d for d in seen if d is not None))
@@ -307,7 +307,7 @@ def test_sampling_chunks_are_dealt_to_two_devices():
 
 
 def test_chunks_go_to_the_replicas_in_turn():
-    from ddpm_keras.chunk_plan import ChunkPlan
+    from ddpm_keras.inference.chunks import ChunkPlan
 
     plan = ChunkPlan(7)
     plan.first_replica, plan.num_replicas, plan.devices = 2, 3, [None]  # worker 1 of 3, one device each
@@ -320,7 +320,7 @@ def test_stall_watchdog_ends_a_process_that_makes_no_progress():
     """A step (here a callback) that blocks for longer than the timeout: exit status and message, within bounds."""
     code = PREAMBLE + """
 import time
-from ddpm_keras.callbacks import StallWatchdog
+from ddpm_keras.training.callbacks import StallWatchdog
 
 class Stuck(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
@@ -352,8 +352,8 @@ SLURM_CPU = {
 
 
 def test_slurm_step_gives_the_cluster(monkeypatch):
-    from ddpm_keras.distribute import cluster_resolver
-    from ddpm_keras.distribute import is_chief
+    from ddpm_keras.utils.distribute import cluster_resolver
+    from ddpm_keras.utils.distribute import is_chief
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: the resolver must list the tasks anyway
@@ -372,7 +372,7 @@ def test_slurm_step_gives_the_cluster(monkeypatch):
 
 
 def test_slurm_step_shares_the_gpus_of_a_node(monkeypatch):
-    from ddpm_keras.distribute import slurm_cluster_resolver
+    from ddpm_keras.utils.distribute import slurm_cluster_resolver
 
     for name, value in {**SLURM_CPU, "SLURM_PROCID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}.items():
         monkeypatch.setenv(name, value)
@@ -382,7 +382,7 @@ def test_slurm_step_shares_the_gpus_of_a_node(monkeypatch):
 
 
 def test_multiworker_without_a_cluster_says_how_to_give_one(monkeypatch):
-    from ddpm_keras.distribute import cluster_resolver
+    from ddpm_keras.utils.distribute import cluster_resolver
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)

@@ -15,9 +15,9 @@ from keras import ops
 
 from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
-from ddpm_keras import likelihood
-from ddpm_keras.objectives import min_snr_weights
-from ddpm_keras.schedules import get_beta_schedule
+from ddpm_keras.diffusion import likelihood
+from ddpm_keras.diffusion.objectives import min_snr_weights
+from ddpm_keras.diffusion.schedules import get_beta_schedule
 
 T = 10
 BETA_END = 0.2

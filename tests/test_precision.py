@@ -7,7 +7,7 @@ from keras import ops
 
 from conftest import tiny_images
 from conftest import tiny_model
-from ddpm_keras.distribute import set_precision
+from ddpm_keras.utils.distribute import set_precision
 
 
 @pytest.fixture

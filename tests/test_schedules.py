@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from ddpm_keras.schedules import cosine_beta_schedule
-from ddpm_keras.schedules import get_beta_schedule
-from ddpm_keras.schedules import linear_beta_schedule
+from ddpm_keras.diffusion.schedules import cosine_beta_schedule
+from ddpm_keras.diffusion.schedules import get_beta_schedule
+from ddpm_keras.diffusion.schedules import linear_beta_schedule
 
 
 def test_linear_schedule_matches_formula():

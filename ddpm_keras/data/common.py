@@ -15,9 +15,9 @@ its image through the shuffle and is left alone by the flip.
 import numpy as np
 import tensorflow as tf
 
-from ddpm_keras._checks import check_positive_int
-from ddpm_keras._checks import image_size
-from ddpm_keras._checks import is_int
+from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.checks import image_size
+from ddpm_keras.utils.checks import is_int
 
 # The shuffle buffer holds preprocessed float32 images; 10,000 covers the
 # whole of Oxford Flowers 102 (8,189 images, 400 MB at 64 px).

@@ -2,7 +2,7 @@
 
 This package knows nothing of training: it takes images (arrays in
 `[-1, 1]` or `tf.data` datasets of them) and Keras models that map images
-to features. `ddpm_keras.callbacks.QualityMonitor` and
+to features. `ddpm_keras.training.callbacks.QualityMonitor` and
 `ddpm-keras evaluate` are built on it. The likelihood in bits per dimension
 is `DiffusionModel.bits_per_dim`.
 

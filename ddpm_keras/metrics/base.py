@@ -2,7 +2,7 @@
 
 import os
 
-from ddpm_keras._checks import check_positive_int
+from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.metrics.features import extract_features
 from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.features import extractor_id

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ddpm_keras._checks import check_positive_int
+from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.metrics.base import FeatureMetric
 
 

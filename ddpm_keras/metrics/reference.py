@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from ddpm_keras._files import atomic_write
+from ddpm_keras.utils.files import atomic_write
 from ddpm_keras.metrics.features import extract_features
 from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.features import extractor_id

@@ -39,8 +39,8 @@ import functools
 from typing import Callable
 from typing import NamedTuple
 
-from ddpm_keras._checks import check_number
-from ddpm_keras._checks import is_int
+from ddpm_keras.utils.checks import check_number
+from ddpm_keras.utils.checks import is_int
 from ddpm_keras.samplers.common import Chain
 from ddpm_keras.samplers.common import advance
 from ddpm_keras.samplers.common import check_thresholding
@@ -63,13 +63,13 @@ from ddpm_keras.samplers.guidance import guided_model_fn
 from ddpm_keras.samplers.inpaint import INPAINT_SAMPLERS
 from ddpm_keras.samplers.inpaint import inpaint_chain
 from ddpm_keras.samplers.pc import pc_chain
-from ddpm_keras.samplers.schedule import TIMESTEP_SPACINGS
-from ddpm_keras.samplers.schedule import check_num_steps
-from ddpm_keras.samplers.schedule import check_spacing
-from ddpm_keras.samplers.schedule import respaced
-from ddpm_keras.samplers.schedule import sampling_schedule
-from ddpm_keras.samplers.schedule import sampling_timesteps
-from ddpm_keras.samplers.schedule import spaced_timesteps
+from ddpm_keras.samplers.timesteps import TIMESTEP_SPACINGS
+from ddpm_keras.samplers.timesteps import check_num_steps
+from ddpm_keras.samplers.timesteps import check_spacing
+from ddpm_keras.samplers.timesteps import respaced
+from ddpm_keras.samplers.timesteps import sampling_schedule
+from ddpm_keras.samplers.timesteps import sampling_timesteps
+from ddpm_keras.samplers.timesteps import spaced_timesteps
 from ddpm_keras.samplers.unipc import unipc_chain
 from ddpm_keras.samplers.unipc import unipc_coefficients
 

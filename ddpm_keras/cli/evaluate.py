@@ -7,18 +7,18 @@ import time
 
 import keras
 
-from ddpm_keras import _files
-from ddpm_keras.callbacks import QualityMonitor
-from ddpm_keras.callbacks import describe_sampling
+from ddpm_keras.utils import files
+from ddpm_keras.training.callbacks import QualityMonitor
+from ddpm_keras.training.callbacks import describe_sampling
 from ddpm_keras.cli import _load_model
 from ddpm_keras.cli import check_output
 from ddpm_keras.cli import load_keras_file
 from ddpm_keras.cli import sampling_options
 from ddpm_keras.cli import CLIError
 from ddpm_keras.data import load_dataset
-from ddpm_keras.distribute import is_chief
-from ddpm_keras.distribute import strategy_scope
-from ddpm_keras.distribute import worker_of
+from ddpm_keras.utils.distribute import is_chief
+from ddpm_keras.utils.distribute import strategy_scope
+from ddpm_keras.utils.distribute import worker_of
 from ddpm_keras.metrics import inception_classifier
 from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import InceptionScore
@@ -36,7 +36,7 @@ def evaluate(args):
     if args.out:  # before any computation
         check_output(args.out, "--out", ".json", args.overwrite)
     # Under a strategy the model is built on its replicas: generate_images deals its chunks to them
-    # (`ddpm_keras.chunk_plan`). The feature extractors stay outside, on one device.
+    # (`ddpm_keras.inference.chunks`). The feature extractors stay outside, on one device.
     if args.strategy != "none" and keras.backend.backend() != "tensorflow":
         raise CLIError(f"evaluate --strategy {args.strategy} needs KERAS_BACKEND=tensorflow. Received: "
                        f"KERAS_BACKEND={keras.backend.backend()!r}.")
@@ -97,7 +97,7 @@ def evaluate(args):
         worker, workers = worker_of(strategy)
         print(f"Worker {worker} of {workers}: not writing {args.out} (the chief writes it)")
     elif args.out:
-        _files.write_json(args.out, {
+        files.write_json(args.out, {
             "checkpoint": args.checkpoint, "dataset": dataset_name, "split": split, "metrics": results,
             "num_samples": args.num_samples, "sampling": sampling, "seed": args.seed,
             "feature_extractor": None if extractor is None else extractor.name,

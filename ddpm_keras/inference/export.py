@@ -27,13 +27,13 @@ import os
 import keras
 from keras import ops
 
-from ddpm_keras import _files
-from ddpm_keras import _compile
-from ddpm_keras import conditioning
+from ddpm_keras.utils import files
+from ddpm_keras.inference import compiled
+from ddpm_keras.inference import conditioning
 from ddpm_keras import samplers
 from ddpm_keras.presets import DEFAULT_SAMPLING
 
-METADATA_FILE = _files.EXPORT_METADATA_FILE
+METADATA_FILE = files.EXPORT_METADATA_FILE
 
 
 def export_generator(
@@ -102,7 +102,7 @@ def export_generator(
     import tensorflow as tf
 
     # Checked before the compilation: a folder of the user's is never replaced.
-    _files.check_output(path, "path", overwrite=overwrite, kind="dir")
+    files.check_output(path, "path", overwrite=overwrite, kind="dir")
     options = model._generation_options(
         sampler, num_steps, eta, clip_denoised, corrector_steps, snr, timestep_spacing, thresholding, dtype
     )
@@ -127,12 +127,12 @@ def export_generator(
             return samplers.advance(chain(model_fn, noise_fn, *extra), loop_state, begin, end, None)
 
         return tuple(
-            tf.function(_compile.tf_chain_function(network, fn), jit_compile=True, autograph=False)
+            tf.function(compiled.tf_chain_function(network, fn), jit_compile=True, autograph=False)
             for fn in (init, segment)
         )
 
     module = tf.Module()
-    trainable, non_trainable = _compile.weight_values(model.ema_network)
+    trainable, non_trainable = compiled.weight_values(model.ema_network)
     module.trainable = [tf.Variable(v, trainable=False) for v in trainable]
     module.non_trainable = [tf.Variable(v, trainable=False) for v in non_trainable]
     run_init, run_segment = compiled(False)
@@ -187,7 +187,7 @@ def export_generator(
         "outputs": {"images": "uint8 (num_images, H, W, C)"},
     }
     # Written beside `path` and moved in place, so an interrupted export leaves no half SavedModel.
-    with _files.replacing_dir(path, overwrite=overwrite, option="path") as staging:
+    with files.replacing_dir(path, overwrite=overwrite, option="path") as staging:
         tf.saved_model.save(module, staging, signatures={"serving_default": generate.get_concrete_function()})
-        _files.write_json(os.path.join(staging, METADATA_FILE), metadata)
+        files.write_json(os.path.join(staging, METADATA_FILE), metadata)
     return path

@@ -14,7 +14,7 @@ of a batch (labels or none, their shape and dtype: before `fit` and
 a step is traced, at the first batch, on every backend),
 `check_label_values` on the values of a label array (before `fit` and
 `evaluate`, on the arrays they are given). Only `ddpm_keras.model` and
-`ddpm_keras._train_steps` import this module.
+`ddpm_keras.training.steps` import this module.
 """
 
 import numbers
@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras._checks import shorten
+from ddpm_keras.utils.checks import shorten
 
 
 def check_cond_drop_prob(cond_drop_prob):

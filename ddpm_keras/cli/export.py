@@ -32,7 +32,7 @@ def add_export_parser(commands, formatter):
 
 def export(args):
     """Runs `ddpm-keras export`."""
-    from ddpm_keras._files import check_output
+    from ddpm_keras.utils.files import check_output
     from ddpm_keras.cli import _load_model
     from ddpm_keras.cli import sampling_options
 

@@ -19,18 +19,18 @@ from ddpm_keras.cli import WorkerLostError
 from ddpm_keras.cli import _load_model
 from ddpm_keras.cli import _slug
 from ddpm_keras.cli import _add_extractor_args
-from ddpm_keras.cli_run_dir import model_option_value
-from ddpm_keras.cli_types import non_negative_int
-from ddpm_keras.cli_types import number
-from ddpm_keras.cli_types import positive_float
-from ddpm_keras.cli_types import positive_int
-from ddpm_keras.cli_types import seed as seed_type
+from ddpm_keras.cli.run_dir import model_option_value
+from ddpm_keras.cli.types import non_negative_int
+from ddpm_keras.cli.types import number
+from ddpm_keras.cli.types import positive_float
+from ddpm_keras.cli.types import positive_int
+from ddpm_keras.cli.types import seed as seed_type
 from ddpm_keras.diffusion import PREDICTION_TYPES
-from ddpm_keras.distribute import PRECISIONS
-from ddpm_keras.distribute import STRATEGIES
+from ddpm_keras.utils.distribute import PRECISIONS
+from ddpm_keras.utils.distribute import STRATEGIES
 from ddpm_keras.presets import PRESETS
 from ddpm_keras.presets import get_preset
-from ddpm_keras.schedules import BETA_SCHEDULES
+from ddpm_keras.diffusion.schedules import BETA_SCHEDULES
 
 # The options that override a preset's model: argparse dest -> (preset part, key).
 MODEL_FLAGS = {
@@ -164,14 +164,14 @@ def class_conditioning(args, config, dataset_name):
 
 def train(args):
     """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
-    from ddpm_keras import cli_run_dir
+    from ddpm_keras.cli import run_dir
 
     run_dir = args.out or os.path.join(
         CHECKPOINTS_DIR, f"{args.preset or DEFAULT_PRESET}-{_slug(args.dataset or _preset_dataset(args.preset))}"
     )
-    record = cli_run_dir.read_record(run_dir) if args.resume else {}
+    record = run_dir.read_record(run_dir) if args.resume else {}
     if args.resume:
-        cli_run_dir.resolve_resumed_options(args, record)
+        run_dir.resolve_resumed_options(args, record)
     preset = args.preset or record.get("preset") or DEFAULT_PRESET
     config = apply_model_flags(get_preset(preset), args)
     training = config["training"]
@@ -189,16 +189,16 @@ def train(args):
 
     import keras
 
-    from ddpm_keras.callbacks import NonFiniteGuard
-    from ddpm_keras.callbacks import RunCheckpoint
-    from ddpm_keras.callbacks import SamplePlotter
-    from ddpm_keras.callbacks import StallWatchdog
-    from ddpm_keras.callbacks import WorkerShare
+    from ddpm_keras.training.callbacks import NonFiniteGuard
+    from ddpm_keras.training.callbacks import RunCheckpoint
+    from ddpm_keras.training.callbacks import SamplePlotter
+    from ddpm_keras.training.callbacks import StallWatchdog
+    from ddpm_keras.training.callbacks import WorkerShare
     from ddpm_keras.data import load_dataset
-    from ddpm_keras.distribute import is_chief
-    from ddpm_keras.distribute import set_precision
-    from ddpm_keras.distribute import strategy_scope
-    from ddpm_keras.distribute import worker_of
+    from ddpm_keras.utils.distribute import is_chief
+    from ddpm_keras.utils.distribute import set_precision
+    from ddpm_keras.utils.distribute import strategy_scope
+    from ddpm_keras.utils.distribute import worker_of
 
     set_precision(args.precision)
     model_path = os.path.join(run_dir, "model.keras")
@@ -212,7 +212,7 @@ def train(args):
             args.worker_dir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ddpm-keras-worker-"))
         )
         if write_dir == run_dir and not args.resume:
-            record = cli_run_dir.check_fresh(run_dir)  # before anything long
+            record = run_dir.check_fresh(run_dir)  # before anything long
         model, completed = _build_or_resume(args, config, model_path, epochs, write_dir, class_names, workers, record)
         if args.jit_compile:
             model.jit_compile = True
@@ -229,15 +229,15 @@ def train(args):
             learning_rate = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.7g}")
             options = {**vars(args), "preset": preset, "epochs": epochs, "batch_size": batch_size,
                        "plot_every": plot_every, "learning_rate": learning_rate}
-            cli_run_dir.write_record(run_dir, record, {**options, "preset_config": config,
-                                                       "model": cli_run_dir.model_record(model)},
+            run_dir.write_record(run_dir, record, {**options, "preset_config": config,
+                                                       "model": run_dir.model_record(model)},
                                      {"resume": bool(args.resume), "from_epoch": completed,
-                                      **{k: options[k] for k in cli_run_dir.LAUNCH_OPTIONS}})
+                                      **{k: options[k] for k in run_dir.LAUNCH_OPTIONS}})
         # The guard first: a non-finite loss stops the epoch before any callback saves it. The quality
         # monitor before the checkpoint: the checkpoint's log.csv then records its figures.
         callbacks = [NonFiniteGuard()]
         if args.fid_every:
-            from ddpm_keras.cli_evaluate import quality_monitor
+            from ddpm_keras.cli.evaluate import quality_monitor
 
             callbacks.append(quality_monitor(args, dataset_name, (height, width), write_dir))
         callbacks.append(RunCheckpoint(write_dir))
@@ -265,7 +265,7 @@ def train(args):
             )
         except Exception as error:  # noqa: BLE001 - a lost worker, a NaN, a full disk: one line each
             _raise_if_worker_lost(error, workers, run_dir)
-            cli_run_dir.raise_with_state(error, model, os.path.join(write_dir, "model.keras"))
+            run_dir.raise_with_state(error, model, os.path.join(write_dir, "model.keras"))
             raise
         finally:
             watchdog.stop()
@@ -315,7 +315,7 @@ def _shard_by_data(dataset):
 def _raise_if_worker_lost(error, workers, run_dir):
     if workers < 2:
         return
-    from ddpm_keras.distribute import is_worker_lost
+    from ddpm_keras.utils.distribute import is_worker_lost
 
     if is_worker_lost(error):
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -331,7 +331,7 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
     """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
     import keras
 
-    from ddpm_keras import cli_run_dir
+    from ddpm_keras.cli import run_dir
 
     if args.resume:
         if workers > 1 and not os.path.isfile(model_path):
@@ -340,9 +340,9 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
                 "directory, which must be shared between the machines (or copied to each) before --resume."
             )
         if write_dir == os.path.dirname(model_path):
-            cli_run_dir.remove_temporaries(write_dir)
+            run_dir.remove_temporaries(write_dir)
         model = _load_model(model_path)
-        cli_run_dir.check_resumed(args, record or {}, model, model_path)
+        run_dir.check_resumed(args, record or {}, model, model_path)
         completed = int(keras.ops.convert_to_numpy(model.epoch))  # a MirroredVariable under a strategy
         if completed >= epochs:
             raise CLIError(
@@ -350,7 +350,7 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
             )
         if args.learning_rate is not None:
             model.optimizer.learning_rate = args.learning_rate
-        cli_run_dir.reconcile_log(write_dir, completed)
+        run_dir.reconcile_log(write_dir, completed)
         print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
         return model, completed
     return _build_model(config, args.learning_rate, args.seed, class_names), 0

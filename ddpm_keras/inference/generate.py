@@ -1,27 +1,27 @@
 """`GenerationMixin`: sampling (with labels and guidance on conditional models) and its export.
 
 `generate_images` builds a sampler `Chain` (`ddpm_keras.samplers`) and runs
-it with the EMA network in compiled segments (`ddpm_keras._chains`); the
+it with the EMA network in compiled segments (`ddpm_keras.inference.runner`); the
 editing methods (inpaint, encode, decode, interpolate) are in
-`ddpm_keras.editing`.
+`ddpm_keras.inference.edit`.
 """
 
 import numpy as np
 from keras import ops
 
-from ddpm_keras import conditioning
+from ddpm_keras.inference import conditioning
 from ddpm_keras import samplers
-from ddpm_keras._chains import DETERMINISTIC_SAMPLERS  # noqa: F401 - importable from here
-from ddpm_keras._chains import SEGMENT_STEPS
-from ddpm_keras._chains import Progress
-from ddpm_keras._chains import chunk_seeds
-from ddpm_keras._chains import num_segments
-from ddpm_keras._chains import padded
-from ddpm_keras._checks import check_positive_int
-from ddpm_keras._checks import check_seed
-from ddpm_keras.chunk_plan import ChunkPlan
-from ddpm_keras.editing import EditingMixin
-from ddpm_keras.precision import check_inference_dtype
+from ddpm_keras.inference.runner import DETERMINISTIC_SAMPLERS  # noqa: F401 - importable from here
+from ddpm_keras.inference.runner import SEGMENT_STEPS
+from ddpm_keras.inference.runner import Progress
+from ddpm_keras.inference.runner import chunk_seeds
+from ddpm_keras.inference.runner import num_segments
+from ddpm_keras.inference.runner import padded
+from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.checks import check_seed
+from ddpm_keras.inference.chunks import ChunkPlan
+from ddpm_keras.inference.edit import EditingMixin
+from ddpm_keras.inference.precision import check_inference_dtype
 
 
 class GenerationMixin(EditingMixin):
@@ -82,7 +82,7 @@ class GenerationMixin(EditingMixin):
                 results are deterministic for a given `(seed, batch_size)`
                 but differ between batch sizes. The chunks of a model built
                 under a strategy are dealt to its devices and workers
-                (`ddpm_keras.chunk_plan`), with the same images. Defaults to
+                (`ddpm_keras.inference.chunks`), with the same images. Defaults to
                 `None` (one chunk, seeded with `seed` itself).
             return_trajectory: Boolean, also return the intermediate
                 samples. Defaults to `False`.
@@ -198,14 +198,14 @@ class GenerationMixin(EditingMixin):
     def export_generator(self, path, **options):
         """Writes the generator as a TensorFlow SavedModel: `(seed, num_images) -> uint8 images`.
 
-        See `ddpm_keras.export.export_generator` for the options (the
+        See `ddpm_keras.inference.export.export_generator` for the options (the
         sampler and its settings, fixed at export) and the signature.
 
         Example:
 
         >>> model.export_generator("flowers_generator", sampler="dpmpp_2m_sde", num_steps=20)
         """
-        from ddpm_keras.export import export_generator
+        from ddpm_keras.inference.export import export_generator
 
         return export_generator(self, path, **options)
 
@@ -243,7 +243,7 @@ class GenerationMixin(EditingMixin):
     def label_ids(self, labels, num_images=None):
         """Class labels (integers or names, one or one per image) as a checked int32 array `(num_images,)`.
 
-        See `ddpm_keras.conditioning.label_ids`.
+        See `ddpm_keras.inference.conditioning.label_ids`.
 
         Example:
 

@@ -6,23 +6,23 @@ TensorFlow one `tf.function(jit_compile=True)`, on JAX `jax.jit` with an
 explicit key, on PyTorch eager code under `torch.no_grad()`. The weights are
 arguments, not constants frozen into the compiled code, so one compilation
 serves every later state of the EMA network and models built under a
-`tf.distribute` strategy. `ddpm_keras._chains` (sampling, editing,
-likelihood) and `ddpm_keras.export` (the SavedModel, through
+`tf.distribute` strategy. `ddpm_keras.inference.runner` (sampling, editing,
+likelihood) and `ddpm_keras.inference.export` (the SavedModel, through
 `tf_chain_function`) use it.
 """
 
 import keras
 from keras import ops
 
-from ddpm_keras._seeds import DrawnSeed
-from ddpm_keras._seeds import random_seed
+from ddpm_keras.utils.seeds import DrawnSeed
+from ddpm_keras.utils.seeds import random_seed
 
 
 def compile_chain(model, chain, network=None):
     """`run(seed, *inputs)` running `chain(model_fn, noise_fn, *inputs)` with the EMA weights, compiled per backend.
 
     `network` is the EMA network itself (the default) or a copy of it with
-    another dtype policy (`ddpm_keras.precision.inference_network`), which
+    another dtype policy (`ddpm_keras.inference.precision.inference_network`), which
     runs with the EMA network's variable values.
     """
     backend = keras.backend.backend()
@@ -63,7 +63,7 @@ def tf_chain_function(network, chain):
     """`fn(trainable, non_trainable, seed, *inputs)`: `chain` on TensorFlow with the weights and an int32 seed as arguments.
 
     Each noise draw's seed is `[seed, step]`. Not compiled: `compile_chain`
-    and `ddpm_keras.export` wrap it in `tf.function(jit_compile=True)`.
+    and `ddpm_keras.inference.export` wrap it in `tf.function(jit_compile=True)`.
     """
     import tensorflow as tf
 
@@ -126,7 +126,7 @@ def _jax_local(value):
     """A weight replicated over the processes of a `keras.distribution`: this process's copy.
 
     A chain then runs on this process alone, so that processes can make
-    different chunks of a request (`ddpm_keras.chunk_plan`).
+    different chunks of a request (`ddpm_keras.inference.chunks`).
     """
     if getattr(value, "is_fully_addressable", True):
         return value

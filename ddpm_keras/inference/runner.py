@@ -4,7 +4,7 @@ One compiled function draws `x_T` (or takes it) and sets up the chain's
 state, another runs `segment_steps` steps of it from any position (compiled
 once, the position an argument), and a progress bar moves between
 segments. The backend-specific compilation is in
-`ddpm_keras._compile.compile_chain`. `GenerationMixin` (sampling) and
+`ddpm_keras.inference.compiled.compile_chain`. `GenerationMixin` (sampling) and
 `EditingMixin` (inpainting, inversion, interpolation) build on it.
 """
 
@@ -14,12 +14,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras import _compile
+from ddpm_keras.inference import compiled
 from ddpm_keras import samplers
-from ddpm_keras._progress import progress_bar
-from ddpm_keras._seeds import random_seed
-from ddpm_keras.precision import check_inference_dtype
-from ddpm_keras.precision import inference_network
+from ddpm_keras.utils.progress import progress_bar
+from ddpm_keras.utils.seeds import random_seed
+from ddpm_keras.inference.precision import check_inference_dtype
+from ddpm_keras.inference.precision import inference_network
 
 SEGMENT_STEPS = 50
 DETERMINISTIC_SAMPLERS = tuple(name for name, spec in samplers.REGISTRY.items() if not spec.stochastic)
@@ -110,7 +110,7 @@ class ChainRunner:
         """
         key = key + (dtype,)
         if key not in self._samplers:
-            self._samplers[key] = _compile.compile_chain(self, chain, self.inference_network(dtype))
+            self._samplers[key] = compiled.compile_chain(self, chain, self.inference_network(dtype))
         return self._samplers[key]
 
 class _NetworkCache:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ddpm_keras._checks import is_int
+from ddpm_keras.utils.checks import is_int
 from ddpm_keras.diffusion import GaussianDiffusion
 
 TIMESTEP_SPACINGS = ("trailing", "logsnr", "karras")

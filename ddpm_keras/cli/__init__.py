@@ -10,7 +10,7 @@
     ddpm-keras export --checkpoint RUN_DIR --out generator    # TensorFlow SavedModel
 
 Every default comes from `ddpm_keras.presets`; the options of `train` are in
-`ddpm_keras.cli_train`.
+`ddpm_keras.cli.train`.
 """
 
 import argparse
@@ -18,12 +18,12 @@ import os
 import re
 import sys
 
-from ddpm_keras import _files
-from ddpm_keras.cli_types import non_negative_int  # noqa: F401 - importable from here
-from ddpm_keras.cli_types import number
-from ddpm_keras.cli_types import positive_int
-from ddpm_keras.cli_types import probability
-from ddpm_keras.cli_types import seed as seed_type
+from ddpm_keras.utils import files
+from ddpm_keras.cli.types import non_negative_int  # noqa: F401 - importable from here
+from ddpm_keras.cli.types import number
+from ddpm_keras.cli.types import positive_int
+from ddpm_keras.cli.types import probability
+from ddpm_keras.cli.types import seed as seed_type
 
 PROG = "ddpm-keras"
 EVALUATE_METRICS = ("fid", "kid", "is", "bpd")
@@ -61,11 +61,11 @@ def build_parser():
         "(network, EMA, optimizer, epoch; atomically), appends to RUN_DIR/log.csv and, every "
         "--plot-every epochs, writes a grid of samples to RUN_DIR/samples/.",
     )
-    from ddpm_keras.cli_train import add_train_arguments
+    from ddpm_keras.cli.train import add_train_arguments
 
     add_train_arguments(train)
 
-    from ddpm_keras.cli_sample import add_sample_parser
+    from ddpm_keras.cli.sample import add_sample_parser
 
     add_sample_parser(commands, formatter)
 
@@ -100,7 +100,7 @@ def build_parser():
                           help="timesteps for bpd: all T (exact) or fewer (a stratified estimate)")
     evaluate.add_argument("--out", default=None, help="also write the results to this JSON file")
     add_overwrite_arg(evaluate)
-    from ddpm_keras.distribute import STRATEGIES
+    from ddpm_keras.utils.distribute import STRATEGIES
 
     evaluate.add_argument("--strategy", default="none", choices=STRATEGIES,
                           help="mirrored: split the sampling over this machine's GPUs; multiworker: over the "
@@ -108,15 +108,15 @@ def build_parser():
                           "the chief writes --out. Chunks of --batch-size go to the replicas in turn: the same "
                           "images as one process")
 
-    from ddpm_keras.cli_edit import add_edit_parsers
+    from ddpm_keras.cli.edit import add_edit_parsers
 
     add_edit_parsers(commands, formatter)
 
-    from ddpm_keras.cli_export import add_export_parser
+    from ddpm_keras.cli.export import add_export_parser
 
     add_export_parser(commands, formatter)
 
-    from ddpm_keras.cli_convert import add_import_parser
+    from ddpm_keras.cli.convert import add_import_parser
 
     add_import_parser(commands, formatter)
     return parser
@@ -137,7 +137,7 @@ def add_overwrite_arg(parser, what="an output file"):
 def _add_sampler_args(parser, inpainting=False):
     """--sampler, --steps, --eta, --timestep-spacing (and --thresholding): defaults from `presets.DEFAULT_SAMPLING`."""
     from ddpm_keras import samplers
-    from ddpm_keras.precision import INFERENCE_DTYPES
+    from ddpm_keras.inference.precision import INFERENCE_DTYPES
     from ddpm_keras.presets import DEFAULT_SAMPLING
 
     choices = samplers.INPAINT_SAMPLERS if inpainting else samplers.SAMPLERS
@@ -222,13 +222,13 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from ddpm_keras.cli_convert import import_keras_io
-        from ddpm_keras.cli_edit import inpaint
-        from ddpm_keras.cli_edit import interpolate
-        from ddpm_keras.cli_evaluate import evaluate
-        from ddpm_keras.cli_sample import sample
-        from ddpm_keras.cli_export import export
-        from ddpm_keras.cli_train import train
+        from ddpm_keras.cli.convert import import_keras_io
+        from ddpm_keras.cli.edit import inpaint
+        from ddpm_keras.cli.edit import interpolate
+        from ddpm_keras.cli.evaluate import evaluate
+        from ddpm_keras.cli.sample import sample
+        from ddpm_keras.cli.export import export
+        from ddpm_keras.cli.train import train
 
         commands = {
             "train": train, "sample": sample, "evaluate": evaluate, "inpaint": inpaint, "interpolate": interpolate,
@@ -241,12 +241,12 @@ def main(argv=None):
         print(f"{PROG}: interrupted; the last finished epoch is in the run directory.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - user errors become one line
-        from ddpm_keras.finite import NonFiniteError
+        from ddpm_keras.training.finite import NonFiniteError
 
         if isinstance(error, NonFiniteError):
             return _fail(error, EXIT_NON_FINITE)
         if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno is not None:
-            return _fail(_files.describe_os_error(error), EXIT_USAGE)
+            return _fail(files.describe_os_error(error), EXIT_USAGE)
         if not _is_user_error(error):
             raise
         return _fail(error, EXIT_USAGE)
@@ -275,7 +275,7 @@ def _load_model(path):
     are one-line errors naming the file.
     """
     from ddpm_keras import DiffusionModel
-    from ddpm_keras.finite import check_finite_model
+    from ddpm_keras.training.finite import check_finite_model
 
     if os.path.isdir(path):
         path = os.path.join(path, "model.keras")
@@ -293,7 +293,7 @@ def load_keras_file(path, option=None):
 
     import keras
 
-    from ddpm_keras._download import one_line
+    from ddpm_keras.utils.download import one_line
 
     named = f"{option} {path}" if option else path
     try:
@@ -317,10 +317,10 @@ def load_keras_file(path, option=None):
 
 
 def check_output(path, option, suffix=None, overwrite=False):
-    """Checks an output file's name and that it can be written, before any long computation (`_files.check_output`)."""
+    """Checks an output file's name and that it can be written, before any long computation (`files.check_output`)."""
     if suffix is not None and not path.lower().endswith(suffix):
         raise CLIError(f"{option} must name a {suffix} file. Received: {option} {path}")
-    return _files.check_output(path, option, overwrite=overwrite)
+    return files.check_output(path, option, overwrite=overwrite)
 
 
 def _save_grid(images, path, ncols=None):

@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from ddpm_keras.diffusion import check_prediction_type
+from ddpm_keras.diffusion.gaussian import check_prediction_type
 
 # `None`: every timestep alike (the "simple" loss of Ho et al. 2020);
 # `"min_snr"`: min-SNR-gamma (Hang et al. 2023).

@@ -7,9 +7,9 @@
 
 import time
 
-from ddpm_keras.cli_types import in_range
-from ddpm_keras.cli_types import non_negative_float
-from ddpm_keras.cli_types import probability
+from ddpm_keras.cli.types import in_range
+from ddpm_keras.cli.types import non_negative_float
+from ddpm_keras.cli.types import probability
 
 
 def add_sample_parser(commands, formatter):

@@ -7,9 +7,9 @@ words that hold for every value it accepts.
 
 import argparse
 
-from ddpm_keras._checks import SEED_LIMIT
-from ddpm_keras._checks import describe_range
-from ddpm_keras._checks import in_range
+from ddpm_keras.utils.checks import SEED_LIMIT
+from ddpm_keras.utils.checks import describe_range
+from ddpm_keras.utils.checks import in_range
 
 
 def positive_int(text):

@@ -22,16 +22,16 @@ is traced); the sample weights are ignored.
 - PyTorch: `zero_grad`, `backward`, gradients from `v.value.grad`,
   `optimizer.apply` and the EMA assign under `torch.no_grad()`.
 
-The compiled sampling chains are `ddpm_keras._compile`'s; `ddpm_keras.model`
+The compiled sampling chains are `ddpm_keras.inference.compiled`'s; `ddpm_keras.model`
 imports this module.
 """
 
 import keras
 from keras import ops
 
-from ddpm_keras import training_labels
-from ddpm_keras._seeds import DrawnSeed
-from ddpm_keras.distribute import num_replicas_in_sync
+from ddpm_keras.training import labels as training_labels
+from ddpm_keras.utils.seeds import DrawnSeed
+from ddpm_keras.utils.distribute import num_replicas_in_sync
 
 
 def images_from(data):

@@ -25,7 +25,7 @@ import threading
 import keras
 import numpy as np
 
-from ddpm_keras.distribute import worker_of
+from ddpm_keras.utils.distribute import worker_of
 
 
 class ChunkPlan:

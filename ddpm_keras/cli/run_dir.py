@@ -14,13 +14,13 @@ import datetime
 import json
 import os
 
-from ddpm_keras import _files
-from ddpm_keras.callbacks import LOG_FILE
-from ddpm_keras.callbacks import MODEL_FILE
-from ddpm_keras.callbacks import QUALITY_LOG_FILE
-from ddpm_keras.callbacks import QUALITY_PLOT_FILE
-from ddpm_keras.callbacks import SAMPLES_DIR
-from ddpm_keras.callbacks import resume_log
+from ddpm_keras.utils import files
+from ddpm_keras.training.callbacks import LOG_FILE
+from ddpm_keras.training.callbacks import MODEL_FILE
+from ddpm_keras.training.callbacks import QUALITY_LOG_FILE
+from ddpm_keras.training.callbacks import QUALITY_PLOT_FILE
+from ddpm_keras.training.callbacks import SAMPLES_DIR
+from ddpm_keras.training.callbacks import resume_log
 from ddpm_keras.cli import CLIError
 
 RUN_RECORD = "run.json"
@@ -65,7 +65,7 @@ def check_fresh(run_dir):
         raise CLIError(f"{model_path} exists: pass --resume to continue that run, or --out DIR for a new one.")
     found = [name for name in RUN_FILES if os.path.lexists(os.path.join(run_dir, name))]
     record = {}
-    if found == [RUN_RECORD] and _files.written_by_toolkit(os.path.join(run_dir, RUN_RECORD)):
+    if found == [RUN_RECORD] and files.written_by_toolkit(os.path.join(run_dir, RUN_RECORD)):
         record, found = read_record(run_dir), []
     if found:
         raise CLIError(
@@ -73,13 +73,13 @@ def check_fresh(run_dir):
             "if it has one; otherwise choose a new --out DIR (nothing there is replaced)."
         )
     remove_temporaries(run_dir)
-    _files.check_writable_folder(run_dir)
+    files.check_writable_folder(run_dir)
     return record
 
 
 def remove_temporaries(run_dir):
     """Removes what killed writes of the run's files left (`.tmp-PID-model.keras`, ...), saying so."""
-    removed = [name for target in ATOMIC_FILES for name in _files.remove_orphan_temporaries(run_dir, target)]
+    removed = [name for target in ATOMIC_FILES for name in files.remove_orphan_temporaries(run_dir, target)]
     if removed:
         print(f"Removed {len(removed)} temporary file(s) of an interrupted save from {run_dir}: {', '.join(removed)}")
     return removed
@@ -133,7 +133,7 @@ def write_record(run_dir, record, options, launch):
     if record and not launches:  # a record of an earlier version: its one launch, as far as it says
         launches.append({"started": None, **{k: record.get(k) for k in LAUNCH_OPTIONS if k in record}})
     launches.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **launch})
-    return _files.write_json(os.path.join(run_dir, RUN_RECORD), {**options, "launches": launches})
+    return files.write_json(os.path.join(run_dir, RUN_RECORD), {**options, "launches": launches})
 
 
 def model_record(model):
@@ -185,7 +185,7 @@ def raise_with_state(error, model, model_path):
     """Re-raises a non-finite loss or an operating-system error with where the last finished epoch is."""
     import keras
 
-    from ddpm_keras.finite import NonFiniteError
+    from ddpm_keras.training.finite import NonFiniteError
 
     if not isinstance(error, (NonFiniteError, OSError)) or isinstance(error, FileNotFoundError):
         return
@@ -196,4 +196,4 @@ def raise_with_state(error, model, model_path):
         kept, then = "Nothing was saved", "then run again"
     if isinstance(error, NonFiniteError):
         raise NonFiniteError(f"{error.message} {kept}.", error.epoch, error.step) from None
-    raise CLIError(f"{_files.describe_os_error(error)}. {kept}: mend that, {then}.") from None
+    raise CLIError(f"{files.describe_os_error(error)}. {kept}: mend that, {then}.") from None

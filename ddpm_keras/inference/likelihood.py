@@ -1,7 +1,7 @@
 """`LikelihoodMixin`: `DiffusionModel.bits_per_dim`, the model's negative log-likelihood bound.
 
 The bound's math (its terms, the stratified timesteps, one compiled loop
-over them) is `ddpm_keras.likelihood`; this mixin feeds it the model's
+over them) is `ddpm_keras.diffusion.likelihood`; this mixin feeds it the model's
 images in chunks, through the compiled path of the samplers
 (`GenerationMixin._compiled`, the EMA weights), and sums the terms. Only
 `ddpm_keras.model` imports this module.
@@ -10,13 +10,13 @@ images in chunks, through the compiled path of the samplers
 import numpy as np
 from keras import ops
 
-from ddpm_keras import _train_steps
-from ddpm_keras import likelihood
-from ddpm_keras._checks import check_positive_int
-from ddpm_keras._checks import check_seed
-from ddpm_keras._progress import progress_bar
-from ddpm_keras._seeds import random_seed
-from ddpm_keras._chains import derived_seed
+from ddpm_keras.training import steps as train_steps
+from ddpm_keras.diffusion import likelihood
+from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.checks import check_seed
+from ddpm_keras.utils.progress import progress_bar
+from ddpm_keras.utils.seeds import random_seed
+from ddpm_keras.inference.runner import derived_seed
 
 
 class LikelihoodMixin:
@@ -46,7 +46,7 @@ class LikelihoodMixin:
         the data range (the outer bins extended to infinity). The reverse
         step's mean puts the `x_0` that the network's output stands for
         (read as `prediction_type`, `GaussianDiffusion.split_prediction`)
-        in the posterior. See `ddpm_keras.likelihood`.
+        in the posterior. See `ddpm_keras.diffusion.likelihood`.
 
         With `num_steps` `None` (or `T`), every timestep: the bound itself,
         up to the Monte Carlo error of its one draw of noise per term and
@@ -173,7 +173,7 @@ def _image_chunks(model, data, batch_size):
             ) from None
     pending = np.zeros((0,) + model.image_shape, np.float32)
     for batch in batches:
-        pending = np.concatenate([pending, model._check_images(_train_steps.images_from(batch), "data")])
+        pending = np.concatenate([pending, model._check_images(train_steps.images_from(batch), "data")])
         batch_size = batch_size or len(pending)
         while len(pending) >= batch_size:
             yield pending[:batch_size], batch_size

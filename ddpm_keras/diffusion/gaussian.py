@@ -13,10 +13,10 @@ import numpy as np
 from keras import ops
 from keras import random
 
-from ddpm_keras.schedules import BETA_SCHEDULES
-from ddpm_keras.schedules import get_beta_schedule
-from ddpm_keras import schedules
-from ddpm_keras._checks import check_number
+from ddpm_keras.diffusion.schedules import BETA_SCHEDULES
+from ddpm_keras.diffusion.schedules import get_beta_schedule
+from ddpm_keras.diffusion import schedules
+from ddpm_keras.utils.checks import check_number
 
 # What a network can be trained to predict from `x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps`:
 # the noise `eps` (Ho et al. 2020), the velocity `v = sqrt(ab) eps - sqrt(1 - ab) x_0`

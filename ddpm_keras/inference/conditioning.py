@@ -15,8 +15,8 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import samplers
-from ddpm_keras._checks import check_number
-from ddpm_keras._checks import shorten
+from ddpm_keras.utils.checks import check_number
+from ddpm_keras.utils.checks import shorten
 
 
 class Conditioning(NamedTuple):

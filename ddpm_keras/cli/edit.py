@@ -13,7 +13,7 @@ from ddpm_keras.cli import _load_model
 from ddpm_keras.cli import _save_grid
 from ddpm_keras.cli import check_output
 from ddpm_keras.cli import check_steps
-from ddpm_keras.cli_types import positive_int
+from ddpm_keras.cli.types import positive_int
 
 
 def add_edit_parsers(commands, formatter):
@@ -50,7 +50,7 @@ def add_edit_parsers(commands, formatter):
 
 
 def _deterministic_samplers():
-    from ddpm_keras.generation import DETERMINISTIC_SAMPLERS
+    from ddpm_keras.inference.generate import DETERMINISTIC_SAMPLERS
 
     return DETERMINISTIC_SAMPLERS
 

@@ -3,15 +3,15 @@
 import numpy as np
 from keras import ops
 
-from ddpm_keras import conditioning
+from ddpm_keras.inference import conditioning
 from ddpm_keras import samplers
-from ddpm_keras._chains import DETERMINISTIC_SAMPLERS
-from ddpm_keras._chains import SEGMENT_STEPS
-from ddpm_keras._chains import ChainRunner
-from ddpm_keras._chains import Progress
-from ddpm_keras._chains import num_segments
-from ddpm_keras._checks import check_positive_int
-from ddpm_keras._checks import check_seed
+from ddpm_keras.inference.runner import DETERMINISTIC_SAMPLERS
+from ddpm_keras.inference.runner import SEGMENT_STEPS
+from ddpm_keras.inference.runner import ChainRunner
+from ddpm_keras.inference.runner import Progress
+from ddpm_keras.inference.runner import num_segments
+from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.checks import check_seed
 
 
 class EditingMixin(ChainRunner):
