@@ -25,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from quality import parse_configs  # noqa: E402
+from quality import train_extractor  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras import GaussianDiffusion  # noqa: E402
@@ -35,8 +37,6 @@ from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402
-from quality import parse_configs  # noqa: E402
-from quality import train_extractor  # noqa: E402
 
 NUM_IMAGES = 2048
 

@@ -40,11 +40,10 @@ def _build(preset):
 
 def forward_flops(network):
     """Multiply-adds x 2 of one image's forward pass: convs, dense layers, attention."""
+    import keras
     import numpy as np
 
     from ddpm_keras.layers import AttentionBlock
-
-    import keras
 
     total = 0
     for layer in network.layers:

@@ -1,9 +1,9 @@
 """ddpm_keras: denoising diffusion probabilistic models in Keras 3."""
 
 from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.model import DiffusionModel
 from ddpm_keras.nn.layers import AttentionBlock
 from ddpm_keras.nn.layers import TimeEmbedding
-from ddpm_keras.model import DiffusionModel
 from ddpm_keras.nn.unet import build_unet
 
 __version__ = "0.1.0"

@@ -32,14 +32,14 @@ import zipfile
 import keras
 import numpy as np
 
+from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.model import DiffusionModel
+from ddpm_keras.nn.unet import build_unet
+from ddpm_keras.presets import get_preset
+from ddpm_keras.presets import model_options
 from ddpm_keras.utils import files
 from ddpm_keras.utils.download import one_line
 from ddpm_keras.utils.download import probe_host
-from ddpm_keras.diffusion import GaussianDiffusion
-from ddpm_keras.model import DiffusionModel
-from ddpm_keras.presets import get_preset
-from ddpm_keras.presets import model_options
-from ddpm_keras.nn.unet import build_unet
 
 KERAS_IO_CHECKPOINT_URL = "https://github.com/AakashKumarNain/ddpms/releases/download/v3.0.0/checkpoints.zip"
 NETWORKS = ("network", "ema_network")  # The example's DiffusionModel attributes.

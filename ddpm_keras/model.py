@@ -1,26 +1,51 @@
-"""`DiffusionModel`: trains a noise-prediction network with `fit` and samples from it."""
+"""`DiffusionModel`: trains a noise-prediction network with `fit` and samples from it.
+
+The model holds the network, its EMA shadow and the diffusion, and the
+training objective (`compute_loss`, `training_batch`, the EMA update); the
+backend's training step is `ddpm_keras.training.steps`'. Sampling, editing,
+the likelihood and the export are functions of `ddpm_keras.inference` that
+take the model; its methods of those names call them, and its
+`runner` (`inference.runner.ChainRunner`) owns the compiled chains.
+"""
+
+import functools
 
 import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras.training import steps as train_steps
-from ddpm_keras.diffusion import objectives
-from ddpm_keras.training import labels as training_labels
-from ddpm_keras.utils.checks import is_int
-from ddpm_keras.utils.seeds import reset_seed
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import check_prediction_type
-from ddpm_keras.utils.distribute import num_replicas_in_sync
-from ddpm_keras.inference.generate import GenerationMixin
-from ddpm_keras.inference.likelihood import LikelihoodMixin
+from ddpm_keras.diffusion import objectives
 from ddpm_keras.diffusion.objectives import LOSS_WEIGHTINGS  # noqa: F401 - also importable from here
-from ddpm_keras.preset_builder import build_model
+from ddpm_keras.inference import conditioning
+from ddpm_keras.inference import edit
+from ddpm_keras.inference import export
+from ddpm_keras.inference import generate
+from ddpm_keras.inference import likelihood
+from ddpm_keras.inference.runner import ChainRunner
 from ddpm_keras.nn.unet import network_num_classes
+from ddpm_keras.options import TRAINING_OPTIONS
+from ddpm_keras.preset_builder import build_model
+from ddpm_keras.training import labels as training_labels
+from ddpm_keras.training import steps as train_steps
+from ddpm_keras.utils.checks import is_int
+from ddpm_keras.utils.distribute import num_replicas_in_sync
+from ddpm_keras.utils.seeds import reset_seed
+
+
+def _calls(function):
+    """A method that is `function(self, ...)`, with `function`'s signature and docstring."""
+
+    @functools.wraps(function)
+    def method(self, *args, **kwargs):
+        return function(self, *args, **kwargs)
+
+    return method
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
-class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
+class DiffusionModel(keras.Model):
     """A DDPM: a noise-prediction network, its EMA shadow and the diffusion.
 
     `fit` trains `network` on the simplified objective of Ho et al. 2020:
@@ -170,7 +195,7 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
         # Epochs completed, saved with the weights so that a checkpoint says
         # where training resumes.
         self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="epoch")
-        self._samplers = {}
+        self._runner = None
         # The sub-networks are built, so this model is: the optimizer state
         # is then restored when a `.keras` file is loaded.
         self.built = True
@@ -194,6 +219,32 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
+    @property
+    def runner(self):
+        """The `inference.runner.ChainRunner` that compiles and runs this model's sampling chains (made once)."""
+        if self._runner is None:
+            self._runner = ChainRunner(self)
+        return self._runner
+
+    @property
+    def sampling_strategy(self):
+        """The `tf.distribute` strategy the model was built under, whose replicas share large requests; or `None`."""
+        return getattr(self, "_distribute_strategy", None)
+
+    # Sampling, editing, the likelihood and the export: functions of `ddpm_keras.inference`.
+    generate_images = _calls(generate.generate_images)
+    inpaint = _calls(edit.inpaint)
+    encode = _calls(edit.encode)
+    decode = _calls(edit.decode)
+    interpolate = _calls(edit.interpolate)
+    bits_per_dim = _calls(likelihood.bits_per_dim)
+    export_generator = _calls(export.export_generator)
+    label_ids = _calls(conditioning.label_ids)
+
+    def inference_network(self, dtype=None):
+        """The EMA network, or a copy of it computing in `dtype` (`runner.inference_network`)."""
+        return self.runner.inference_network(dtype)
+
     def call(self, inputs, training=False):
         if not isinstance(inputs, (list, tuple)):
             # Keras builds a compiled loss by calling the model on a batch of
@@ -211,7 +262,7 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with the labels (`y`, `validation_data`'s, a dataset's) checked first."""
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y  # A list of classes, not one target per output.
-        self._check_label_arrays(x, y, kwargs.get("validation_data"))
+        training_labels.check_fit_arguments(self.num_classes, x, y, kwargs.get("validation_data"))
         return super().fit(x, y, *args, **kwargs)
 
     def drop_labels(self, labels, seed=None):
@@ -398,30 +449,9 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, with the validation noise reset to its fixed seed and the labels checked."""
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y
-        self._check_label_arrays(x, y)
+        training_labels.check_fit_arguments(self.num_classes, x, y)
         reset_seed(self.eval_seed_generator, self.eval_seed)
         return super().evaluate(x, y, *args, **kwargs)
-
-    def _check_label_arrays(self, x, y, validation_data=None):
-        """One-line errors, before any tracing, for labels that do not fit this model.
-
-        Arrays: their shape, dtype and range; a `tf.data.Dataset`: the
-        structure of its elements (labels or none, their shape and dtype).
-        """
-        pairs = [(x, y, "labels")]
-        if isinstance(validation_data, (list, tuple)):
-            val_x, val_y, _ = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
-            pairs.append((val_x, val_y, "validation labels"))
-        elif validation_data is not None:
-            pairs.append((validation_data, None, "validation labels"))
-        for images, labels, name in pairs:
-            if hasattr(images, "element_spec"):
-                images, labels, _ = keras.utils.unpack_x_y_sample_weight(images.element_spec)
-                training_labels.check_batch(self.num_classes, images, labels, name)
-            elif hasattr(images, "shape"):  # Else a generator or a PyDataset: checked in the step.
-                labels = labels if labels is None or hasattr(labels, "shape") else np.asarray(labels)
-                training_labels.check_batch(self.num_classes, images, labels, name)
-                training_labels.check_label_values(self.num_classes, labels, name)
 
     def get_config(self):
         return {
@@ -429,14 +459,9 @@ class DiffusionModel(GenerationMixin, LikelihoodMixin, keras.Model):
             "network": keras.saving.serialize_keras_object(self.network),
             "ema_network": keras.saving.serialize_keras_object(self.ema_network),
             "diffusion": self.diffusion.get_config(),
-            "ema": self.ema,
             "seed": self.seed,
-            "prediction_type": self.prediction_type,
-            "loss_weighting": self.loss_weighting,
-            "snr_gamma": self.snr_gamma,
-            "ema_warmup": self.ema_warmup,
-            "cond_drop_prob": self.cond_drop_prob,
             "class_names": self.class_names,
+            **{name: getattr(self, name) for name in TRAINING_OPTIONS},
         }
 
     @classmethod

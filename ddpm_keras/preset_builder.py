@@ -11,11 +11,11 @@ import inspect
 
 import keras
 
-from ddpm_keras.utils.checks import check_number
 from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.nn.unet import build_unet
 from ddpm_keras.presets import MODEL_OPTIONS
 from ddpm_keras.presets import get_preset
-from ddpm_keras.nn.unet import build_unet
+from ddpm_keras.utils.checks import check_number
 
 # DiffusionModel's own arguments beside the preset's MODEL_OPTIONS (its networks and diffusion are built here).
 MODEL_ARGUMENTS = MODEL_OPTIONS + ("seed", "class_names", "name")

@@ -1,4 +1,4 @@
-"""Named configurations: the one source of defaults for the CLI, examples and notebook.
+"""Named configurations: the one source of defaults for the CLI, examples and notebook; data only.
 
 Each preset is a plain dict with three parts: `unet` (the arguments of
 `build_unet`), `diffusion` (of `GaussianDiffusion`) and `training` (batch
@@ -13,18 +13,16 @@ Example:
 >>> model = DiffusionModel(
 ...     build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]), **model_options(config)
 ... )
+>>> model = DiffusionModel.from_preset("tiny")  # the same, compiled at the preset's learning rate
 """
 
 import copy
 
-# The sampler of the pictures users see (SamplePlotter, QualityMonitor, `ddpm-keras sample` and
-# `evaluate`, the notebook): the best sample quality per network call in bench/quality.py, where
-# 20 steps of the stochastic DPM-Solver++(2M) on Karras et al.'s grid score better than 1,000 of
-# DDPM (README, Benchmarks).
-DEFAULT_SAMPLING = {"sampler": "dpmpp_2m_sde", "num_steps": 20, "timestep_spacing": "karras"}
+from ddpm_keras.options import TRAINING_OPTIONS
+from ddpm_keras.samplers.options import DEFAULT_SAMPLING  # noqa: F401 - the sampler of the pictures users see
 
-# The keys of a preset's "training" dict that are `DiffusionModel` arguments.
-MODEL_OPTIONS = ("ema", "prediction_type", "loss_weighting", "snr_gamma", "ema_warmup", "cond_drop_prob")
+# The keys of a preset's "training" dict that are `DiffusionModel` arguments (`options.OPTIONS`).
+MODEL_OPTIONS = TRAINING_OPTIONS
 
 PRESETS = {
     # The keras.io example's hyperparameters (Ho et al. 2020 at 64 px).
@@ -104,17 +102,18 @@ def get_preset(name):
 
 
 def model_options(config):
-    """The `DiffusionModel` keyword arguments of a preset (its `MODEL_OPTIONS`).
+    """The `DiffusionModel` keyword arguments of a preset (the `MODEL_OPTIONS` it names).
 
     Args:
         config: A preset dict, as `get_preset` returns it.
 
     Returns:
-        A dict from each name of `MODEL_OPTIONS` to the preset's value.
+        A dict from each name of `MODEL_OPTIONS` the preset holds to its
+        value (an option it does not hold keeps the constructor's default).
 
     Example:
 
     >>> model_options(get_preset("tiny"))["prediction_type"]
     'epsilon'
     """
-    return {name: config["training"][name] for name in MODEL_OPTIONS}
+    return {name: config["training"][name] for name in MODEL_OPTIONS if name in config["training"]}

@@ -2,7 +2,8 @@
 
 from ddpm_keras import DiffusionModel
 from ddpm_keras.data import load_synthetic
-from ddpm_keras.presets import DEFAULT_SAMPLING, get_preset
+from ddpm_keras.presets import DEFAULT_SAMPLING
+from ddpm_keras.presets import get_preset
 from ddpm_keras.visualize import save_image_grid
 
 model = DiffusionModel.from_preset("tiny")  # the UNet, the diffusion and Adam of presets.PRESETS["tiny"]

@@ -12,10 +12,15 @@ import argparse
 
 import keras
 
-from ddpm_keras import DiffusionModel, GaussianDiffusion, build_unet
-from ddpm_keras.callbacks import RunCheckpoint, SamplePlotter
+from ddpm_keras import DiffusionModel
+from ddpm_keras import GaussianDiffusion
+from ddpm_keras import build_unet
+from ddpm_keras.callbacks import RunCheckpoint
+from ddpm_keras.callbacks import SamplePlotter
 from ddpm_keras.data import load_dataset
-from ddpm_keras.presets import PRESETS, get_preset, model_options
+from ddpm_keras.presets import PRESETS
+from ddpm_keras.presets import get_preset
+from ddpm_keras.presets import model_options
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--preset", default="flowers64", choices=sorted(PRESETS))

@@ -6,7 +6,6 @@ a backend whose package is missing is skipped with the reason printed.
 
 import numpy as np
 import pytest
-
 from subprocess_json import run_snippet
 from subprocess_json import skip_unless_installed
 

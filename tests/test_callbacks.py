@@ -3,16 +3,16 @@ import csv
 import keras
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import tiny_images
 from conftest import tiny_model
+from PIL import Image
+
+from ddpm_keras.metrics import reference_statistics
+from ddpm_keras.metrics import sample_distances
 from ddpm_keras.training.callbacks import QualityMonitor
 from ddpm_keras.training.callbacks import RunCheckpoint
 from ddpm_keras.training.callbacks import SamplePlotter
 from ddpm_keras.training.callbacks import resume_log
-from ddpm_keras.metrics import reference_statistics
-from ddpm_keras.metrics import sample_distances
 from ddpm_keras.visualize import image_grid
 
 

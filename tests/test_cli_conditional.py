@@ -6,9 +6,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_model
 from PIL import Image
 
-from conftest import tiny_model
 from ddpm_keras.cli import main
 from ddpm_keras.data import SYNTHETIC_CLASS_NAMES
 

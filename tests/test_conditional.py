@@ -7,14 +7,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import ops
-
 from conftest import tiny_images
 from conftest import tiny_model
+from keras import ops
+
 from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
-from ddpm_keras.training import steps as train_steps
 from ddpm_keras import build_unet
+from ddpm_keras.training import steps as train_steps
 
 NUM_CLASSES = 4
 NAMES = ["daisy", "rose", "tulip", "iris"]

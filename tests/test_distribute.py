@@ -1,10 +1,10 @@
 """MirroredStrategy on two logical CPUs: per-replica noise, one EMA on every replica, the unscaled loss."""
 
 import pytest
+from subprocess_json import run_snippet
 
 from ddpm_keras.utils.distribute import get_strategy
 from ddpm_keras.utils.distribute import strategy_scope
-from subprocess_json import run_snippet
 
 # Logical devices must be set before TensorFlow initialises: a fresh interpreter.
 MIRRORED = """

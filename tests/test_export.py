@@ -8,8 +8,8 @@ import sys
 import keras
 import numpy as np
 import pytest
-
 from conftest import tiny_model
+
 from ddpm_keras.cli import main
 from ddpm_keras.inference.export import METADATA_FILE
 from ddpm_keras.visualize import to_uint8

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 
 from ddpm_keras import DiffusionModel
-from ddpm_keras.utils import files
-from ddpm_keras.training.callbacks import RunCheckpoint
 from ddpm_keras.cli import main
+from ddpm_keras.training.callbacks import RunCheckpoint
 from ddpm_keras.training.finite import NonFiniteError
 from ddpm_keras.training.finite import NonFiniteGuard
+from ddpm_keras.utils import files
 
 TINY = ["--preset", "tiny", "--dataset", "synthetic", "--img-size", "16", "--steps-per-epoch", "2",
         "--batch-size", "4", "--plot-every", "0"]

@@ -7,14 +7,14 @@ every sampler must produce those moments (s = 1 + w: g = 1 is the class itself, 
 
 import numpy as np
 import pytest
+from conftest import tiny_model
+from gaussian_exact import CLASS_MEANS
+from gaussian_exact import UNCONDITIONAL_MEAN
+from gaussian_exact import S
+from gaussian_exact import make_class_model
 from keras import ops
 
-from conftest import tiny_model
 from ddpm_keras import samplers
-from gaussian_exact import CLASS_MEANS
-from gaussian_exact import S
-from gaussian_exact import UNCONDITIONAL_MEAN
-from gaussian_exact import make_class_model
 
 STEPS = {"ddpm": 50, "pc": 25, "ddim": 50}  # The solvers take 20.
 

@@ -19,15 +19,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_images
+from conftest import tiny_model
 from keras import ops
 from scipy import stats
 
 from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
 from ddpm_keras.diffusion import likelihood
-
-from conftest import tiny_images
-from conftest import tiny_model
 
 MU, S = 0.1, 0.3
 T, BETA_END = 20, 0.2

@@ -15,14 +15,14 @@ from ddpm_keras.metrics import KernelInceptionDistance
 from ddpm_keras.metrics import ReferenceStatistics
 from ddpm_keras.metrics import WeightsUnavailableError
 from ddpm_keras.metrics import extractor_id
+from ddpm_keras.metrics import features as features_module
 from ddpm_keras.metrics import frechet_distance
 from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import inception_score
 from ddpm_keras.metrics import kernel_distance
 from ddpm_keras.metrics import mmd2_unbiased
-from ddpm_keras.metrics import reference_statistics
-from ddpm_keras.metrics import features as features_module
 from ddpm_keras.metrics import reference as reference_module
+from ddpm_keras.metrics import reference_statistics
 
 
 def flatten_extractor(size=2, offset=3.0):

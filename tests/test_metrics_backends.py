@@ -7,7 +7,6 @@ give the same metrics.
 
 import numpy as np
 import pytest
-
 from subprocess_json import run_snippet
 from subprocess_json import skip_unless_installed
 

@@ -3,11 +3,11 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
 from conftest import tiny_images
 from conftest import tiny_model
 from conftest import tiny_unet
+from keras import ops
+
 from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
 from ddpm_keras import build_unet

@@ -18,11 +18,11 @@ import time
 
 import numpy as np
 import pytest
-
-from ddpm_keras.training.callbacks import StallWatchdog
 from subprocess_json import PREAMBLE
 from subprocess_json import ROOT
 from subprocess_json import run_snippet
+
+from ddpm_keras.training.callbacks import StallWatchdog
 
 TINY = ["--preset", "tiny", "--dataset", "synthetic", "--img-size", "16", "--batch-size", "8", "--strategy", "multiworker"]
 LAUNCH_TIMEOUT = 300

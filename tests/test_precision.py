@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
-
 from conftest import tiny_images
 from conftest import tiny_model
+from keras import ops
+
 from ddpm_keras.utils.distribute import set_precision
 
 

@@ -13,12 +13,6 @@ import math
 
 import numpy as np
 import pytest
-from keras import ops
-
-from ddpm_keras import GaussianDiffusion
-from ddpm_keras import samplers
-from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
-
 from gaussian_exact import MU
 from gaussian_exact import S
 from gaussian_exact import T
@@ -27,6 +21,11 @@ from gaussian_exact import exact_x0
 from gaussian_exact import levels
 from gaussian_exact import make_model
 from gaussian_exact import trailing_kept
+from keras import ops
+
+from ddpm_keras import GaussianDiffusion
+from ddpm_keras import samplers
+from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
 
 
 def run_coefficients(table, alphas, sigmas, x):

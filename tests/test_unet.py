@@ -8,8 +8,8 @@ from keras import ops
 from ddpm_keras import AttentionBlock
 from ddpm_keras import TimeEmbedding
 from ddpm_keras import build_unet
-from ddpm_keras.presets import get_preset
 from ddpm_keras.nn.unet import network_num_classes
+from ddpm_keras.presets import get_preset
 
 TINY = dict(img_size=16, img_channels=3, widths=[8, 16], has_attention=[False, True], first_conv_channels=8)
 

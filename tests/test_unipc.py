@@ -10,17 +10,17 @@ an independent float64 transcription of the published update rules gives it exac
 
 import numpy as np
 import pytest
-
-from ddpm_keras import samplers
-from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
-from ddpm_keras.samplers.unipc import unipc_coefficients
-
 from gaussian_exact import T
 from gaussian_exact import exact_flow
 from gaussian_exact import exact_x0
 from gaussian_exact import levels
 from gaussian_exact import make_model
 from gaussian_exact import trailing_kept
+
+from ddpm_keras import samplers
+from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
+from ddpm_keras.samplers.unipc import unipc_coefficients
+
 
 def run_coefficients(table, alphas, x, corrector=True):
     """Runs `unipc_coefficients` in NumPy with the exact denoiser: correct x~_i, then predict x~_{i+1}."""

@@ -7,6 +7,8 @@
 The conversion itself is `ddpm_keras.convert.convert_keras_io_checkpoint`.
 """
 
+from ddpm_keras.cli.common import check_output
+from ddpm_keras.cli.common import register
 from ddpm_keras.convert import KERAS_IO_CHECKPOINT_URL
 from ddpm_keras.presets import PRESETS
 
@@ -41,9 +43,10 @@ def import_keras_io(args):
     """`ddpm-keras import-keras-io`: converts the checkpoint and says where it went."""
     from ddpm_keras.convert import convert_keras_io_checkpoint
 
-    from ddpm_keras.cli import check_output
-
     check_output(args.out, "--out", ".keras", args.overwrite)
     path = convert_keras_io_checkpoint(args.source, args.out, preset=args.preset, overwrite=args.overwrite)
     print(f"Wrote {path} (preset {args.preset}, from {args.source}). "
           f"Sample from it: ddpm-keras sample --checkpoint {path} --out samples.png")
+
+
+register("import-keras-io", add_import_parser, import_keras_io)

@@ -6,18 +6,19 @@
 
 import os
 
-from ddpm_keras.cli import CLIError
-from ddpm_keras.cli import _add_checkpoint_args
-from ddpm_keras.cli import _add_sampler_args
-from ddpm_keras.cli import _load_model
-from ddpm_keras.cli import _save_grid
-from ddpm_keras.cli import check_output
-from ddpm_keras.cli import check_steps
+from ddpm_keras.cli.common import CLIError
+from ddpm_keras.cli.common import add_checkpoint_args
+from ddpm_keras.cli.common import add_sampler_arguments
+from ddpm_keras.cli.common import check_output
+from ddpm_keras.cli.common import check_steps
+from ddpm_keras.cli.common import load_model
+from ddpm_keras.cli.common import register
+from ddpm_keras.cli.common import save_grid
 from ddpm_keras.cli.types import positive_int
 
 
-def add_edit_parsers(commands, formatter):
-    """Adds the `inpaint` and `interpolate` commands to the `ddpm-keras` sub-parsers."""
+def add_inpaint_parser(commands, formatter):
+    """Adds `ddpm-keras inpaint` and its options to the sub-parsers `commands`."""
     inpaint = commands.add_parser(
         "inpaint",
         help="fill in the masked region of an image",
@@ -26,14 +27,17 @@ def add_edit_parsers(commands, formatter):
         "(replacement method, RePaint resampling with --resample > 1). The output PNG shows the original, "
         "the masked input and --num-images results.",
     )
-    _add_checkpoint_args(inpaint)
+    add_checkpoint_args(inpaint)
     inpaint.add_argument("--image", required=True, help="the image (any size: centre-cropped and resized)")
     inpaint.add_argument("--mask", required=True, help="a black-and-white image: white = keep, black = fill")
     inpaint.add_argument("--num-images", type=positive_int, default=4, help="number of fillings to draw")
-    _add_sampler_args(inpaint, inpainting=True)
+    add_sampler_arguments(inpaint, inpainting=True)
     inpaint.add_argument("--resample", type=positive_int, default=1,
                          help="RePaint resampling count per step (blends the edges; costs that many network calls)")
 
+
+def add_interpolate_parser(commands, formatter):
+    """Adds `ddpm-keras interpolate` and its options to the sub-parsers `commands`."""
     interpolate = commands.add_parser(
         "interpolate",
         help="spherical interpolation between two noises or two images",
@@ -41,7 +45,7 @@ def add_edit_parsers(commands, formatter):
         description="Decode a spherical interpolation between two latent noises with a deterministic sampler "
         "(DDIM by default). With --images A B the two latents come from DDIM inversion of two real images.",
     )
-    _add_checkpoint_args(interpolate)
+    add_checkpoint_args(interpolate)
     interpolate.add_argument("--num-images", type=positive_int, default=8, help="images along the path, ends included")
     interpolate.add_argument("--sampler", default="ddim", choices=_deterministic_samplers(),
                              help="the deterministic sampler that decodes the path (ddim with --images)")
@@ -50,7 +54,7 @@ def add_edit_parsers(commands, formatter):
 
 
 def _deterministic_samplers():
-    from ddpm_keras.inference.generate import DETERMINISTIC_SAMPLERS
+    from ddpm_keras.inference.runner import DETERMINISTIC_SAMPLERS
 
     return DETERMINISTIC_SAMPLERS
 
@@ -60,7 +64,7 @@ def inpaint(args):
     import numpy as np
 
     check_output(args.out, "--out", ".png", args.overwrite)
-    model = _load_model(args.checkpoint)
+    model = load_model(args.checkpoint)
     check_steps(args.steps, model.diffusion.num_timesteps)
     height, width, _ = model.image_shape
     image = _read_image(args.image, (height, width))
@@ -72,7 +76,7 @@ def inpaint(args):
                            eta=args.eta, resample=args.resample, timestep_spacing=args.timestep_spacing or "trailing")
     masked = np.where(mask > 0, image, 0.0)[None]
     rows = [image[None], masked, filled]
-    _save_grid(np.concatenate([np.pad(r, ((0, args.num_images - len(r)), (0, 0), (0, 0), (0, 0)),
+    save_grid(np.concatenate([np.pad(r, ((0, args.num_images - len(r)), (0, 0), (0, 0), (0, 0)),
                                       constant_values=1.0) for r in rows]), args.out, ncols=args.num_images)
     print(f"Wrote the original, the masked input and {args.num_images} fillings to {args.out}.")
 
@@ -82,7 +86,7 @@ def interpolate(args):
     import numpy as np
 
     check_output(args.out, "--out", ".png", args.overwrite)
-    model = _load_model(args.checkpoint)
+    model = load_model(args.checkpoint)
     check_steps(args.steps, model.diffusion.num_timesteps)
     images = None
     if args.images:
@@ -93,7 +97,7 @@ def interpolate(args):
     path = model.interpolate(num_images=args.num_images, seed=args.seed, num_steps=args.steps, images=images,
                              sampler=args.sampler)
     grid = path if images is None else np.concatenate([images[0], path, images[1]])
-    _save_grid(grid, args.out, ncols=len(grid))
+    save_grid(grid, args.out, ncols=len(grid))
     print(f"Wrote {args.num_images} interpolated images to {args.out}"
           + (" (the two inputs at the ends)." if images else "."))
 
@@ -114,3 +118,7 @@ def _read_image(path, size):
     except (UnidentifiedImageError, OSError) as error:
         raise CLIError(f"Cannot read the image {path}: {error}") from None
     return np.asarray(preprocess_image(pixels, size), dtype="float32")
+
+
+register("inpaint", add_inpaint_parser, inpaint)
+register("interpolate", add_interpolate_parser, interpolate)

@@ -1,5 +1,6 @@
 """`ddpm-keras evaluate`, and the quality monitor of `ddpm-keras train --fid-every`."""
 
+import argparse
 import contextlib
 import json
 import os
@@ -7,23 +8,82 @@ import time
 
 import keras
 
-from ddpm_keras.utils import files
+from ddpm_keras.cli.common import CLIError
+from ddpm_keras.cli.common import add_extractor_args
+from ddpm_keras.cli.common import add_overwrite_arg
+from ddpm_keras.cli.common import add_sampler_arguments
+from ddpm_keras.cli.common import check_output
+from ddpm_keras.cli.common import load_keras_file
+from ddpm_keras.cli.common import load_model
+from ddpm_keras.cli.common import register
+from ddpm_keras.cli.common import sampling_options
+from ddpm_keras.cli.types import positive_int
+from ddpm_keras.cli.types import seed as seed_type
+from ddpm_keras.data import load_dataset
+from ddpm_keras.metrics import InceptionScore
+from ddpm_keras.metrics import inception_classifier
+from ddpm_keras.metrics import inception_features
+from ddpm_keras.metrics import reference_statistics
+from ddpm_keras.metrics import sample_distances
 from ddpm_keras.training.callbacks import QualityMonitor
 from ddpm_keras.training.callbacks import describe_sampling
-from ddpm_keras.cli import _load_model
-from ddpm_keras.cli import check_output
-from ddpm_keras.cli import load_keras_file
-from ddpm_keras.cli import sampling_options
-from ddpm_keras.cli import CLIError
-from ddpm_keras.data import load_dataset
+from ddpm_keras.utils import files
+from ddpm_keras.utils.distribute import STRATEGIES
 from ddpm_keras.utils.distribute import is_chief
 from ddpm_keras.utils.distribute import strategy_scope
 from ddpm_keras.utils.distribute import worker_of
-from ddpm_keras.metrics import inception_classifier
-from ddpm_keras.metrics import inception_features
-from ddpm_keras.metrics import InceptionScore
-from ddpm_keras.metrics import reference_statistics
-from ddpm_keras.metrics import sample_distances
+
+EVALUATE_METRICS = ("fid", "kid", "is", "bpd")
+
+
+def add_evaluate_parser(commands, formatter):
+    """Adds `ddpm-keras evaluate` and its options to the sub-parsers `commands`."""
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure sample quality (FID, KID, Inception Score) and bits/dim of a checkpoint",
+        formatter_class=formatter,
+        description="Generate --num-samples images with the EMA network and compare them with the real images of "
+        "--dataset (FID, KID), score them (Inception Score), and compute the negative log-likelihood of real "
+        "images in bits per dimension (bpd). Prints a table; --out writes JSON. The real images' features are "
+        "cached (--cache-dir) and recomputed when the images change.",
+    )
+    evaluate.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
+    evaluate.add_argument("--dataset", default=None,
+                          help="oxford_flowers102, synthetic or PATH to a folder of images. Default: the run's "
+                          "(its run.json)")
+    evaluate.add_argument("--split", default=None, help="tfds split. Default: the run's, else train")
+    evaluate.add_argument("--data-dir", default=None, help="tfds data directory")
+    evaluate.add_argument("--metrics", default="fid,kid", type=_metric_list,
+                          help=f"comma-separated, from {','.join(EVALUATE_METRICS)}")
+    evaluate.add_argument("--num-samples", type=positive_int, default=1000, help="generated images for fid, kid, is")
+    evaluate.add_argument("--seed", type=seed_type, default=0, help="seed of the samples and of bpd's noise")
+    add_sampler_arguments(evaluate)
+    evaluate.add_argument("--batch-size", type=positive_int, default=128, help="images per compiled sampling call")
+    add_extractor_args(evaluate)
+    evaluate.add_argument("--classifier", default=None,
+                          help="a .keras model images -> class probabilities for is. Default: InceptionV3")
+    evaluate.add_argument("--kid-subset-size", type=positive_int, default=1000, help="images per KID subset")
+    evaluate.add_argument("--is-splits", type=positive_int, default=10, help="Inception Score splits")
+    evaluate.add_argument("--bpd-images", type=positive_int, default=256, help="real images for bpd (the first ones)")
+    evaluate.add_argument("--bpd-steps", type=positive_int, default=None,
+                          help="timesteps for bpd: all T (exact) or fewer (a stratified estimate)")
+    evaluate.add_argument("--out", default=None, help="also write the results to this JSON file")
+    add_overwrite_arg(evaluate)
+    evaluate.add_argument("--strategy", default="none", choices=STRATEGIES,
+                          help="mirrored: split the sampling over this machine's GPUs; multiworker: over the "
+                          "processes of TF_CONFIG or srun (on JAX KERAS_DISTRIBUTION_*), each running this command; "
+                          "the chief writes --out. Chunks of --batch-size go to the replicas in turn: the same "
+                          "images as one process")
+
+
+def _metric_list(text):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EVALUATE_METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric {', '.join(unknown) or repr(text)}: choose from {','.join(EVALUATE_METRICS)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def evaluate(args):
@@ -41,7 +101,7 @@ def evaluate(args):
         raise CLIError(f"evaluate --strategy {args.strategy} needs KERAS_BACKEND=tensorflow. Received: "
                        f"KERAS_BACKEND={keras.backend.backend()!r}.")
     with _strategy_scope(args.strategy) as strategy:
-        model = _load_model(args.checkpoint)
+        model = load_model(args.checkpoint)
     run = _run_info(args.checkpoint)
     dataset_name = args.dataset or run.get("dataset")
     split = args.split or run.get("split") or "train"
@@ -176,3 +236,6 @@ def _run_info(checkpoint):
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+register("evaluate", add_evaluate_parser, evaluate)

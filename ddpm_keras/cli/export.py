@@ -6,11 +6,13 @@
 
 import time
 
+from ddpm_keras.cli.common import register
+
 
 def add_export_parser(commands, formatter):
     """Adds the `export` command to the `ddpm-keras` sub-parsers."""
-    from ddpm_keras.cli import _add_sampler_args
-    from ddpm_keras.cli import add_overwrite_arg
+    from ddpm_keras.cli.common import add_overwrite_arg
+    from ddpm_keras.cli.common import add_sampler_arguments
 
     export = commands.add_parser(
         "export",
@@ -26,18 +28,18 @@ def add_export_parser(commands, formatter):
                         help="the SavedModel directory to write: a new or empty folder, or a previous export of "
                         "ddpm_keras holding nothing else (replaced)")
     add_overwrite_arg(export, "a folder holding other files")
-    _add_sampler_args(export)
+    add_sampler_arguments(export)
     return export
 
 
 def export(args):
     """Runs `ddpm-keras export`."""
+    from ddpm_keras.cli.common import load_model
+    from ddpm_keras.cli.common import sampling_options
     from ddpm_keras.utils.files import check_output
-    from ddpm_keras.cli import _load_model
-    from ddpm_keras.cli import sampling_options
 
     check_output(args.out, "--out", overwrite=args.overwrite, kind="dir")
-    model = _load_model(args.checkpoint)
+    model = load_model(args.checkpoint)
     options = sampling_options(args, model.diffusion.num_timesteps)
     start = time.perf_counter()
     model.export_generator(args.out, overwrite=args.overwrite, **options)
@@ -47,3 +49,6 @@ def export(args):
         f"{time.perf_counter() - start:.1f} s. Serve it with "
         f"tf.saved_model.load({args.out!r}).signatures['serving_default'](seed=..., num_images=...)."
     )
+
+
+register("export", add_export_parser, export)

@@ -7,6 +7,7 @@
 
 import time
 
+from ddpm_keras.cli.common import register
 from ddpm_keras.cli.types import in_range
 from ddpm_keras.cli.types import non_negative_float
 from ddpm_keras.cli.types import probability
@@ -14,9 +15,9 @@ from ddpm_keras.cli.types import probability
 
 def add_sample_parser(commands, formatter):
     """Adds the `sample` command to the `ddpm-keras` sub-parsers."""
-    from ddpm_keras.cli import _add_checkpoint_args
-    from ddpm_keras.cli import _add_sampler_args
-    from ddpm_keras.cli import positive_int
+    from ddpm_keras.cli.common import add_checkpoint_args
+    from ddpm_keras.cli.common import add_sampler_arguments
+    from ddpm_keras.cli.types import positive_int
 
     sample = commands.add_parser(
         "sample",
@@ -26,10 +27,10 @@ def add_sample_parser(commands, formatter):
         "class-conditional model, --labels or --class choose the classes and --guidance-scale the classifier-free "
         "guidance; --guidance-sweep draws the same noise under several scales, one row each.",
     )
-    _add_checkpoint_args(sample)
+    add_checkpoint_args(sample)
     sample.add_argument("--num-images", type=positive_int, default=None,
                         help="number of images. Default: one per label given, else 16")
-    _add_sampler_args(sample)
+    add_sampler_arguments(sample)
     sample.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per compiled call, for large requests. Default: all at once")
     sample.add_argument("--gif", default=None, help="also write the denoising trajectory as an animated GIF")
@@ -54,7 +55,7 @@ def add_conditioning_args(parser):
 
 def requested_labels(args):
     """The labels of `--labels` / `--class` (names stay names, integers become ints), or `None`."""
-    from ddpm_keras.cli import CLIError
+    from ddpm_keras.cli.common import CLIError
 
     if args.labels and args.class_names:
         raise CLIError("Pass --labels or --class, not both.")
@@ -67,7 +68,7 @@ def requested_labels(args):
 
 def sweep_scales(text):
     """The scales of `--guidance-sweep`, or a CLIError naming the bad one."""
-    from ddpm_keras.cli import CLIError
+    from ddpm_keras.cli.common import CLIError
 
     try:
         scales = [float(item) for item in text.split(",") if item.strip()]
@@ -85,11 +86,11 @@ def sample(args):
     """`ddpm-keras sample`: a PNG grid of samples from a checkpoint (and a GIF of their trajectory)."""
     import numpy as np
 
-    from ddpm_keras.cli import CLIError
-    from ddpm_keras.cli import _load_model
-    from ddpm_keras.cli import _save_grid
-    from ddpm_keras.cli import check_output
-    from ddpm_keras.cli import sampling_options
+    from ddpm_keras.cli.common import CLIError
+    from ddpm_keras.cli.common import check_output
+    from ddpm_keras.cli.common import load_model
+    from ddpm_keras.cli.common import sampling_options
+    from ddpm_keras.cli.common import save_grid
     from ddpm_keras.visualize import display_scale
     from ddpm_keras.visualize import save_gif
 
@@ -99,7 +100,7 @@ def sample(args):
     if args.gif and args.guidance_sweep:
         raise CLIError("--gif draws one trajectory: use it without --guidance-sweep.")
     scales = sweep_scales(args.guidance_sweep) if args.guidance_sweep else None
-    model = _load_model(args.checkpoint)
+    model = load_model(args.checkpoint)
     options = sampling_options(args, model.diffusion.num_timesteps)
     labels = requested_labels(args)
     ncols = None
@@ -114,15 +115,18 @@ def sample(args):
     start = time.perf_counter()
     if scales:
         rows = [model.generate_images(guidance_scale=scale, **common) for scale in scales]
-        _save_grid(np.concatenate(rows), args.out, ncols=num_images)
+        save_grid(np.concatenate(rows), args.out, ncols=num_images)
         print(f"Wrote {len(scales)} rows of {num_images} samples ({args.sampler}), the same noise under guidance "
               f"scales {', '.join(f'{s:g}' for s in scales)} (top to bottom), to {args.out} in "
               f"{time.perf_counter() - start:.1f} s.")
         return
     result = model.generate_images(guidance_scale=args.guidance_scale, return_trajectory=bool(args.gif), **common)
     images, trajectory = result if args.gif else (result, None)
-    _save_grid(images, args.out, ncols=ncols)
+    save_grid(images, args.out, ncols=ncols)
     print(f"Wrote {num_images} samples ({args.sampler}) to {args.out} in {time.perf_counter() - start:.1f} s.")
     if args.gif:
         save_gif(trajectory, args.gif, scale=display_scale(images))
         print(f"Wrote the denoising trajectory ({len(trajectory)} frames) to {args.gif}.")
+
+
+register("sample", add_sample_parser, sample)

@@ -11,44 +11,40 @@ import signal
 import sys
 import tempfile
 
-from ddpm_keras.cli import CHECKPOINTS_DIR
-from ddpm_keras.cli import EXIT_WORKER_LOST
-from ddpm_keras.cli import PROG
-from ddpm_keras.cli import CLIError
-from ddpm_keras.cli import WorkerLostError
-from ddpm_keras.cli import _load_model
-from ddpm_keras.cli import _slug
-from ddpm_keras.cli import _add_extractor_args
-from ddpm_keras.cli.run_dir import model_option_value
+from ddpm_keras.cli.common import CHECKPOINTS_DIR
+from ddpm_keras.cli.common import EXIT_WORKER_LOST
+from ddpm_keras.cli.common import PROG
+from ddpm_keras.cli.common import CLIError
+from ddpm_keras.cli.common import WorkerLostError
+from ddpm_keras.cli.common import add_extractor_args
+from ddpm_keras.cli.common import load_model
+from ddpm_keras.cli.common import register
+from ddpm_keras.cli.common import slug
 from ddpm_keras.cli.types import non_negative_int
 from ddpm_keras.cli.types import number
 from ddpm_keras.cli.types import positive_float
 from ddpm_keras.cli.types import positive_int
 from ddpm_keras.cli.types import seed as seed_type
-from ddpm_keras.diffusion import PREDICTION_TYPES
-from ddpm_keras.utils.distribute import PRECISIONS
-from ddpm_keras.utils.distribute import STRATEGIES
+from ddpm_keras.options import OPTIONS
 from ddpm_keras.presets import PRESETS
 from ddpm_keras.presets import get_preset
-from ddpm_keras.diffusion.schedules import BETA_SCHEDULES
-
-# The options that override a preset's model: argparse dest -> (preset part, key).
-MODEL_FLAGS = {
-    "prediction_type": ("training", "prediction_type"),
-    "loss_weighting": ("training", "loss_weighting"),
-    "snr_gamma": ("training", "snr_gamma"),
-    "ema_warmup": ("training", "ema_warmup"),
-    "beta_schedule": ("diffusion", "beta_schedule"),
-    "zero_terminal_snr": ("diffusion", "rescale_zero_terminal_snr"),
-    "cond_drop_prob": ("training", "cond_drop_prob"),
-}
-
+from ddpm_keras.utils.distribute import PRECISIONS
+from ddpm_keras.utils.distribute import STRATEGIES
 
 DEFAULT_PRESET = "flowers64"
 
 
-def add_train_arguments(train):
-    """Adds every option of `ddpm-keras train` to its subparser `train`."""
+def add_train_parser(commands, formatter):
+    """Adds `ddpm-keras train` and its options to the sub-parsers `commands`."""
+    train = commands.add_parser(
+        "train",
+        help="train a model (and resume it)",
+        formatter_class=formatter,
+        description="Train a DiffusionModel with model.fit. Each epoch writes RUN_DIR/model.keras "
+        "(network, EMA, optimizer, epoch; atomically), appends to RUN_DIR/log.csv and, every "
+        "--plot-every epochs, writes a grid of samples to RUN_DIR/samples/.",
+    )
+
     train.add_argument("--preset", default=None, choices=sorted(PRESETS),
                        help=f"model and training defaults. Default: {DEFAULT_PRESET}; with --resume, the run's")
     train.add_argument(
@@ -98,42 +94,31 @@ def add_train_arguments(train):
                        help="epochs between FID/KID measurements of EMA samples against the training images "
                        "(0: never); they go into log.csv, quality.csv and quality.png")
     train.add_argument("--fid-samples", type=positive_int, default=1000, help="samples per FID/KID measurement")
-    _add_extractor_args(train)
+    add_extractor_args(train)
 
 
 def _add_objective_arguments(train):
-    """The model's options (`MODEL_FLAGS`): each overrides the preset; a resumed run keeps its model's."""
-    train.add_argument("--prediction-type", default=None, choices=PREDICTION_TYPES,
-                       help="what the network predicts: epsilon (the noise), v (Salimans & Ho 2022) or x0. "
-                       "Default: the preset's")
-    train.add_argument("--loss-weighting", default=None, choices=("none", "min_snr"),
-                       help="per-timestep loss weights: none, or min_snr (min-SNR-gamma, Hang et al. 2023). "
-                       "Default: the preset's")
-    train.add_argument("--snr-gamma", type=positive_float, default=None,
-                       help="min_snr's gamma, the clamp of the SNR. Default: the preset's")
-    train.add_argument("--beta-schedule", default=None, choices=BETA_SCHEDULES,
-                       help="the forward process's betas: linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021) "
-                       "or sigmoid. Default: the preset's")
-    train.add_argument("--zero-terminal-snr", default=None, action=argparse.BooleanOptionalAction,
-                       help="rescale the betas so that the last step is pure noise (Lin et al. 2023); needs "
-                       "--prediction-type v or x0. Default: the preset's")
-    train.add_argument("--ema-warmup", default=None, action=argparse.BooleanOptionalAction,
-                       help="raise the EMA decay from 2/11 to the preset's ema as min(ema, (1 + n) / (10 + n)) "
-                       "after n steps. Default: the preset's")
+    """The model's options (`options.OPTIONS`, those with a flag): each overrides the preset; a resume keeps its model's."""
+    for option in OPTIONS:
+        if option.flag is None:
+            continue
+        if option.boolean:
+            kind = {"action": argparse.BooleanOptionalAction}
+        else:
+            kind = {"choices": option.choices} if option.choices else {"type": number(**option.range)}
+        train.add_argument(option.flag, dest=option.name, default=None, metavar=option.metavar, help=option.help,
+                           **kind)
     train.add_argument("--class-conditional", action="store_true",
                        help="train on the dataset's labels (sub-folders, tfds labels, synthetic classes) with a "
                        "class embedding, for classifier-free guidance. Conditional presets: flowers64_cond, tiny_cond")
-    train.add_argument("--cond-drop-prob", type=number(0.0, 1.0, high_open=True), default=None, metavar="P",
-                       help="probability that a label is replaced by the null label in training (Ho & Salimans). "
-                       "Default: the preset's")
 
 
 def apply_model_flags(config, args):
     """Writes the model options given on the command line into the preset `config` (in place)."""
-    for dest, (part, key) in MODEL_FLAGS.items():
-        value = getattr(args, dest)
+    for option in OPTIONS:
+        value = getattr(args, option.name, None)
         if value is not None:
-            config[part][key] = model_option_value(dest, value)
+            config[option.part][option.argument] = option.from_flag(value)
     return config
 
 
@@ -164,14 +149,14 @@ def class_conditioning(args, config, dataset_name):
 
 def train(args):
     """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
-    from ddpm_keras.cli import run_dir
+    from ddpm_keras.cli import runs
 
     run_dir = args.out or os.path.join(
-        CHECKPOINTS_DIR, f"{args.preset or DEFAULT_PRESET}-{_slug(args.dataset or _preset_dataset(args.preset))}"
+        CHECKPOINTS_DIR, f"{args.preset or DEFAULT_PRESET}-{slug(args.dataset or _preset_dataset(args.preset))}"
     )
-    record = run_dir.read_record(run_dir) if args.resume else {}
+    record = runs.read_record(run_dir) if args.resume else {}
     if args.resume:
-        run_dir.resolve_resumed_options(args, record)
+        runs.resolve_resumed_options(args, record)
     preset = args.preset or record.get("preset") or DEFAULT_PRESET
     config = apply_model_flags(get_preset(preset), args)
     training = config["training"]
@@ -189,12 +174,12 @@ def train(args):
 
     import keras
 
+    from ddpm_keras.data import load_dataset
     from ddpm_keras.training.callbacks import NonFiniteGuard
     from ddpm_keras.training.callbacks import RunCheckpoint
     from ddpm_keras.training.callbacks import SamplePlotter
     from ddpm_keras.training.callbacks import StallWatchdog
     from ddpm_keras.training.callbacks import WorkerShare
-    from ddpm_keras.data import load_dataset
     from ddpm_keras.utils.distribute import is_chief
     from ddpm_keras.utils.distribute import set_precision
     from ddpm_keras.utils.distribute import strategy_scope
@@ -212,7 +197,7 @@ def train(args):
             args.worker_dir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ddpm-keras-worker-"))
         )
         if write_dir == run_dir and not args.resume:
-            record = run_dir.check_fresh(run_dir)  # before anything long
+            record = runs.check_fresh(run_dir)  # before anything long
         model, completed = _build_or_resume(args, config, model_path, epochs, write_dir, class_names, workers, record)
         if args.jit_compile:
             model.jit_compile = True
@@ -229,10 +214,10 @@ def train(args):
             learning_rate = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.7g}")
             options = {**vars(args), "preset": preset, "epochs": epochs, "batch_size": batch_size,
                        "plot_every": plot_every, "learning_rate": learning_rate}
-            run_dir.write_record(run_dir, record, {**options, "preset_config": config,
-                                                       "model": run_dir.model_record(model)},
+            runs.write_record(run_dir, record, {**options, "preset_config": config,
+                                                       "model": runs.model_record(model)},
                                      {"resume": bool(args.resume), "from_epoch": completed,
-                                      **{k: options[k] for k in run_dir.LAUNCH_OPTIONS}})
+                                      **{k: options[k] for k in runs.LAUNCH_OPTIONS}})
         # The guard first: a non-finite loss stops the epoch before any callback saves it. The quality
         # monitor before the checkpoint: the checkpoint's log.csv then records its figures.
         callbacks = [NonFiniteGuard()]
@@ -265,7 +250,7 @@ def train(args):
             )
         except Exception as error:  # noqa: BLE001 - a lost worker, a NaN, a full disk: one line each
             _raise_if_worker_lost(error, workers, run_dir)
-            run_dir.raise_with_state(error, model, os.path.join(write_dir, "model.keras"))
+            runs.raise_with_state(error, model, os.path.join(write_dir, "model.keras"))
             raise
         finally:
             watchdog.stop()
@@ -331,7 +316,7 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
     """The model to train and its completed epochs: loaded with `--resume`, else built from the preset."""
     import keras
 
-    from ddpm_keras.cli import run_dir
+    from ddpm_keras.cli import runs
 
     if args.resume:
         if workers > 1 and not os.path.isfile(model_path):
@@ -340,9 +325,9 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
                 "directory, which must be shared between the machines (or copied to each) before --resume."
             )
         if write_dir == os.path.dirname(model_path):
-            run_dir.remove_temporaries(write_dir)
-        model = _load_model(model_path)
-        run_dir.check_resumed(args, record or {}, model, model_path)
+            runs.remove_temporaries(write_dir)
+        model = load_model(model_path)
+        runs.check_resumed(args, record or {}, model, model_path)
         completed = int(keras.ops.convert_to_numpy(model.epoch))  # a MirroredVariable under a strategy
         if completed >= epochs:
             raise CLIError(
@@ -350,7 +335,7 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
             )
         if args.learning_rate is not None:
             model.optimizer.learning_rate = args.learning_rate
-        run_dir.reconcile_log(write_dir, completed)
+        runs.reconcile_log(write_dir, completed)
         print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
         return model, completed
     return _build_model(config, args.learning_rate, args.seed, class_names), 0
@@ -363,3 +348,6 @@ def _build_model(config, learning_rate, seed, class_names=None):
     if learning_rate is not None:
         config["training"]["learning_rate"] = learning_rate
     return model_from_config(DiffusionModel, config, seed=seed, class_names=class_names)
+
+
+register("train", add_train_parser, train)

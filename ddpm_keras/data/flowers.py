@@ -5,13 +5,13 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ddpm_keras.data.common import _check_loader_args
+from ddpm_keras.data.common import _training_pipeline
+from ddpm_keras.data.common import preprocess_image
 from ddpm_keras.utils.checks import image_size
 from ddpm_keras.utils.download import PROBE_TIMEOUT_S
 from ddpm_keras.utils.download import one_line as _one_line
 from ddpm_keras.utils.download import probe_host as _probe_download_host
-from ddpm_keras.data.common import _check_loader_args
-from ddpm_keras.data.common import _training_pipeline
-from ddpm_keras.data.common import preprocess_image
 
 FLOWERS_NAME = "oxford_flowers102"
 

@@ -6,12 +6,12 @@ import warnings
 import tensorflow as tf
 from PIL import Image
 
-from ddpm_keras.utils.checks import image_size
-from ddpm_keras.utils.download import one_line as _one_line
 from ddpm_keras.data.common import _check_enough_images
 from ddpm_keras.data.common import _check_loader_args
 from ddpm_keras.data.common import _training_pipeline
 from ddpm_keras.data.common import preprocess_image
+from ddpm_keras.utils.checks import image_size
+from ddpm_keras.utils.download import one_line as _one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 

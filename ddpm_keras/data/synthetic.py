@@ -3,13 +3,13 @@
 import numpy as np
 import tensorflow as tf
 
-from ddpm_keras.utils.checks import check_positive_int
-from ddpm_keras.utils.checks import image_size
-from ddpm_keras.utils.checks import is_int
 from ddpm_keras.data.common import _check_enough_images
 from ddpm_keras.data.common import _check_loader_args
 from ddpm_keras.data.common import _check_seed
 from ddpm_keras.data.common import _training_pipeline
+from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.checks import image_size
+from ddpm_keras.utils.checks import is_int
 
 _SUPERSAMPLING = 2
 _CHUNK = 128

@@ -13,9 +13,9 @@ import numpy as np
 from keras import ops
 from keras import random
 
+from ddpm_keras.diffusion import schedules
 from ddpm_keras.diffusion.schedules import BETA_SCHEDULES
 from ddpm_keras.diffusion.schedules import get_beta_schedule
-from ddpm_keras.diffusion import schedules
 from ddpm_keras.utils.checks import check_number
 
 # What a network can be trained to predict from `x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps`:

@@ -31,9 +31,9 @@ import math
 import numpy as np
 from keras import ops
 
-from ddpm_keras.utils.checks import is_int
 from ddpm_keras.diffusion.gaussian import check_prediction_type
 from ddpm_keras.diffusion.gaussian import gather
+from ddpm_keras.utils.checks import is_int
 
 MODEL_VARIANCES = ("fixedsmall", "fixedlarge")
 NUM_BINS = 256

@@ -1,6 +1,6 @@
 """Sampling chains compiled once per backend, with the EMA network's weights as arguments.
 
-`compile_chain(model, chain)` turns a chain written in `keras.ops`
+`compile_chain(ema_network, chain)` turns a chain written in `keras.ops`
 (`chain(model_fn, noise_fn, *inputs)`) into `run(seed, *inputs)`: on
 TensorFlow one `tf.function(jit_compile=True)`, on JAX `jax.jit` with an
 explicit key, on PyTorch eager code under `torch.no_grad()`. The weights are
@@ -18,21 +18,21 @@ from ddpm_keras.utils.seeds import DrawnSeed
 from ddpm_keras.utils.seeds import random_seed
 
 
-def compile_chain(model, chain, network=None):
+def compile_chain(ema_network, chain, network=None):
     """`run(seed, *inputs)` running `chain(model_fn, noise_fn, *inputs)` with the EMA weights, compiled per backend.
 
-    `network` is the EMA network itself (the default) or a copy of it with
-    another dtype policy (`ddpm_keras.inference.precision.inference_network`), which
-    runs with the EMA network's variable values.
+    `network` is `ema_network` itself (the default) or a copy of it with
+    another dtype policy (`ddpm_keras.inference.precision.inference_network`),
+    which runs with `ema_network`'s variable values.
     """
     backend = keras.backend.backend()
-    network = model.ema_network if network is None else network
+    network = ema_network if network is None else network
     if backend == "jax":
-        return _jax_compile_chain(model.ema_network, network, chain)
+        return _jax_compile_chain(ema_network, network, chain)
     if backend == "tensorflow":
-        return _tf_compile_chain(model.ema_network, network, chain)
+        return _tf_compile_chain(ema_network, network, chain)
     if backend == "torch":
-        return _torch_compile_chain(model.ema_network, network, chain)
+        return _torch_compile_chain(ema_network, network, chain)
     raise NotImplementedError(
         "Sampling supports the tensorflow, jax and torch backends. "
         f"Received: KERAS_BACKEND={backend!r}."

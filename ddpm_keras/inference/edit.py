@@ -1,231 +1,238 @@
-"""`EditingMixin`: inpainting, DDIM inversion, decoding and interpolation for `DiffusionModel`."""
+"""Editing with a trained model: inpainting, DDIM inversion, decoding and interpolation.
+
+Each function is the body of the `DiffusionModel` method of its name; they
+start from given images or latents and run their chains through the
+model's `runner.ChainRunner`. `decode` and `interpolate` sample with
+`generate.generate_images`.
+"""
 
 import numpy as np
 from keras import ops
 
-from ddpm_keras.inference import conditioning
 from ddpm_keras import samplers
+from ddpm_keras.inference import conditioning
+from ddpm_keras.inference.generate import generate_images
+from ddpm_keras.inference.generate import resolved_options
 from ddpm_keras.inference.runner import DETERMINISTIC_SAMPLERS
 from ddpm_keras.inference.runner import SEGMENT_STEPS
-from ddpm_keras.inference.runner import ChainRunner
 from ddpm_keras.inference.runner import Progress
+from ddpm_keras.inference.runner import check_images
+from ddpm_keras.inference.runner import check_pair
 from ddpm_keras.inference.runner import num_segments
+from ddpm_keras.inference.runner import to_images
 from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.utils.checks import check_seed
 
 
-class EditingMixin(ChainRunner):
-    """Methods that start from given images or latents; `decode` and `interpolate` sample with `generate_images`."""
+def inpaint(
+    model, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True,
+    timestep_spacing="trailing", verbose=1, labels=None, guidance_scale=1.0, guidance_rescale=0.0,
+):
+    """Fills in the unknown region of `images` (replacement method, RePaint resampling).
 
-    def inpaint(
-        self, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True,
-        timestep_spacing="trailing", verbose=1, labels=None, guidance_scale=1.0, guidance_rescale=0.0,
-    ):
-        """Fills in the unknown region of `images` (replacement method, RePaint resampling).
+    At each reverse step the known region is replaced by the original
+    diffused to the new noise level, `q_sample(x_0, t - 1)`; with
+    `resample > 1` each step is redone after re-noising with
+    `q(x_t | x_{t-1})` (Lugmayr et al. 2022, jump length 1). The output
+    equals `images` exactly where `mask == 1`.
 
-        At each reverse step the known region is replaced by the original
-        diffused to the new noise level, `q_sample(x_0, t - 1)`; with
-        `resample > 1` each step is redone after re-noising with
-        `q(x_t | x_{t-1})` (Lugmayr et al. 2022, jump length 1). The output
-        equals `images` exactly where `mask == 1`.
+    Args:
+        images: Float array `(N, H, W, C)` (or one image `(H, W, C)`) in
+            the data range.
+        mask: Array of 0 and 1, 1 where the pixel is known; `(H, W)`,
+            `(H, W, 1)`, `(H, W, C)`, `(N, H, W, 1)` or `(N, H, W, C)`.
+        seed: Integer or `None`. Defaults to `None`.
+        sampler: `"ddpm"` or `"ddim"`. Defaults to `"ddpm"`.
+        num_steps: Integer or `None`, as in `generate_images`.
+            Defaults to `None`.
+        eta: Float in `[0, 1]`, for `"ddim"`. Defaults to `0.0`.
+        resample: Integer >= 1, RePaint's resampling count `r`
+            (cost: `r` network calls per step). Defaults to `1`.
+        clip_denoised: Boolean. Defaults to `True`.
+        timestep_spacing: As in `generate_images`. Defaults to
+            `"trailing"`.
+        verbose: `0` or `1`, show progress over segments of a long
+            chain. Defaults to `1`.
+        labels, guidance_scale, guidance_rescale: For a conditional
+            model, as in `generate_images` (one label per image, or
+            one for all). Default to `None`, `1.0`, `0.0`.
 
-        Args:
-            images: Float array `(N, H, W, C)` (or one image `(H, W, C)`) in
-                the data range.
-            mask: Array of 0 and 1, 1 where the pixel is known; `(H, W)`,
-                `(H, W, 1)`, `(H, W, C)`, `(N, H, W, 1)` or `(N, H, W, C)`.
-            seed: Integer or `None`. Defaults to `None`.
-            sampler: `"ddpm"` or `"ddim"`. Defaults to `"ddpm"`.
-            num_steps: Integer or `None`, as in `generate_images`.
-                Defaults to `None`.
-            eta: Float in `[0, 1]`, for `"ddim"`. Defaults to `0.0`.
-            resample: Integer >= 1, RePaint's resampling count `r`
-                (cost: `r` network calls per step). Defaults to `1`.
-            clip_denoised: Boolean. Defaults to `True`.
-            timestep_spacing: As in `generate_images`. Defaults to
-                `"trailing"`.
-            verbose: `0` or `1`, show progress over segments of a long
-                chain. Defaults to `1`.
-            labels, guidance_scale, guidance_rescale: For a conditional
-                model, as in `generate_images` (one label per image, or
-                one for all). Default to `None`, `1.0`, `0.0`.
+    Returns:
+        A NumPy float32 array shaped as `images` (batched).
 
-        Returns:
-            A NumPy float32 array shaped as `images` (batched).
+    Example:
 
-        Example:
+    >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0
+    >>> filled = model.inpaint(images, mask, seed=0, resample=5)
+    """
+    seed = check_seed("seed", seed)
+    images = check_images(images, "images", model.image_shape)
+    mask = _broadcast_mask(mask, images.shape)
+    options = resolved_options(
+        model, sampler, samplers.INPAINT_SAMPLERS, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
+        timestep_spacing=timestep_spacing,
+    )
+    num_steps = options.num_steps
+    resample = check_positive_int("resample", resample)
+    request = conditioning.request(model, labels, len(images), guidance_scale, guidance_rescale)
 
-        >>> mask = np.ones((32, 32)); mask[8:24, 8:24] = 0
-        >>> filled = model.inpaint(images, mask, seed=0, resample=5)
-        """
-        seed = check_seed("seed", seed)
-        images = self._check_images(images, "images")
-        mask = _broadcast_mask(mask, images.shape)
-        num_steps = samplers.check_sampler_args(
-            sampler, num_steps, self.diffusion.num_timesteps, eta, samplers=samplers.INPAINT_SAMPLERS,
-            timestep_spacing=timestep_spacing,
+    def build(model_fn, noise_fn, x_0, known):
+        context = samplers.make_context(
+            model_fn, noise_fn, model.diffusion, num_steps, model.prediction_type, options.clip_denoised,
+            timestep_spacing=options.timestep_spacing,
         )
-        resample = check_positive_int("resample", resample)
-        request = self._conditioning(labels, len(images), guidance_scale, guidance_rescale)
-        options = {
-            "sampler": sampler, "num_steps": num_steps, "eta": float(eta), "resample": resample,
-            "clip_denoised": bool(clip_denoised), "timestep_spacing": timestep_spacing,
-        }
+        return samplers.inpaint_chain(context, x_0, known, options.sampler, options.eta, resample)
 
-        def build(model_fn, noise_fn, x_0, known):
-            context = samplers.make_context(
-                model_fn, noise_fn, self.diffusion, num_steps, self.prediction_type, bool(clip_denoised),
-                timestep_spacing=timestep_spacing,
-            )
-            return samplers.inpaint_chain(context, x_0, known, sampler, float(eta), resample)
+    progress = Progress(num_steps, verbose and num_segments(num_steps, SEGMENT_STEPS) > 1)
+    filled = model.runner.run_chain(
+        ("inpaint", options, resample, conditioning.key(request)),
+        conditioning.with_guidance(build, request, model.null_label), images.shape, num_steps, seed,
+        inputs=(ops.convert_to_tensor(images), ops.convert_to_tensor(mask))
+        + conditioning.chain_inputs(request, 0, len(images), model.null_label),
+        progress=progress,
+    )
+    return np.where(mask == 1.0, images, to_images(filled, model.diffusion))
 
-        progress = Progress(num_steps, verbose and num_segments(num_steps, SEGMENT_STEPS) > 1)
-        filled = self._run_chain(
-            ("inpaint", tuple(sorted(options.items())), conditioning.key(request)),
-            conditioning.with_guidance(build, request, self.null_label), images.shape, num_steps, seed,
-            inputs=(ops.convert_to_tensor(images), ops.convert_to_tensor(mask))
-            + conditioning.chain_inputs(request, 0, len(images), self.null_label),
-            progress=progress,
+
+def encode(model, images, num_steps=50, labels=None):
+    """DDIM inversion: the latents `x_T` that deterministic DDIM decodes to `images`.
+
+    Runs the DDIM ODE (eta = 0) forward from `x_0` to `x_T` over the
+    same `num_steps` trailing-spaced timesteps as `decode`.
+
+    Args:
+        images: Float array `(N, H, W, C)` (or `(H, W, C)`) in the data
+            range.
+        num_steps: Integer in `[1, T]`. Defaults to `50`.
+        labels: For a conditional model, the class of each image (or
+            one for all), as in `generate_images`; `None` inverts the
+            unconditional model. Defaults to `None`.
+
+    Returns:
+        A NumPy float32 array `(N, H, W, C)`, roughly standard normal.
+
+    Example:
+
+    >>> latents = model.encode(images)
+    >>> reconstructed = model.decode(latents)
+    """
+    images = check_images(images, "images", model.image_shape)
+    samplers.check_num_steps(num_steps, model.diffusion.num_timesteps)
+    request = conditioning.request(model, labels, len(images), 1.0, 0.0)
+
+    def build(model_fn, noise_fn, x_0):
+        context = samplers.make_context(model_fn, noise_fn, model.diffusion, num_steps, model.prediction_type)
+        return samplers.ddim_encode_chain(context)
+
+    x_0 = ops.convert_to_tensor(images)
+    latents = model.runner.run_chain(
+        ("encode", num_steps, conditioning.key(request)), conditioning.with_guidance(build, request, model.null_label),
+        images.shape, num_steps, 0, x_T=x_0,
+        inputs=(x_0,) + conditioning.chain_inputs(request, 0, len(images), model.null_label),
+    )
+    return np.asarray(ops.convert_to_numpy(latents), dtype=np.float32)
+
+
+def decode(
+    model, noises, num_steps=50, clip_denoised=True, sampler="ddim", labels=None, guidance_scale=1.0,
+    guidance_rescale=0.0,
+):
+    """A deterministic sampler (DDIM, eta = 0, by default) from given latents `x_T` to images.
+
+    Args:
+        noises: Float array `(N, H, W, C)` (or `(H, W, C)`), the `x_T`.
+        num_steps: Integer in `[1, T]`. Defaults to `50`.
+        clip_denoised: Boolean. Defaults to `True`.
+        sampler: A deterministic sampler: `"ddim"` (which `encode`
+            inverts), `"dpmpp_2m"`, `"dpmpp_3m"` or `"unipc"`. Defaults
+            to `"ddim"`.
+        labels, guidance_scale, guidance_rescale: For a conditional
+            model, as in `generate_images`. Default to `None`, `1.0`,
+            `0.0`.
+
+    Returns:
+        A NumPy float32 array `(N, H, W, C)` in the data range.
+
+    Example:
+
+    >>> images = model.decode(np.random.normal(size=(4, 32, 32, 3)))
+    """
+    noises = check_images(noises, "noises", model.image_shape)
+    if sampler not in DETERMINISTIC_SAMPLERS:
+        raise ValueError(
+            f"decode needs a deterministic sampler. Received: sampler={sampler!r}. "
+            f"Expected one of {DETERMINISTIC_SAMPLERS}."
         )
-        return np.where(mask == 1.0, images, self._to_images(filled))
+    return generate_images(
+        model, seed=0, sampler=sampler, num_steps=num_steps, clip_denoised=clip_denoised, initial_noise=noises,
+        verbose=0, labels=labels, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+    )
 
-    def encode(self, images, num_steps=50, labels=None):
-        """DDIM inversion: the latents `x_T` that deterministic DDIM decodes to `images`.
 
-        Runs the DDIM ODE (eta = 0) forward from `x_0` to `x_T` over the
-        same `num_steps` trailing-spaced timesteps as `decode`.
+def interpolate(
+    model, num_images=8, seed=None, num_steps=50, images=None, noises=None, clip_denoised=True, sampler="ddim",
+    labels=None, guidance_scale=1.0, guidance_rescale=0.0,
+):
+    """Images along a spherical interpolation (slerp) between two latents.
 
-        Args:
-            images: Float array `(N, H, W, C)` (or `(H, W, C)`) in the data
-                range.
-            num_steps: Integer in `[1, T]`. Defaults to `50`.
-            labels: For a conditional model, the class of each image (or
-                one for all), as in `generate_images`; `None` inverts the
-                unconditional model. Defaults to `None`.
+    The latents are two standard normal draws from `seed`, the given
+    `noises`, or the DDIM inversions (`encode`) of two given `images`;
+    the path is decoded with a deterministic sampler (`decode`), so the
+    endpoints are exactly the decodes of the two latents.
 
-        Returns:
-            A NumPy float32 array `(N, H, W, C)`, roughly standard normal.
+    Args:
+        num_images: Integer >= 2, images along the path. Defaults to
+            `8`.
+        seed: Integer or `None`, the seed of the two latents when
+            neither `images` nor `noises` is given. Defaults to `None`.
+        num_steps: Integer in `[1, T]`, decoding steps. Defaults to
+            `50`.
+        images: `None` or a pair `(a, b)` of images `(H, W, C)` to
+            interpolate between. Defaults to `None`.
+        noises: `None` or a pair `(z_a, z_b)` of latents `(H, W, C)`.
+            Defaults to `None`.
+        clip_denoised: Boolean. Defaults to `True`.
+        sampler: The deterministic sampler of `decode`; with `images`
+            only `"ddim"`, the inverse of `encode`. Defaults to
+            `"ddim"`.
+        labels: For a conditional model, one class (integer or name)
+            for the whole path, also used to invert `images`; `None`
+            for the unconditional model. Defaults to `None`.
+        guidance_scale, guidance_rescale: The decoding's guidance, as
+            in `generate_images`. Default to `1.0`, `0.0`.
 
-        Example:
+    Returns:
+        A NumPy float32 array `(num_images, H, W, C)` in the data range.
 
-        >>> latents = model.encode(images)
-        >>> reconstructed = model.decode(latents)
-        """
-        images = self._check_images(images, "images")
-        samplers.check_num_steps(num_steps, self.diffusion.num_timesteps)
-        request = self._conditioning(labels, len(images), 1.0, 0.0)
+    Example:
 
-        def build(model_fn, noise_fn, x_0):
-            context = samplers.make_context(model_fn, noise_fn, self.diffusion, num_steps, self.prediction_type)
-            return samplers.ddim_encode_chain(context)
-
-        x_0 = ops.convert_to_tensor(images)
-        latents = self._run_chain(
-            ("encode", num_steps, conditioning.key(request)), conditioning.with_guidance(build, request, self.null_label),
-            images.shape, num_steps, 0, x_T=x_0,
-            inputs=(x_0,) + conditioning.chain_inputs(request, 0, len(images), self.null_label),
-        )
-        return np.asarray(ops.convert_to_numpy(latents), dtype=np.float32)
-
-    def decode(
-        self, noises, num_steps=50, clip_denoised=True, sampler="ddim", labels=None, guidance_scale=1.0,
-        guidance_rescale=0.0,
-    ):
-        """A deterministic sampler (DDIM, eta = 0, by default) from given latents `x_T` to images.
-
-        Args:
-            noises: Float array `(N, H, W, C)` (or `(H, W, C)`), the `x_T`.
-            num_steps: Integer in `[1, T]`. Defaults to `50`.
-            clip_denoised: Boolean. Defaults to `True`.
-            sampler: A deterministic sampler: `"ddim"` (which `encode`
-                inverts), `"dpmpp_2m"`, `"dpmpp_3m"` or `"unipc"`. Defaults
-                to `"ddim"`.
-            labels, guidance_scale, guidance_rescale: For a conditional
-                model, as in `generate_images`. Default to `None`, `1.0`,
-                `0.0`.
-
-        Returns:
-            A NumPy float32 array `(N, H, W, C)` in the data range.
-
-        Example:
-
-        >>> images = model.decode(np.random.normal(size=(4, 32, 32, 3)))
-        """
-        noises = self._check_images(noises, "noises")
-        if sampler not in DETERMINISTIC_SAMPLERS:
+    >>> path = model.interpolate(8, seed=0, sampler="dpmpp_2m", num_steps=20)
+    >>> morph = model.interpolate(8, images=(image_a, image_b))
+    """
+    num_images = check_positive_int("num_images", num_images)
+    if num_images < 2:
+        raise ValueError(f"num_images must be at least 2 (the two endpoints). Received: num_images={num_images}")
+    samplers.check_num_steps(num_steps, model.diffusion.num_timesteps)
+    seed = check_seed("seed", seed)
+    if images is not None and noises is not None:
+        raise ValueError("Pass images or noises, not both. Received both.")
+    if images is not None:
+        if sampler != "ddim":
             raise ValueError(
-                f"decode needs a deterministic sampler. Received: sampler={sampler!r}. "
-                f"Expected one of {DETERMINISTIC_SAMPLERS}."
+                "Interpolating between images decodes with 'ddim', the inverse of encode. "
+                f"Received: sampler={sampler!r}"
             )
-        return self.generate_images(
-            seed=0, sampler=sampler, num_steps=num_steps, clip_denoised=clip_denoised, initial_noise=noises,
-            verbose=0, labels=labels, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-        )
-
-    def interpolate(
-        self, num_images=8, seed=None, num_steps=50, images=None, noises=None, clip_denoised=True, sampler="ddim",
-        labels=None, guidance_scale=1.0, guidance_rescale=0.0,
-    ):
-        """Images along a spherical interpolation (slerp) between two latents.
-
-        The latents are two standard normal draws from `seed`, the given
-        `noises`, or the DDIM inversions (`encode`) of two given `images`;
-        the path is decoded with a deterministic sampler (`decode`), so the
-        endpoints are exactly the decodes of the two latents.
-
-        Args:
-            num_images: Integer >= 2, images along the path. Defaults to
-                `8`.
-            seed: Integer or `None`, the seed of the two latents when
-                neither `images` nor `noises` is given. Defaults to `None`.
-            num_steps: Integer in `[1, T]`, decoding steps. Defaults to
-                `50`.
-            images: `None` or a pair `(a, b)` of images `(H, W, C)` to
-                interpolate between. Defaults to `None`.
-            noises: `None` or a pair `(z_a, z_b)` of latents `(H, W, C)`.
-                Defaults to `None`.
-            clip_denoised: Boolean. Defaults to `True`.
-            sampler: The deterministic sampler of `decode`; with `images`
-                only `"ddim"`, the inverse of `encode`. Defaults to
-                `"ddim"`.
-            labels: For a conditional model, one class (integer or name)
-                for the whole path, also used to invert `images`; `None`
-                for the unconditional model. Defaults to `None`.
-            guidance_scale, guidance_rescale: The decoding's guidance, as
-                in `generate_images`. Default to `1.0`, `0.0`.
-
-        Returns:
-            A NumPy float32 array `(num_images, H, W, C)` in the data range.
-
-        Example:
-
-        >>> path = model.interpolate(8, seed=0, sampler="dpmpp_2m", num_steps=20)
-        >>> morph = model.interpolate(8, images=(image_a, image_b))
-        """
-        num_images = check_positive_int("num_images", num_images)
-        if num_images < 2:
-            raise ValueError(f"num_images must be at least 2 (the two endpoints). Received: num_images={num_images}")
-        samplers.check_num_steps(num_steps, self.diffusion.num_timesteps)
-        seed = check_seed("seed", seed)
-        if images is not None and noises is not None:
-            raise ValueError("Pass images or noises, not both. Received both.")
-        if images is not None:
-            if sampler != "ddim":
-                raise ValueError(
-                    "Interpolating between images decodes with 'ddim', the inverse of encode. "
-                    f"Received: sampler={sampler!r}"
-                )
-            latents = self.encode(self._check_pair(images, "images"), num_steps, labels=labels)
-        elif noises is not None:
-            latents = self._check_pair(noises, "noises")
-        else:
-            latents = np.random.default_rng(seed).standard_normal((2,) + self.image_shape).astype(np.float32)
-        path = samplers.slerp(latents[0], latents[1], np.linspace(0.0, 1.0, num_images)).astype(np.float32)
-        path[0], path[-1] = latents[0], latents[1]
-        return self.decode(
-            path, num_steps, clip_denoised, sampler=sampler, labels=labels, guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale,
-        )
+        latents = encode(model, check_pair(images, "images", model.image_shape), num_steps, labels=labels)
+    elif noises is not None:
+        latents = check_pair(noises, "noises", model.image_shape)
+    else:
+        latents = np.random.default_rng(seed).standard_normal((2,) + model.image_shape).astype(np.float32)
+    path = samplers.slerp(latents[0], latents[1], np.linspace(0.0, 1.0, num_images)).astype(np.float32)
+    path[0], path[-1] = latents[0], latents[1]
+    return decode(
+        model, path, num_steps, clip_denoised, sampler=sampler, labels=labels, guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
+    )
 
 
 def _broadcast_mask(mask, shape):

@@ -27,29 +27,22 @@ import os
 import keras
 from keras import ops
 
-from ddpm_keras.utils import files
-from ddpm_keras.inference import compiled
-from ddpm_keras.inference import conditioning
 from ddpm_keras import samplers
-from ddpm_keras.presets import DEFAULT_SAMPLING
+from ddpm_keras.inference import conditioning
+from ddpm_keras.inference.compiled import tf_chain_function
+from ddpm_keras.inference.compiled import weight_values
+from ddpm_keras.inference.generate import generation_chain
+from ddpm_keras.inference.generate import resolved_options
+from ddpm_keras.inference.precision import check_inference_dtype
+from ddpm_keras.samplers.options import DEFAULT_SAMPLING
+from ddpm_keras.utils import files
 
 METADATA_FILE = files.EXPORT_METADATA_FILE
 
 
 def export_generator(
-    model,
-    path,
-    sampler=DEFAULT_SAMPLING["sampler"],
-    num_steps=DEFAULT_SAMPLING["num_steps"],
-    timestep_spacing=DEFAULT_SAMPLING["timestep_spacing"],
-    eta=0.0,
-    clip_denoised=True,
-    thresholding=None,
-    corrector_steps=1,
-    snr=0.16,
-    dtype=None,
-    guidance_rescale=0.0,
-    overwrite=False,
+    model, path, sampler=DEFAULT_SAMPLING["sampler"], *, dtype=None, guidance_rescale=0.0, overwrite=False,
+    **sampler_options,
 ):
     """Writes `model`'s generator as a TensorFlow SavedModel at `path`.
 
@@ -71,11 +64,9 @@ def export_generator(
             or empty, or hold a previous export of ddpm_keras and nothing
             else (which is replaced); anything else is an error unless
             `overwrite`.
-        sampler, num_steps, timestep_spacing, eta, clip_denoised,
-            thresholding, corrector_steps, snr: As in
-            `DiffusionModel.generate_images`. Default to
-            `presets.DEFAULT_SAMPLING`: `"dpmpp_2m_sde"`, 20 steps on the
-            `"karras"` grid.
+        sampler: A sampler's name or a `samplers.SamplerOptions`, as in
+            `DiffusionModel.generate_images`. Defaults to
+            `samplers.DEFAULT_SAMPLING`'s, `"dpmpp_2m_sde"`.
         dtype: `None`, `"float32"`, `"bfloat16"` or `"float16"`, the
             precision the network computes in, as in `generate_images`.
             Defaults to `None`.
@@ -85,6 +76,9 @@ def export_generator(
         overwrite: Boolean, replace `path` even when it holds files that
             are not an export of ddpm_keras. Nothing beside `path` is ever
             touched. Defaults to `False`.
+        **sampler_options: The sampler's options (`samplers.SamplerOptions`),
+            as in `generate_images`. The options `samplers.DEFAULT_SAMPLING`
+            names default to its values: 20 steps on the `"karras"` grid.
 
     Returns:
         `path`.
@@ -103,11 +97,12 @@ def export_generator(
 
     # Checked before the compilation: a folder of the user's is never replaced.
     files.check_output(path, "path", overwrite=overwrite, kind="dir")
-    options = model._generation_options(
-        sampler, num_steps, eta, clip_denoised, corrector_steps, snr, timestep_spacing, thresholding, dtype
-    )
-    build = model._generation_chain(options)
-    network = model.inference_network(options["dtype"])
+    if not isinstance(sampler, samplers.SamplerOptions):
+        sampler_options = {**{k: v for k, v in DEFAULT_SAMPLING.items() if k != "sampler"}, **sampler_options}
+    options = resolved_options(model, sampler, **sampler_options)
+    dtype = check_inference_dtype(dtype)
+    build = generation_chain(model, options)
+    network = model.runner.inference_network(dtype)
     image_shape = model.image_shape
     clip_min, clip_max = float(model.diffusion.clip_min), float(model.diffusion.clip_max)
 
@@ -127,12 +122,12 @@ def export_generator(
             return samplers.advance(chain(model_fn, noise_fn, *extra), loop_state, begin, end, None)
 
         return tuple(
-            tf.function(compiled.tf_chain_function(network, fn), jit_compile=True, autograph=False)
+            tf.function(tf_chain_function(network, fn), jit_compile=True, autograph=False)
             for fn in (init, segment)
         )
 
     module = tf.Module()
-    trainable, non_trainable = compiled.weight_values(model.ema_network)
+    trainable, non_trainable = weight_values(model.ema_network)
     module.trainable = [tf.Variable(v, trainable=False) for v in trainable]
     module.non_trainable = [tf.Variable(v, trainable=False) for v in non_trainable]
     run_init, run_segment = compiled(False)
@@ -156,7 +151,7 @@ def export_generator(
         weights = ([v.read_value() for v in module.trainable], [v.read_value() for v in module.non_trainable])
         extra = () if not conditional else (labels, guidance_scale, tf.constant(rescale, tf.float32))
         loop_state = run_init(*weights, seed32, tf.zeros(tf.stack([num_images]), tf.float32), *extra)
-        bounds = (tf.constant(0, tf.int32), tf.constant(options["num_steps"], tf.int32))
+        bounds = (tf.constant(0, tf.int32), tf.constant(options.num_steps, tf.int32))
         if conditional:
             loop_state = tf.cond(
                 tf.equal(guidance_scale, 1.0),
@@ -175,7 +170,7 @@ def export_generator(
     module.generate = generate
     metadata = {
         "image_shape": list(image_shape),
-        "sampler_options": options,
+        "sampler_options": {**options.as_dict(), "dtype": dtype},
         "prediction_type": model.prediction_type,
         "num_timesteps": int(model.diffusion.num_timesteps),
         "value_range": [clip_min, clip_max],

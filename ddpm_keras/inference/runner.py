@@ -4,8 +4,8 @@ One compiled function draws `x_T` (or takes it) and sets up the chain's
 state, another runs `segment_steps` steps of it from any position (compiled
 once, the position an argument), and a progress bar moves between
 segments. The backend-specific compilation is in
-`ddpm_keras.inference.compiled.compile_chain`. `GenerationMixin` (sampling) and
-`EditingMixin` (inpainting, inversion, interpolation) build on it.
+`ddpm_keras.inference.compiled.compile_chain`. Generation, editing and the
+likelihood (`generate.py`, `edit.py`, `likelihood.py`) run through it.
 """
 
 import threading
@@ -14,35 +14,60 @@ import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras.inference import compiled
 from ddpm_keras import samplers
-from ddpm_keras.utils.progress import progress_bar
-from ddpm_keras.utils.seeds import random_seed
+from ddpm_keras.inference.compiled import compile_chain
 from ddpm_keras.inference.precision import check_inference_dtype
 from ddpm_keras.inference.precision import inference_network
+from ddpm_keras.utils.progress import progress_bar
+from ddpm_keras.utils.seeds import random_seed
 
 SEGMENT_STEPS = 50
 DETERMINISTIC_SAMPLERS = tuple(name for name, spec in samplers.REGISTRY.items() if not spec.stochastic)
 
 
 class ChainRunner:
-    """Chain running for a model with `ema_network`, `diffusion`, `prediction_type` and `image_shape`."""
+    """Runs sampler chains with a model's EMA network, compiled once per key and cached.
+
+    A `DiffusionModel` holds one (`model.runner`); the functions of
+    `ddpm_keras.inference` run their chains through it. It reads the model's
+    public attributes only: `ema_network` (whose current weights every run
+    uses) and `diffusion`.
+
+    Args:
+        model: A `DiffusionModel`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._compiled = {}
+        self._networks = {}
 
     def inference_network(self, dtype=None):
         """The EMA network, or a copy of it computing in `dtype` (made once, run with the EMA weights)."""
         dtype = check_inference_dtype(dtype)
         if dtype == "float32":
-            return self.ema_network
-        # A plain object holds the copies: a dict attribute would make Keras
-        # track them as sublayers, and save them with the model.
-        cache = getattr(self, "_inference_networks", None)
-        if cache is None:
-            cache = self._inference_networks = _NetworkCache()
-        if dtype not in cache.networks:
-            cache.networks[dtype] = inference_network(self.ema_network, dtype)
-        return cache.networks[dtype]
+            return self.model.ema_network
+        if dtype not in self._networks:
+            self._networks[dtype] = inference_network(self.model.ema_network, dtype)
+        return self._networks[dtype]
 
-    def _run_chain(
+    def compiled(self, key, chain, dtype="float32"):
+        """The compiled form of `chain`, built once per `key` and cached.
+
+        `chain(model_fn, noise_fn, *inputs) -> outputs` is written in
+        `keras.ops`; the result is `run(seed, *inputs) -> outputs` (the same
+        seed gives the same outputs): on TensorFlow one
+        `tf.function(jit_compile=True)`, on JAX `jax.jit` with the EMA
+        weights as arguments and noise from a key folded with each draw's
+        step, on PyTorch eager code under `torch.no_grad()`
+        (`ddpm_keras.inference.compiled.compile_chain`).
+        """
+        key = key + (dtype,)
+        if key not in self._compiled:
+            self._compiled[key] = compile_chain(self.model.ema_network, chain, self.inference_network(dtype))
+        return self._compiled[key]
+
+    def run_chain(
         self, key, build, shape, num_steps, seed, x_T=None, inputs=(), trajectory_every=None,
         segment_steps=SEGMENT_STEPS, progress=None, dtype="float32",
     ):
@@ -61,8 +86,8 @@ class ChainRunner:
         def segment(model_fn, noise_fn, loop_state, begin, end, *args):
             return samplers.advance(build(model_fn, noise_fn, *args), loop_state, begin, end, trajectory_every)
 
-        run_init = self._compiled(key + ("init",), init, dtype)
-        run_segment = self._compiled(key + ("segment",), segment, dtype)
+        run_init = self.compiled(key + ("init",), init, dtype)
+        run_segment = self.compiled(key + ("segment",), segment, dtype)
         seed = random_seed(seed)
         loop_state = run_init(seed, *((() if drawn else (ops.convert_to_tensor(x_T),)) + tuple(inputs)))
         size = num_steps if segment_steps is None else segment_steps
@@ -73,51 +98,33 @@ class ChainRunner:
                 progress.advance(end - begin, loop_state)
         return samplers.finish(loop_state)
 
-    def _check_images(self, images, name):
-        """`images` as float32 `(N, H, W, C)` of this model's image shape, or a ValueError."""
-        images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[0] < 1 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{name} must have shape (N,) + {self.image_shape} or {self.image_shape}. "
-                f"Received: {name}.shape={images.shape}"
-            )
-        if not np.all(np.isfinite(images)):
-            raise ValueError(f"{name} must be finite. Received: {name} with NaN or inf values")
-        return images
 
-    def _check_pair(self, pair, name):
-        """A pair `(a, b)` of `(H, W, C)` arrays as float32 `(2, H, W, C)`."""
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"{name} must be a pair (a, b). Received: {name} of type {type(pair).__name__}")
-        return np.concatenate([self._check_images(item, name) for item in pair], axis=0)
+def check_images(images, name, image_shape):
+    """`images` as float32 `(N, H, W, C)` of `image_shape`, or a ValueError."""
+    images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[0] < 1 or tuple(images.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"{name} must have shape (N,) + {tuple(image_shape)} or {tuple(image_shape)}. "
+            f"Received: {name}.shape={images.shape}"
+        )
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"{name} must be finite. Received: {name} with NaN or inf values")
+    return images
 
-    def _to_images(self, images):
-        """A sampler's output as a NumPy float32 array clipped to the data range."""
-        images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
-        return np.clip(images, self.diffusion.clip_min, self.diffusion.clip_max)
 
-    def _compiled(self, key, chain, dtype="float32"):
-        """The compiled form of `chain`, built once per `key` and cached.
+def check_pair(pair, name, image_shape):
+    """A pair `(a, b)` of `(H, W, C)` arrays as float32 `(2, H, W, C)`."""
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        raise ValueError(f"{name} must be a pair (a, b). Received: {name} of type {type(pair).__name__}")
+    return np.concatenate([check_images(item, name, image_shape) for item in pair], axis=0)
 
-        `chain(model_fn, noise_fn, *inputs) -> outputs` is written in
-        `keras.ops`; the result is `run(seed, *inputs) -> outputs` (the same
-        seed gives the same outputs): on TensorFlow one
-        `tf.function(jit_compile=True)`, on JAX `jax.jit` with the EMA
-        weights as arguments and noise from a key folded with each draw's
-        step, on PyTorch eager code under `torch.no_grad()`.
-        """
-        key = key + (dtype,)
-        if key not in self._samplers:
-            self._samplers[key] = compiled.compile_chain(self, chain, self.inference_network(dtype))
-        return self._samplers[key]
 
-class _NetworkCache:
-    """The reduced-precision copies of a model's EMA network, by dtype."""
-
-    def __init__(self):
-        self.networks = {}
+def to_images(images, diffusion):
+    """A sampler's output as a NumPy float32 array clipped to `diffusion`'s data range."""
+    images = np.asarray(ops.convert_to_numpy(images), dtype=np.float32)
+    return np.clip(images, diffusion.clip_min, diffusion.clip_max)
 
 
 class Progress:

@@ -2,12 +2,12 @@
 
 import os
 
-from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.metrics.features import extract_features
-from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.features import extractor_id
+from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.reference import ReferenceStatistics
 from ddpm_keras.metrics.reference import reference_statistics
+from ddpm_keras.utils.checks import check_positive_int
 
 
 def as_reference(real_images, feature_extractor, keep_features=True, batch_size=64, verbose=0):

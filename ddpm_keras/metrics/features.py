@@ -22,9 +22,9 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras.utils.checks import check_positive_int
-from ddpm_keras.utils.progress import progress_bar
 from ddpm_keras.utils.download import one_line
 from ddpm_keras.utils.download import probe_host
+from ddpm_keras.utils.progress import progress_bar
 
 INCEPTION_SIZE = 299
 _WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"

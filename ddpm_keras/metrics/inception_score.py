@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.metrics.features import extract_features
 from ddpm_keras.metrics.features import inception_classifier
+from ddpm_keras.utils.checks import check_positive_int
 
 
 def inception_score(probabilities, splits=10):

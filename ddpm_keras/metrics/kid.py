@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.metrics.base import FeatureMetric
+from ddpm_keras.utils.checks import check_positive_int
 
 
 def polynomial_kernel(x, y):

@@ -15,11 +15,11 @@ import warnings
 
 import numpy as np
 
-from ddpm_keras.utils.files import atomic_write
 from ddpm_keras.metrics.features import extract_features
-from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.features import extractor_id
 from ddpm_keras.metrics.features import image_batches
+from ddpm_keras.metrics.features import inception_features
+from ddpm_keras.utils.files import atomic_write
 
 CACHE_ENV = "DDPM_KERAS_CACHE"
 

@@ -3,13 +3,13 @@
 import keras
 from keras import layers
 
-from ddpm_keras.utils.checks import check_positive_int
-from ddpm_keras.utils.checks import image_size
-from ddpm_keras.utils.checks import is_int
 from ddpm_keras.nn.layers import AttentionBlock
 from ddpm_keras.nn.layers import TimeEmbedding
 from ddpm_keras.nn.layers import check_attention_residual
 from ddpm_keras.nn.layers import kernel_init
+from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.checks import image_size
+from ddpm_keras.utils.checks import is_int
 
 
 def residual_block(x, temb, width, groups, activation_fn, dropout):

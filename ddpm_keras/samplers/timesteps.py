@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from ddpm_keras.utils.checks import is_int
 from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.utils.checks import is_int
 
 TIMESTEP_SPACINGS = ("trailing", "logsnr", "karras")
 KARRAS_RHO = 7.0

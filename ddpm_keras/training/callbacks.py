@@ -10,17 +10,17 @@ import time
 
 import keras
 
-from ddpm_keras.utils import files
-from ddpm_keras.utils.checks import check_positive_int
-from ddpm_keras.utils.progress import in_notebook
-from ddpm_keras.training.finite import NonFiniteError
-from ddpm_keras.training.finite import NonFiniteGuard  # noqa: F401 - a callback of fit, importable from here
-from ddpm_keras.training.finite import non_finite_weights
 from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
 from ddpm_keras.metrics.distances import DISTANCES
-from ddpm_keras.presets import DEFAULT_SAMPLING
+from ddpm_keras.samplers.options import DEFAULT_SAMPLING
+from ddpm_keras.training.finite import NonFiniteError
+from ddpm_keras.training.finite import NonFiniteGuard  # noqa: F401 - a callback of fit, importable from here
+from ddpm_keras.training.finite import non_finite_weights
+from ddpm_keras.utils import files
+from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.progress import in_notebook
 from ddpm_keras.visualize import display_scale
 from ddpm_keras.visualize import plot_metrics
 from ddpm_keras.visualize import save_image_grid
@@ -49,7 +49,7 @@ class SamplePlotter(keras.callbacks.Callback):
         num_images: Integer, the number of samples. Defaults to `16`.
         seed: Integer, the seed of the samples. Defaults to `0`.
         sampling: Dict of keyword arguments of `generate_images` choosing the
-            sampler. Defaults to `presets.DEFAULT_SAMPLING`.
+            sampler. Defaults to `samplers.DEFAULT_SAMPLING`.
         scale: Integer, the upscaling of the saved grid. Defaults to `4` for
             images of 32 px or less, else `2`.
         show: Boolean or `None`, display inline; `None` displays when

@@ -13,8 +13,8 @@ of a batch (labels or none, their shape and dtype: before `fit` and
 `evaluate` on a `tf.data.Dataset`'s element spec, and on every input while
 a step is traced, at the first batch, on every backend),
 `check_label_values` on the values of a label array (before `fit` and
-`evaluate`, on the arrays they are given). Only `ddpm_keras.model` and
-`ddpm_keras.training.steps` import this module.
+`evaluate`, on the arrays they are given: `check_fit_arguments`). Only
+`ddpm_keras.model` and `ddpm_keras.training.steps` import this module.
 """
 
 import numbers
@@ -119,6 +119,29 @@ def check_label_values(num_classes, labels, name="labels"):
             f"{name} must be classes in [0, num_classes) = [0, {num_classes}) (the null label {num_classes} is "
             f"drawn by the model, cond_drop_prob). Received: {name} from {values.min()} to {values.max()}"
         )
+
+
+def check_fit_arguments(num_classes, x, y, validation_data=None):
+    """One-line errors, before any tracing, for labels of `fit` or `evaluate` that do not fit the model.
+
+    Arrays: their shape, dtype and range; a `tf.data.Dataset`: the
+    structure of its elements (labels or none, their shape and dtype).
+    A generator or a `PyDataset` is checked in the step, as it is traced.
+    """
+    pairs = [(x, y, "labels")]
+    if isinstance(validation_data, (list, tuple)):
+        val_x, val_y, _ = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
+        pairs.append((val_x, val_y, "validation labels"))
+    elif validation_data is not None:
+        pairs.append((validation_data, None, "validation labels"))
+    for images, labels, name in pairs:
+        if hasattr(images, "element_spec"):
+            images, labels, _ = keras.utils.unpack_x_y_sample_weight(images.element_spec)
+            check_batch(num_classes, images, labels, name)
+        elif hasattr(images, "shape"):
+            labels = labels if labels is None or hasattr(labels, "shape") else np.asarray(labels)
+            check_batch(num_classes, images, labels, name)
+            check_label_values(num_classes, labels, name)
 
 
 def drop_labels(labels, null_label, cond_drop_prob, seed):

@@ -30,15 +30,8 @@ import keras
 from keras import ops
 
 from ddpm_keras.training import labels as training_labels
-from ddpm_keras.utils.seeds import DrawnSeed
 from ddpm_keras.utils.distribute import num_replicas_in_sync
-
-
-def images_from(data):
-    """The images of a batch: `x`, or the `x` of `(x,)`, `(x, y)`, `(x, y, w)`."""
-    if isinstance(data, (list, tuple)):
-        return data[0]
-    return data
+from ddpm_keras.utils.seeds import DrawnSeed
 
 
 def batch_data(model, data):

@@ -14,14 +14,15 @@ import datetime
 import json
 import os
 
-from ddpm_keras.utils import files
+from ddpm_keras.cli.common import CLIError
+from ddpm_keras.options import OPTIONS
 from ddpm_keras.training.callbacks import LOG_FILE
 from ddpm_keras.training.callbacks import MODEL_FILE
 from ddpm_keras.training.callbacks import QUALITY_LOG_FILE
 from ddpm_keras.training.callbacks import QUALITY_PLOT_FILE
 from ddpm_keras.training.callbacks import SAMPLES_DIR
 from ddpm_keras.training.callbacks import resume_log
-from ddpm_keras.cli import CLIError
+from ddpm_keras.utils import files
 
 RUN_RECORD = "run.json"
 # The files of a run directory: a fresh run refuses a folder holding any of them.
@@ -137,48 +138,34 @@ def write_record(run_dir, record, options, launch):
 
 
 def model_record(model):
-    """The options of `model` that `cli_train.MODEL_FLAGS` set, for run.json: what the run actually trains."""
-    return {
-        "prediction_type": model.prediction_type, "loss_weighting": model.loss_weighting,
-        "snr_gamma": model.snr_gamma, "ema": model.ema, "ema_warmup": model.ema_warmup,
-        "diffusion": model.diffusion.get_config(), "num_classes": model.num_classes,
-        "cond_drop_prob": model.cond_drop_prob if model.num_classes else None,
-    }
+    """The options of `model` (`options.OPTIONS`) for run.json: what the run actually trains."""
+    config = model.get_config()
+    record = {option.name: option.saved(config) for option in OPTIONS if option.part == "training"}
+    record.update(diffusion=config["diffusion"], num_classes=model.num_classes)
+    for option in OPTIONS:
+        if option.conditional and not model.num_classes:
+            record[option.name] = None
+    return record
 
 
 def _check_model_options(args, model, model_path):
     """Raises a `CLIError` where a model option given with `--resume` differs from the saved model's."""
-    saved = {
-        "prediction_type": model.prediction_type,
-        "loss_weighting": model.loss_weighting,
-        "snr_gamma": model.snr_gamma,
-        "ema_warmup": model.ema_warmup,
-        "beta_schedule": model.diffusion.beta_schedule,
-        "zero_terminal_snr": model.diffusion.rescale_zero_terminal_snr,
-        "cond_drop_prob": model.cond_drop_prob,
-    }
     if args.class_conditional and model.num_classes is None:
         raise CLIError(
             f"--class-conditional, but the resumed model ({model_path}) is unconditional: a resumed run keeps "
             f"its network. {_ADVICE}"
         )
-    for dest, value in saved.items():
-        given = getattr(args, dest)
-        if given is not None and model_option_value(dest, given) != value:
-            option = _flag(dest) if given is True else "--no-" + _flag(dest)[2:] if given is False else f"{_flag(dest)} {given}"
+    config = model.get_config()
+    for option in OPTIONS:
+        given = getattr(args, option.name, None)
+        value = option.saved(config)
+        if option.flag is not None and given is not None and option.from_flag(given) != value:
+            flag = option.flag
+            given_text = flag if given is True else "--no-" + flag[2:] if given is False else f"{flag} {given}"
             raise CLIError(
-                f"{option} differs from the resumed model's {value!r} ({model_path}): a resumed run "
+                f"{given_text} differs from the resumed model's {value!r} ({model_path}): a resumed run "
                 f"keeps its model's options. {_ADVICE}"
             )
-
-
-def _flag(dest):
-    return "--" + dest.replace("_", "-")
-
-
-def model_option_value(dest, value):
-    """A flag's value as the model's option: `--loss-weighting none` is `None`."""
-    return None if dest == "loss_weighting" and value == "none" else value
 
 
 def raise_with_state(error, model, model_path):

@@ -1,0 +1,156 @@
+"""`SamplerOptions`: the options of a sampling chain, one table, checked once.
+
+Each option is one field of `SamplerOptions` with its default, the values
+it takes and, where the command line has it, its flag. The checks, the
+command line's flags (`ddpm_keras.cli.common.add_sampler_arguments`), the
+compile cache's key and an export's metadata all read the fields, so a new
+option is one field here plus its use in the sampler that takes it (named
+in that sampler's `REGISTRY` entry).
+
+Example:
+
+>>> options = SamplerOptions("ddim", num_steps=50, eta=0.5)
+>>> model.generate_images(16, seed=0, sampler=options)
+"""
+
+import dataclasses
+from typing import Optional
+
+from ddpm_keras.samplers.common import check_thresholding
+from ddpm_keras.samplers.registry import REGISTRY
+from ddpm_keras.samplers.registry import SAMPLERS
+from ddpm_keras.samplers.registry import default_num_steps
+from ddpm_keras.samplers.timesteps import TIMESTEP_SPACINGS
+from ddpm_keras.samplers.timesteps import check_num_steps
+from ddpm_keras.utils.checks import check_number
+from ddpm_keras.utils.checks import is_int
+
+# The sampler of the pictures users see (SamplePlotter, QualityMonitor, `ddpm-keras sample` and
+# `evaluate`, `export_generator`, the notebook; also `presets.DEFAULT_SAMPLING`): the best sample
+# quality per network call in bench/quality.py, where 20 steps of the stochastic DPM-Solver++(2M) on
+# Karras et al.'s grid score better than 1,000 of DDPM (README, Benchmarks).
+DEFAULT_SAMPLING = {"sampler": "dpmpp_2m_sde", "num_steps": 20, "timestep_spacing": "karras"}
+
+
+def _option(default, flag=None, help=None, **values):
+    """A field of `SamplerOptions`: its default, its command-line `flag` and `help`, and the values it takes.
+
+    `values`: `choices`, or a numeric range (`low`, `high`, `low_open`,
+    `high_open`, `integer`), or `boolean=True`; `optional=True` also takes
+    `None`; `resolved=True`: checked by `SamplerOptions.resolved`, against
+    the diffusion; `inpainting=False` leaves the option out of inpainting's
+    flags; `metavar` names the flag's value in the help.
+    """
+    return dataclasses.field(default=default, metadata={"flag": flag, "help": help, **values})
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerOptions:
+    """The options of a sampling chain, checked when made; frozen and hashable.
+
+    Args:
+        sampler: One of `SAMPLERS`. Defaults to `"ddpm"`.
+        num_steps: Integer >= 1, or `None`: the sampler's default (`T` for
+            `"ddpm"` and `"pc"`, `50` for `"ddim"`, `20` for the solvers).
+            `resolved(T)` checks it against the diffusion's `T`. Defaults
+            to `None`.
+        timestep_spacing: One of `TIMESTEP_SPACINGS`. Defaults to
+            `"trailing"`.
+        clip_denoised: Boolean, clip the predicted `x_0` to the data range.
+            Defaults to `True`.
+        thresholding: `None` or a quantile in `(0, 1)`: dynamic
+            thresholding of the predicted `x_0` (Saharia et al. 2022)
+            instead of clipping. Defaults to `None`.
+        eta: Float in `[0, 1]`, DDIM's noise scale. Defaults to `0.0`.
+        corrector_steps: Integer >= 0, Langevin steps after each `"pc"`
+            predictor step. Defaults to `1`.
+        snr: Float > 0, the `"pc"` corrector's signal-to-noise ratio.
+            Defaults to `0.16`.
+    """
+
+    sampler: str = _option("ddpm", choices=SAMPLERS)
+    num_steps: Optional[int] = _option(None, resolved=True)  # checked against T by `resolved`
+    timestep_spacing: str = _option("trailing", choices=TIMESTEP_SPACINGS)
+    clip_denoised: bool = _option(True, boolean=True)
+    thresholding: Optional[float] = _option(
+        None, "--thresholding", "dynamic thresholding of the predicted x_0 at quantile Q, e.g. 0.995 (Imagen), "
+        "instead of clipping", low=0.0, high=1.0, low_open=True, high_open=True, optional=True, inpainting=False, metavar="Q",
+    )
+    eta: float = _option(0.0, "--eta", "DDIM noise in [0, 1]: 0 deterministic, 1 DDPM-like", low=0.0, high=1.0)
+    corrector_steps: int = _option(1, low=0, integer=True)
+    snr: float = _option(0.16, low=0.0, low_open=True)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _checked(field, getattr(self, field.name)))
+
+    def resolved(self, num_timesteps, samplers=None):
+        """These options with `num_steps` set for a diffusion of `num_timesteps` steps, or a `ValueError`.
+
+        Args:
+            num_timesteps: Integer, the diffusion's `T`.
+            samplers: `None` (every sampler) or the names allowed here
+                (inpainting's `INPAINT_SAMPLERS`). Defaults to `None`.
+        """
+        if samplers is not None and self.sampler not in samplers:
+            raise ValueError(f"Unknown sampler. Received: sampler={self.sampler!r}. Expected one of {samplers}.")
+        if self.num_steps is not None:
+            check_num_steps(self.num_steps, num_timesteps)
+        num_steps = default_num_steps(self.sampler, self.num_steps, num_timesteps)
+        min_steps = min(REGISTRY[self.sampler].min_steps, num_timesteps)
+        if num_steps < min_steps:
+            raise ValueError(
+                f"sampler={self.sampler!r} is a multistep solver of order {min_steps}: it needs num_steps >= "
+                f"{min_steps}. Received: num_steps={num_steps} (use 'ddim' for fewer steps)"
+            )
+        return dataclasses.replace(self, num_steps=num_steps)
+
+    def as_dict(self):
+        """The options as a plain dict (what an export's metadata records)."""
+        return dataclasses.asdict(self)
+
+
+def sampler_options(sampler="ddpm", **options):
+    """`sampler` as `SamplerOptions`: a name with `options`, or `SamplerOptions` itself (then no `options`)."""
+    if isinstance(sampler, SamplerOptions):
+        if options:
+            raise ValueError(
+                "Pass the sampler's options in its SamplerOptions, not beside it. "
+                f"Received: {', '.join(sorted(options))} beside sampler={sampler!r}"
+            )
+        return sampler
+    known = {field.name for field in dataclasses.fields(SamplerOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"Unknown sampler option {unknown[0]!r}. Expected one of {sorted(known)}.")
+    return SamplerOptions(sampler, **options)
+
+
+def option_fields(inpainting=False):
+    """The fields of `SamplerOptions` that have a command-line flag (inpainting's only, with `inpainting`)."""
+    return tuple(
+        field for field in dataclasses.fields(SamplerOptions)
+        if field.metadata["flag"] and not (inpainting and field.metadata.get("inpainting") is False)
+    )
+
+
+def _checked(field, value):
+    """`value` of `field`, checked against the field's values and converted to its type."""
+    spec, name = field.metadata, field.name
+    if (value is None and spec.get("optional")) or spec.get("resolved"):
+        return value
+    if "choices" in spec:
+        if value not in spec["choices"]:
+            raise ValueError(f"Unknown {name}: {value!r}. Expected one of {spec['choices']}.")
+        return value
+    if spec.get("boolean"):
+        return bool(value)
+    if name == "thresholding":
+        check_thresholding(value)
+    if spec.get("integer"):
+        low = spec.get("low")
+        if not is_int(value) or (low is not None and value < low):
+            raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
+        return int(value)
+    return check_number(name, value, spec.get("low"), spec.get("high"), spec.get("low_open", False),
+                        spec.get("high_open", False))
