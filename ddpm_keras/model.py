@@ -28,6 +28,7 @@ from ddpm_keras.nn.unet import network_num_classes
 from ddpm_keras.options import TRAINING_OPTIONS
 from ddpm_keras.preset_builder import build_model
 from ddpm_keras.training import labels as training_labels
+from ddpm_keras.training import objective
 from ddpm_keras.training import steps as train_steps
 from ddpm_keras.utils.checks import is_int
 from ddpm_keras.utils.distribute import num_replicas_in_sync
@@ -163,13 +164,13 @@ class DiffusionModel(keras.Model):
         if ema_network is None:
             ema_network = keras.models.clone_model(network)
             ema_network.set_weights(network.get_weights())
-        _check_same_structure(network, ema_network)
+        objective.check_same_structure(network, ema_network)
         self._num_classes = network_num_classes(network)
         self.cond_drop_prob = training_labels.check_cond_drop_prob(cond_drop_prob)
         self.class_names = training_labels.check_class_names(class_names, self._num_classes)
         self.network = network
         self.ema_network = ema_network
-        _freeze(self.ema_network)
+        objective.freeze(self.ema_network)
         self.diffusion = diffusion
         self.ema = float(ema)
         if seed is not None and not is_int(seed):
@@ -265,29 +266,12 @@ class DiffusionModel(keras.Model):
         training_labels.check_fit_arguments(self.num_classes, x, y, kwargs.get("validation_data"))
         return super().fit(x, y, *args, **kwargs)
 
-    def drop_labels(self, labels, seed=None):
-        """Classifier-free guidance's label dropout: each label becomes `null_label` with probability `cond_drop_prob`.
-
-        The training step runs it on each batch's labels with the seed of
-        its draws of `t` and the noise (`training_batch`).
-
-        Args:
-            labels: Int tensor `(batch,)` of classes in `[0, num_classes)`.
-            seed: `None` (the model's training `SeedGenerator`), a
-                `keras.random.SeedGenerator` or an integer. Defaults to
-                `None`.
-
-        Returns:
-            An int32 tensor `(batch,)`.
-
-        Example:
-
-        >>> model.drop_labels(ops.convert_to_tensor([3, 1, 4, 1, 5]), seed=0)  # e.g. [3, 1, 10, 1, 5]
-        """
-        if self.num_classes is None:
-            raise ValueError("drop_labels needs a class-conditional model. Received: an unconditional network")
-        seed = self.seed_generator if seed is None else seed
-        return training_labels.drop_labels(labels, self.null_label, self.cond_drop_prob, seed)
+    # The denoising objective: functions of `ddpm_keras.training.objective`.
+    drop_labels = _calls(objective.drop_labels)
+    training_batch = _calls(objective.training_batch)
+    noisy_batch = _calls(objective.noisy_batch)
+    ema_decay = _calls(objective.ema_decay)
+    update_ema = _calls(objective.update_ema)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The loss between the training target and the network's output, each example weighted.
@@ -329,7 +313,7 @@ class DiffusionModel(keras.Model):
             # As Keras's compiled losses: this replica's share of the global
             # mean under a tf.distribute strategy (the gradients are summed).
             return loss / float(num_replicas_in_sync())
-        _check_compiled_loss(self.loss)
+        objective.check_compiled_loss(self.loss)
         if sample_weight is not None:
             # A (batch,) weight would broadcast against the last axis of the per-pixel values.
             sample_weight = ops.reshape(
@@ -359,47 +343,6 @@ class DiffusionModel(keras.Model):
             return None
         return ops.take(ops.convert_to_tensor(self._timestep_weights), ops.cast(t, "int32"), axis=0)
 
-    def training_batch(self, images, seed, labels=None, training=True):
-        """One batch of the denoising objective: `(inputs, target, weights)`.
-
-        Draws `(x_t, t, eps)` with `noisy_batch`; `inputs` is `[x_t, t]`,
-        or `[x_t, t, labels]` for a conditional model, the labels through
-        `drop_labels` (drawn from `seed` after the noise) when `training`
-        and as given otherwise; `target` is
-        `diffusion.prediction_target(images, eps, t, prediction_type)` and
-        `weights` is `timestep_weights(t)` (`None` when unweighted). The
-        training and validation steps of every backend take their loss
-        from it: `compute_loss(y=target, y_pred=network(inputs),
-        sample_weight=weights)`.
-
-        Args:
-            images: Float tensor `(batch, H, W, C)`, the clean images `x_0`.
-            seed: A `keras.random.SeedGenerator` (or what `keras.random`
-                takes as a seed), as in `noisy_batch`.
-            labels: `None`, or for a conditional model an int tensor
-                `(batch,)` of classes. Defaults to `None`.
-            training: Boolean, drop labels (`cond_drop_prob`). Defaults to
-                `True`.
-
-        Returns:
-            `(inputs, target, weights)`.
-        """
-        x_t, t, noise = self.noisy_batch(images, seed)
-        target = self.diffusion.prediction_target(images, noise, t, self.prediction_type)
-        inputs = [x_t, t]
-        if labels is not None:
-            inputs.append(self.drop_labels(labels, seed) if training else ops.cast(labels, "int32"))
-        return inputs, target, self.timestep_weights(t)
-
-    def noisy_batch(self, images, seed):
-        """Draws `t ~ U[0, T)` and `eps ~ N(0, I)`; returns `(x_t, t, eps)`."""
-        batch = ops.shape(images)[0]
-        t = keras.random.randint(
-            (batch,), 0, self.diffusion.num_timesteps, dtype="int32", seed=seed
-        )
-        noise = keras.random.normal(ops.shape(images), dtype=images.dtype, seed=seed)
-        return self.diffusion.q_sample(images, t, noise), t, noise
-
     def train_step(self, *args):
         """One optimizer step of the network, then the EMA update.
 
@@ -408,39 +351,6 @@ class DiffusionModel(keras.Model):
         step is in `ddpm_keras.training.steps`.
         """
         return train_steps.step_for(train_steps.TRAIN_STEPS, "fit")(self, *args)
-
-    def ema_decay(self):
-        """The decay of the EMA update that follows the optimizer's latest step.
-
-        `ema`, or with `ema_warmup` `min(ema, (1 + n) / (10 + n))` where
-        `n = optimizer.iterations` is the count of optimizer updates done
-        (diffusers' `EMAModel` warm-up): `2 / 11` after the first update,
-        `ema` from `n >= (10 ema - 1) / (1 - ema)` on (`n >= 8,991` for
-        `ema = 0.999`).
-
-        Returns:
-            `ema` (a Python float), or with `ema_warmup` a float32 scalar
-            tensor.
-        """
-        if not self.ema_warmup:
-            return self.ema
-        if getattr(self, "optimizer", None) is None:
-            raise ValueError(
-                "ema_warmup reads the optimizer's step count: compile the model first. Received: optimizer=None"
-            )
-        n = ops.cast(self.optimizer.iterations, "float32")
-        return ops.minimum(self.ema, (1.0 + n) / (10.0 + n))
-
-    def update_ema(self, decay=None):
-        """Moves every EMA weight towards the network's: `decay * ema_w + (1 - decay) * w`.
-
-        Args:
-            decay: `None` (`ema_decay()`) or a float (or a scalar tensor)
-                in `[0, 1]`. Defaults to `None`.
-        """
-        decay = self.ema_decay() if decay is None else decay
-        for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
-            ema_weight.assign(decay * ema_weight + (1.0 - decay) * ops.cast(weight, ema_weight.dtype))
 
     def test_step(self, *args):
         """The validation loss on noise from the evaluation seed; `(data)`, or `(state, data)` on JAX."""
@@ -492,40 +402,3 @@ class DiffusionModel(keras.Model):
         ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
         diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
         return cls(network, diffusion, ema_network=ema_network, **config)
-
-
-def _freeze(model):
-    """Makes every layer and variable of `model` non-trainable.
-
-    Setting `model.trainable = False` alone can leave sublayers trainable
-    (on TensorFlow the flag is not propagated when it is already False, as
-    after loading), and a trainable EMA weight would enter the optimizer.
-    """
-    model.trainable = False
-    for layer in model._flatten_layers(include_self=True):
-        layer.trainable = False
-    for variable in model.weights:
-        variable.trainable = False
-
-
-def _check_compiled_loss(loss):
-    """Raises a `ValueError` for a compiled loss object that does not reduce to a scalar."""
-    reduction = getattr(loss, "reduction", "sum_over_batch_size")
-    if isinstance(loss, keras.losses.Loss) and reduction in (None, "none"):
-        name = type(loss).__name__
-        raise ValueError(
-            f"DiffusionModel needs a compiled loss that reduces to a scalar, not one value per element: "
-            f"compile with the default reduction='sum_over_batch_size' (per-example weights come from "
-            f"loss_weighting). Received: loss={name}(reduction={reduction!r})"
-        )
-
-
-def _check_same_structure(network, ema_network):
-    shapes = [tuple(w.shape) for w in network.weights]
-    ema_shapes = [tuple(w.shape) for w in ema_network.weights]
-    if shapes != ema_shapes:
-        raise ValueError(
-            "ema_network must have the same weights as network, in the same "
-            f"order. Received: {len(ema_shapes)} weights for {len(shapes)}, "
-            "or shapes that differ."
-        )

@@ -16,12 +16,12 @@ import os
 
 from ddpm_keras.cli.common import CLIError
 from ddpm_keras.options import OPTIONS
-from ddpm_keras.training.callbacks import LOG_FILE
-from ddpm_keras.training.callbacks import MODEL_FILE
-from ddpm_keras.training.callbacks import QUALITY_LOG_FILE
-from ddpm_keras.training.callbacks import QUALITY_PLOT_FILE
-from ddpm_keras.training.callbacks import SAMPLES_DIR
-from ddpm_keras.training.callbacks import resume_log
+from ddpm_keras.training.checkpoint import LOG_FILE
+from ddpm_keras.training.checkpoint import MODEL_FILE
+from ddpm_keras.training.checkpoint import QUALITY_LOG_FILE
+from ddpm_keras.training.checkpoint import QUALITY_PLOT_FILE
+from ddpm_keras.training.checkpoint import SAMPLES_DIR
+from ddpm_keras.training.checkpoint import resume_log
 from ddpm_keras.utils import files
 
 RUN_RECORD = "run.json"

@@ -1,6 +1,7 @@
 """The mathematics of Gaussian diffusion, in `keras.ops` on float64 tables: no network, no training.
 
 - `schedules`: the beta schedules (linear, cosine, sigmoid) and zero-terminal-SNR rescaling.
+- `terms`: the float64 table of every per-timestep term of a beta schedule.
 - `gaussian`: `GaussianDiffusion`, the forward process, its posterior and the
   prediction types (`split_prediction`, `prediction_target`), and `gather`.
 - `objectives`: the loss weightings (min-SNR-gamma) per timestep.
@@ -8,11 +9,11 @@
 """
 
 from ddpm_keras.diffusion.gaussian import PREDICTION_TYPES
-from ddpm_keras.diffusion.gaussian import TERM_NAMES
 from ddpm_keras.diffusion.gaussian import GaussianDiffusion
 from ddpm_keras.diffusion.gaussian import check_prediction_type
-from ddpm_keras.diffusion.gaussian import compute_terms
 from ddpm_keras.diffusion.gaussian import gather
+from ddpm_keras.diffusion.terms import TERM_NAMES
+from ddpm_keras.diffusion.terms import compute_terms
 
 __all__ = [
     "PREDICTION_TYPES", "TERM_NAMES", "GaussianDiffusion", "check_prediction_type", "compute_terms", "gather",

@@ -16,84 +16,13 @@ from keras import random
 from ddpm_keras.diffusion import schedules
 from ddpm_keras.diffusion.schedules import BETA_SCHEDULES
 from ddpm_keras.diffusion.schedules import get_beta_schedule
+from ddpm_keras.diffusion.terms import compute_terms
 from ddpm_keras.utils.checks import check_number
 
 # What a network can be trained to predict from `x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps`:
 # the noise `eps` (Ho et al. 2020), the velocity `v = sqrt(ab) eps - sqrt(1 - ab) x_0`
 # (Salimans & Ho 2022), or the data `x_0` itself.
 PREDICTION_TYPES = ("epsilon", "v", "x0")
-
-# Names of the per-timestep terms, as in the paper's reference code and the
-# keras.io example. Each is an attribute holding a float32 tensor `(T,)`.
-TERM_NAMES = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-)
-
-
-def compute_terms(betas):
-    """Every term of `TERM_NAMES` from `betas`, in float64 NumPy.
-
-    Args:
-        betas: 1-D array of the forward-process variances, each in (0, 1].
-
-    Returns:
-        A dict from term name to a float64 array of the same length.
-    """
-    betas = np.asarray(betas, dtype=np.float64)
-    alphas = 1.0 - betas
-    alphas_cumprod = np.cumprod(alphas)
-    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
-    # Variance of q(x_{t-1} | x_t, x_0), Ho et al. eq. 7.
-    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-    # With zero terminal SNR (the last alphas_cumprod is 0) the reciprocals
-    # are infinite at T - 1: x_0 cannot be read from the noise there.
-    with np.errstate(divide="ignore"):
-        return _terms(betas, alphas, alphas_cumprod, alphas_cumprod_prev, posterior_variance)
-
-
-def _terms(betas, alphas, alphas_cumprod, alphas_cumprod_prev, posterior_variance):
-    return {
-        "betas": betas,
-        "alphas_cumprod": alphas_cumprod,
-        "alphas_cumprod_prev": alphas_cumprod_prev,
-        "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
-        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
-        "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
-        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
-        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
-        "posterior_variance": posterior_variance,
-        "posterior_log_variance_clipped": _posterior_log_variance_clipped(betas, posterior_variance),
-        "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-        "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
-    }
-
-
-def _posterior_log_variance_clipped(betas, posterior_variance):
-    """`log(posterior_variance)` with its `t = 0` entry taken from `t = 1`.
-
-    The posterior variance is 0 at `t = 0` (`x_0` is known). Ho et al.'s
-    and improved-diffusion's convention,
-    `log(append(posterior_variance[1], posterior_variance[1:]))`, gives the
-    decoder `p(x_0 | x_1)` the scale of the next step, where clipping at a
-    tiny floor would give a scale no 8-bit bin can be scored with. With a
-    single step (`T == 1`, e.g. a respaced schedule) there is no `t = 1`:
-    the entry is `log(betas[0])`, the variance of `q(x_1 | x_0)`. Sampling
-    adds no noise at `t = 0`, so the entry only matters to the likelihood.
-    """
-    first = posterior_variance[1] if len(betas) > 1 else betas[0]
-    return np.log(np.append(first, posterior_variance[1:]))
-
 
 class GaussianDiffusion:
     """The forward and reverse processes of a DDPM (Ho et al. 2020).
@@ -128,12 +57,11 @@ class GaussianDiffusion:
     >>> diffusion = GaussianDiffusion(timesteps=1000)
     >>> x_t = diffusion.q_sample(x_start, t, noise)
     >>> x_prev = diffusion.p_sample(network([x_t, t]), x_t, t)   # an epsilon network
-    >>> _, pred_noise = diffusion.split_prediction(network([x_t, t]), x_t, t, "v")  # a v network
-    >>> x_prev = diffusion.p_sample(pred_noise, x_t, t)
+    >>> x_prev = diffusion.p_sample(network([x_t, t]), x_t, t, prediction_type="v")  # a v network
 
-    `p_mean_variance` and `p_sample` take the predicted noise; the output
-    of a `"v"` or `"x0"` network goes through `split_prediction` first.
-    `ddpm_keras.samplers` runs whole chains for every prediction type.
+    `p_mean_variance` and `p_sample` read the network's output through
+    `split_prediction`; `ddpm_keras.samplers` runs whole chains, the
+    `"ddpm"` sampler's steps ending in `posterior_sample` as `p_sample`'s do.
     """
 
     def __init__(
@@ -314,23 +242,38 @@ class GaussianDiffusion:
         posterior_log_variance = gather(self.posterior_log_variance_clipped, t, x_t)
         return posterior_mean, posterior_variance, posterior_log_variance
 
-    def p_mean_variance(self, pred_noise, x, t, clip_denoised=True):
+    def p_mean_variance(self, model_output, x, t, clip_denoised=True, prediction_type="epsilon"):
         """Mean, variance and log-variance of the reverse step `p(x_{t-1} | x_t)`.
 
-        The network's noise prediction gives `x_0` (clipped to
-        `[clip_min, clip_max]` when `clip_denoised`), which is put in the
-        posterior `q(x_{t-1} | x_t, x_0)`.
+        The network's output, read as `prediction_type` (`split_prediction`),
+        gives `x_0` (clipped to `[clip_min, clip_max]` when
+        `clip_denoised`), which is put in the posterior
+        `q(x_{t-1} | x_t, x_0)`.
         """
-        x_recon = self.predict_start_from_noise(x, t, pred_noise)
-        if clip_denoised:
-            x_recon = ops.clip(x_recon, self.clip_min, self.clip_max)
-        return self.q_posterior(x_recon, x, t)
+        return self.q_posterior(self._predicted_start(model_output, x, t, clip_denoised, prediction_type), x, t)
 
-    def p_sample(self, pred_noise, x, t, clip_denoised=True, seed=None, noise=None):
+    def _predicted_start(self, model_output, x, t, clip_denoised, prediction_type):
+        """The `x_0` that `model_output` stands for, clipped to the data range when `clip_denoised`."""
+        x_recon, _ = self.split_prediction(model_output, x, t, prediction_type)
+        return ops.clip(x_recon, self.clip_min, self.clip_max) if clip_denoised else x_recon
+
+    def posterior_sample(self, x_start, x_t, t, noise):
+        """`x_{t-1}` drawn from the posterior `q(x_{t-1} | x_t, x_0)` with the given standard normal `noise`.
+
+        Its variance is `posterior_variance` ("fixedsmall"); where `t == 0`
+        the mean, with no noise added. Every ancestral step (`p_sample`, the
+        `"ddpm"` sampler) ends here.
+        """
+        mean, _, log_variance = self.q_posterior(x_start, x_t, t)
+        nonzero = ops.reshape(ops.cast(ops.not_equal(t, 0), x_t.dtype), (-1,) + (1,) * (len(x_t.shape) - 1))
+        return mean + nonzero * ops.exp(0.5 * log_variance) * noise
+
+    def p_sample(self, model_output, x, t, clip_denoised=True, seed=None, noise=None, prediction_type="epsilon"):
         """One ancestral step: draws `x_{t-1}` from `p(x_{t-1} | x_t)`.
 
         Args:
-            pred_noise: The network's noise prediction for `x` at `t`.
+            model_output: The network's output for `x` at `t`: the noise,
+                `v` or `x_0`, as `prediction_type` says.
             x: The current sample `x_t`.
             t: Integer tensor `(batch,)` of timesteps.
             clip_denoised: Boolean, whether to clip the predicted `x_0`.
@@ -340,18 +283,15 @@ class GaussianDiffusion:
             noise: Optional standard normal noise shaped as `x`, used
                 instead of drawing it from `seed` (for samplers that draw
                 their own noise).
+            prediction_type: `"epsilon"`, `"v"` or `"x0"`. Defaults to
+                `"epsilon"`.
 
         Returns:
             `x_{t-1}`; where `t == 0` the mean, with no noise added.
         """
-        model_mean, _, model_log_variance = self.p_mean_variance(
-            pred_noise, x, t, clip_denoised=clip_denoised
-        )
         if noise is None:
             noise = random.normal(ops.shape(x), dtype=x.dtype, seed=seed)
-        nonzero_mask = ops.cast(ops.not_equal(t, 0), x.dtype)
-        nonzero_mask = ops.reshape(nonzero_mask, (-1,) + (1,) * (len(x.shape) - 1))
-        return model_mean + nonzero_mask * ops.exp(0.5 * model_log_variance) * noise
+        return self.posterior_sample(self._predicted_start(model_output, x, t, clip_denoised, prediction_type), x, t, noise)
 
     def get_config(self):
         if self.beta_schedule == "custom":

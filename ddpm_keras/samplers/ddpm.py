@@ -26,9 +26,7 @@ def ddpm_step(denoise, diffusion, x, t, noise):
         `x_{t-1}`.
     """
     x_start, _ = denoise(x, t)
-    mean, _, log_variance = diffusion.q_posterior(x_start, x, t)
-    nonzero = ops.reshape(ops.cast(ops.not_equal(t, 0), x.dtype), (-1,) + (1,) * (len(x.shape) - 1))
-    return mean + nonzero * ops.exp(0.5 * log_variance) * noise
+    return diffusion.posterior_sample(x_start, x, t, noise)
 
 
 def ddpm_chain(context):

@@ -1,11 +1,12 @@
-"""Callbacks for `DiffusionModel.fit`: sample grids, sample quality, and checkpoints that survive a kill."""
+"""Callbacks for `DiffusionModel.fit`: sample grids, sample quality, and checkpoints that survive a kill.
 
-import csv
-import math
+`SamplePlotter` and `QualityMonitor` are here; `RunCheckpoint` and the run's
+CSV logs are in `checkpoint.py`, `StallWatchdog` in `watchdog.py`,
+`NonFiniteGuard` in `finite.py`; every callback of `fit` is importable from
+this module (`ddpm_keras.callbacks`).
+"""
+
 import os
-import signal
-import sys
-import threading
 import time
 
 import keras
@@ -15,21 +16,30 @@ from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
 from ddpm_keras.metrics.distances import DISTANCES
 from ddpm_keras.samplers.options import DEFAULT_SAMPLING
-from ddpm_keras.training.finite import NonFiniteError
-from ddpm_keras.training.finite import NonFiniteGuard  # noqa: F401 - a callback of fit, importable from here
-from ddpm_keras.training.finite import non_finite_weights
-from ddpm_keras.utils import files
+from ddpm_keras.training.checkpoint import LOG_FILE
+from ddpm_keras.training.checkpoint import MODEL_FILE
+from ddpm_keras.training.checkpoint import QUALITY_LOG_FILE
+from ddpm_keras.training.checkpoint import QUALITY_PLOT_FILE
+from ddpm_keras.training.checkpoint import SAMPLES_DIR
+from ddpm_keras.training.checkpoint import RunCheckpoint
+from ddpm_keras.training.checkpoint import WorkerShare
+from ddpm_keras.training.checkpoint import append_row
+from ddpm_keras.training.checkpoint import read_rows
+from ddpm_keras.training.checkpoint import resume_log
+from ddpm_keras.training.checkpoint import save_atomically
+from ddpm_keras.training.finite import NonFiniteGuard
+from ddpm_keras.training.watchdog import StallWatchdog
 from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.utils.progress import in_notebook
 from ddpm_keras.visualize import display_scale
 from ddpm_keras.visualize import plot_metrics
 from ddpm_keras.visualize import save_image_grid
 
-MODEL_FILE = "model.keras"
-LOG_FILE = "log.csv"
-QUALITY_LOG_FILE = "quality.csv"
-QUALITY_PLOT_FILE = "quality.png"
-SAMPLES_DIR = "samples"
+__all__ = [
+    "LOG_FILE", "MODEL_FILE", "QUALITY_LOG_FILE", "QUALITY_PLOT_FILE", "SAMPLES_DIR", "NonFiniteGuard",
+    "QualityMonitor", "RunCheckpoint", "SamplePlotter", "StallWatchdog", "WorkerShare", "class_rows",
+    "describe_sampling", "read_rows", "resume_log", "save_atomically",
+]
 
 
 class SamplePlotter(keras.callbacks.Callback):
@@ -126,155 +136,6 @@ def class_rows(model, num_images, classes=None, max_rows=4):
     classes = list(model.label_ids(list(classes)))
     ncols = max(1, num_images // len(classes))
     return [int(k) for k in classes for _ in range(ncols)], ncols
-
-
-class RunCheckpoint(keras.callbacks.Callback):
-    """Writes the full training state and a CSV log to a run directory each epoch.
-
-    At the end of every epoch the model (network, EMA network, optimizer
-    state, and the count of completed epochs in `model.epoch`) is saved to
-    `<run_dir>/model.keras` through a temporary file and a rename, so a kill
-    at any moment, or a full disk, leaves the last finished epoch intact.
-    Weights holding NaN or Inf are never saved: the callback raises
-    `NonFiniteError` instead and the previous file stays. Then a row is
-    appended to `<run_dir>/log.csv` (`epoch`, the logs such as `loss` and
-    `val_loss`, and `seconds`). `resume_log` trims rows of epochs the
-    checkpoint does not hold, so a resumed log has each epoch once.
-
-    Args:
-        run_dir: String, the run directory (created if missing).
-    """
-
-    def __init__(self, run_dir):
-        super().__init__()
-        self.run_dir = os.fspath(run_dir)
-        self._epoch_start = None
-
-    @property
-    def model_path(self):
-        return os.path.join(self.run_dir, MODEL_FILE)
-
-    @property
-    def log_path(self):
-        return os.path.join(self.run_dir, LOG_FILE)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._epoch_start if self._epoch_start else float("nan")
-        bad = non_finite_weights(self.model)
-        if bad:
-            raise NonFiniteError(
-                f"the weights became NaN or Inf in epoch {epoch + 1} ({len(bad)} variables, such as {bad[0]}): "
-                f"{self.model_path} was not written.", epoch=epoch + 1,
-            )
-        self.model.epoch.assign(epoch + 1)
-        try:
-            save_atomically(self.model, self.model_path)
-        except BaseException:
-            self.model.epoch.assign(epoch)  # the file on disk still holds `epoch` epochs
-            raise
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}, "seconds": round(seconds, 3)}
-        _append_row(self.log_path, row)
-
-
-class WorkerShare(keras.callbacks.Callback):
-    """Prints, on each worker of a multi-worker TensorFlow run, the images it trained on in the epoch.
-
-    The count is this worker's own (its replicas' loss-tracker counts, not
-    summed across workers): with `W` workers each trains on `1 / W` of
-    every global batch.
-
-    Args:
-        worker: Integer, this worker's index.
-        workers: Integer, how many workers train together.
-    """
-
-    def __init__(self, worker, workers):
-        super().__init__()
-        self.worker, self.workers = worker, workers
-
-    def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
-        local = tf.distribute.get_strategy().experimental_local_results(self.model.loss_tracker.count.value)
-        images = int(round(sum(float(count) for count in local)))
-        print(f"worker {self.worker} of {self.workers}: epoch {epoch + 1}: trained on {images} images", flush=True)
-
-
-class StallWatchdog(keras.callbacks.Callback):
-    """Ends the process when training makes no progress for `timeout` seconds: a lost worker's bound.
-
-    In a multi-worker run a worker whose peer died waits inside a
-    collective until TensorFlow notices (seconds when the connection
-    drops; up to a minute or more otherwise). From the end of the first
-    step (its tracing and compilation do not count), a thread checks every
-    second that a batch or an epoch began or ended within `timeout`
-    seconds; if not, it prints `message` and exits with `exit_code`
-    (without cleanup: the run directory holds the last finished epoch).
-    The pauses between two steps (the epoch-end checkpoint, sample grids,
-    FID measurements) must stay below `timeout`.
-
-    A call can hold the interpreter while it waits (TensorFlow's eager
-    collectives, as when a checkpoint reads the metrics' variables): no
-    Python thread runs then. With `alarm`, `SIGALRM` at its default action
-    ends the process `ALARM_MARGIN` seconds after `timeout` in that case
-    (status 142 in a shell); it is re-armed at each step, from the main
-    thread, and replaces any other use of `SIGALRM`.
-
-    Args:
-        timeout: Seconds without progress before the process ends.
-        message: String printed on standard error first.
-        exit_code: Integer, the process's exit status.
-        alarm: Boolean, add the `SIGALRM` bound. Defaults to `False`.
-    """
-
-    ALARM_MARGIN = 15
-
-    def __init__(self, timeout, message, exit_code, alarm=False):
-        super().__init__()
-        self.timeout, self.message, self.exit_code = float(timeout), message, int(exit_code)
-        self.alarm = alarm and hasattr(signal, "alarm")
-        self._last = time.monotonic()
-        self._armed = False
-        self._stop = threading.Event()
-        self._thread = None
-
-    def _progress(self, *args, **kwargs):
-        self._last = time.monotonic()
-        if self.alarm and self._armed:
-            signal.alarm(math.ceil(self.timeout) + self.ALARM_MARGIN)
-
-    on_epoch_begin = on_epoch_end = on_train_batch_begin = _progress
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._armed = True
-        self._progress()
-
-    def on_train_begin(self, logs=None):
-        self._armed = False
-        self._progress()
-        if self.alarm:
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def on_train_end(self, logs=None):
-        self.stop()
-
-    def stop(self):
-        """Stops watching (`fit` does not call `on_train_end` when it raises)."""
-        self._stop.set()
-        if self.alarm:
-            signal.alarm(0)
-
-    def _watch(self):
-        while not self._stop.wait(1.0):
-            if self._armed and time.monotonic() - self._last > self.timeout:
-                print(self.message, file=sys.stderr, flush=True)
-                os._exit(self.exit_code)
 
 
 class QualityMonitor(keras.callbacks.Callback):
@@ -374,7 +235,7 @@ class QualityMonitor(keras.callbacks.Callback):
             print(f"\nEpoch {epoch + 1}: {shown} ({self.num_samples} samples, {seconds:.1f} s)")
         if self.run_dir is not None:
             row = {"epoch": epoch + 1, **values, "num_samples": self.num_samples, "seconds": round(seconds, 3)}
-            _append_row(os.path.join(self.run_dir, QUALITY_LOG_FILE), row)
+            append_row(os.path.join(self.run_dir, QUALITY_LOG_FILE), row)
             self.history.append(row)
             plot_metrics(self.history, os.path.join(self.run_dir, QUALITY_PLOT_FILE), self.metric_names,
                          title=f"{self.num_samples} samples, {describe_sampling(self.sampling)}")
@@ -388,58 +249,3 @@ def describe_sampling(sampling):
             + ("" if spacing == "trailing" else f", {spacing} spacing"))
 
 
-def save_atomically(model, path):
-    """`model.save(path)` through a temporary file beside it and a rename (`files.atomic_write`)."""
-    return files.atomic_write(path, model.save, mode=None)
-
-
-def resume_log(run_dir, completed_epochs, filename=LOG_FILE):
-    """Reconciles a run's CSV log (`log.csv`) with a checkpoint of `completed_epochs` epochs.
-
-    Rows of epochs after `completed_epochs` (written after the last
-    checkpoint) are dropped. Returns the epochs up to `completed_epochs`
-    that have no row (a kill between the save and the log's append, or a
-    log lost), for the caller to report; they stay missing.
-    """
-    path = os.path.join(os.fspath(run_dir), filename)
-    rows = read_rows(path)
-    kept = [row for row in rows if int(row["epoch"]) <= completed_epochs]
-    if len(kept) != len(rows):
-        _write_rows(path, kept, list(rows[0].keys()))
-    logged = {int(row["epoch"]) for row in kept}
-    return [epoch for epoch in range(1, completed_epochs + 1) if epoch not in logged]
-
-
-def read_rows(path):
-    """The rows of a CSV log as dicts; `[]` if the file does not exist."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _append_row(path, row):
-    """Appends `row` to a CSV file, widening the header if new columns appear."""
-    rows, fields = [], []
-    if os.path.exists(path):
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            fields = list(reader.fieldnames or [])
-            rows = list(reader)
-    if set(row) <= set(fields):
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=fields).writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
-        return
-    fields += [k for k in row if k not in fields]
-    _write_rows(path, rows + [row], fields)
-
-
-def _write_rows(path, rows, fields):
-    def write(f):
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    files.atomic_write(path, write, mode="w")

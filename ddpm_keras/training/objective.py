@@ -1,0 +1,149 @@
+"""The denoising objective of `DiffusionModel`, shared by every backend's training step: the draws, the labels, the EMA.
+
+Each function is the body of the `DiffusionModel` method of its name and
+takes the model; `compute_loss` (a Keras override) stays on the model, the
+backend-specific steps are in `steps.py`.
+"""
+
+import keras
+from keras import ops
+
+from ddpm_keras.training import labels as training_labels
+
+
+def drop_labels(model, labels, seed=None):
+    """Classifier-free guidance's label dropout: each label becomes `null_label` with probability `cond_drop_prob`.
+
+    The training step runs it on each batch's labels with the seed of
+    its draws of `t` and the noise (`training_batch`).
+
+    Args:
+        labels: Int tensor `(batch,)` of classes in `[0, num_classes)`.
+        seed: `None` (the model's training `SeedGenerator`), a
+            `keras.random.SeedGenerator` or an integer. Defaults to
+            `None`.
+
+    Returns:
+        An int32 tensor `(batch,)`.
+
+    Example:
+
+    >>> drop_labels(model, ops.convert_to_tensor([3, 1, 4, 1, 5]), seed=0)  # e.g. [3, 1, 10, 1, 5]
+    """
+    if model.num_classes is None:
+        raise ValueError("drop_labels needs a class-conditional model. Received: an unconditional network")
+    seed = model.seed_generator if seed is None else seed
+    return training_labels.drop_labels(labels, model.null_label, model.cond_drop_prob, seed)
+
+
+def training_batch(model, images, seed, labels=None, training=True):
+    """One batch of the denoising objective: `(inputs, target, weights)`.
+
+    Draws `(x_t, t, eps)` with `noisy_batch`; `inputs` is `[x_t, t]`,
+    or `[x_t, t, labels]` for a conditional model, the labels through
+    `drop_labels` (drawn from `seed` after the noise) when `training`
+    and as given otherwise; `target` is
+    `diffusion.prediction_target(images, eps, t, prediction_type)` and
+    `weights` is `timestep_weights(t)` (`None` when unweighted). The
+    training and validation steps of every backend take their loss
+    from it: `compute_loss(y=target, y_pred=network(inputs),
+    sample_weight=weights)`.
+
+    Args:
+        images: Float tensor `(batch, H, W, C)`, the clean images `x_0`.
+        seed: A `keras.random.SeedGenerator` (or what `keras.random`
+            takes as a seed), as in `noisy_batch`.
+        labels: `None`, or for a conditional model an int tensor
+            `(batch,)` of classes. Defaults to `None`.
+        training: Boolean, drop labels (`cond_drop_prob`). Defaults to
+            `True`.
+
+    Returns:
+        `(inputs, target, weights)`.
+    """
+    x_t, t, noise = noisy_batch(model, images, seed)
+    target = model.diffusion.prediction_target(images, noise, t, model.prediction_type)
+    inputs = [x_t, t]
+    if labels is not None:
+        inputs.append(drop_labels(model, labels, seed) if training else ops.cast(labels, "int32"))
+    return inputs, target, model.timestep_weights(t)
+
+def noisy_batch(model, images, seed):
+    """Draws `t ~ U[0, T)` and `eps ~ N(0, I)`; returns `(x_t, t, eps)`."""
+    batch = ops.shape(images)[0]
+    t = keras.random.randint(
+        (batch,), 0, model.diffusion.num_timesteps, dtype="int32", seed=seed
+    )
+    noise = keras.random.normal(ops.shape(images), dtype=images.dtype, seed=seed)
+    return model.diffusion.q_sample(images, t, noise), t, noise
+
+
+def ema_decay(model):
+    """The decay of the EMA update that follows the optimizer's latest step.
+
+    `ema`, or with `ema_warmup` `min(ema, (1 + n) / (10 + n))` where
+    `n = optimizer.iterations` is the count of optimizer updates done
+    (diffusers' `EMAModel` warm-up): `2 / 11` after the first update,
+    `ema` from `n >= (10 ema - 1) / (1 - ema)` on (`n >= 8,991` for
+    `ema = 0.999`).
+
+    Returns:
+        `ema` (a Python float), or with `ema_warmup` a float32 scalar
+        tensor.
+    """
+    if not model.ema_warmup:
+        return model.ema
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            "ema_warmup reads the optimizer's step count: compile the model first. Received: optimizer=None"
+        )
+    n = ops.cast(model.optimizer.iterations, "float32")
+    return ops.minimum(model.ema, (1.0 + n) / (10.0 + n))
+
+def update_ema(model, decay=None):
+    """Moves every EMA weight towards the network's: `decay * ema_w + (1 - decay) * w`.
+
+    Args:
+        decay: `None` (`ema_decay()`) or a float (or a scalar tensor)
+            in `[0, 1]`. Defaults to `None`.
+    """
+    decay = ema_decay(model) if decay is None else decay
+    for weight, ema_weight in zip(model.network.weights, model.ema_network.weights):
+        ema_weight.assign(decay * ema_weight + (1.0 - decay) * ops.cast(weight, ema_weight.dtype))
+
+
+def freeze(model):
+    """Makes every layer and variable of `model` non-trainable.
+
+    Setting `model.trainable = False` alone can leave sublayers trainable
+    (on TensorFlow the flag is not propagated when it is already False, as
+    after loading), and a trainable EMA weight would enter the optimizer.
+    """
+    model.trainable = False
+    for layer in model._flatten_layers(include_self=True):
+        layer.trainable = False
+    for variable in model.weights:
+        variable.trainable = False
+
+
+def check_compiled_loss(loss):
+    """Raises a `ValueError` for a compiled loss object that does not reduce to a scalar."""
+    reduction = getattr(loss, "reduction", "sum_over_batch_size")
+    if isinstance(loss, keras.losses.Loss) and reduction in (None, "none"):
+        name = type(loss).__name__
+        raise ValueError(
+            f"DiffusionModel needs a compiled loss that reduces to a scalar, not one value per element: "
+            f"compile with the default reduction='sum_over_batch_size' (per-example weights come from "
+            f"loss_weighting). Received: loss={name}(reduction={reduction!r})"
+        )
+
+
+def check_same_structure(network, ema_network):
+    shapes = [tuple(w.shape) for w in network.weights]
+    ema_shapes = [tuple(w.shape) for w in ema_network.weights]
+    if shapes != ema_shapes:
+        raise ValueError(
+            "ema_network must have the same weights as network, in the same "
+            f"order. Received: {len(ema_shapes)} weights for {len(shapes)}, "
+            "or shapes that differ."
+        )
