@@ -34,8 +34,6 @@ import numpy as np  # noqa: E402
 from quality import train_extractor  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
-from ddpm_keras import GaussianDiffusion  # noqa: E402
-from ddpm_keras import build_unet  # noqa: E402
 from ddpm_keras.data import SYNTHETIC_CLASS_NAMES  # noqa: E402
 from ddpm_keras.data import load_synthetic  # noqa: E402
 from ddpm_keras.data import synthetic_class_of  # noqa: E402
@@ -45,16 +43,12 @@ from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.metrics import frechet_distance  # noqa: E402
 from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
-from ddpm_keras.presets import model_options  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402
 
 
 def train_conditional(preset, img_size, epochs):
     config = get_preset(preset)
-    config["unet"]["img_size"] = img_size
-    model = DiffusionModel(build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]),
-                           **model_options(config), class_names=list(SYNTHETIC_CLASS_NAMES), seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(config["training"]["learning_rate"]))
+    model = DiffusionModel.from_preset(preset, img_size=img_size, class_names=list(SYNTHETIC_CLASS_NAMES), seed=0)
     data = load_synthetic(2048, img_size=img_size, batch_size=config["training"]["batch_size"], seed=0,
                           with_labels=True)
     start = time.perf_counter()

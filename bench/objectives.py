@@ -29,8 +29,6 @@ from quality import parse_configs  # noqa: E402
 from quality import train_extractor  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
-from ddpm_keras import GaussianDiffusion  # noqa: E402
-from ddpm_keras import build_unet  # noqa: E402
 from ddpm_keras.data import load_synthetic  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
@@ -42,14 +40,10 @@ NUM_IMAGES = 2048
 
 
 def build_model(img_size, prediction_type, loss_weighting):
-    config = get_preset("tiny")
-    config["unet"]["img_size"] = img_size
-    model = DiffusionModel(
-        build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]), ema=config["training"]["ema"],
-        seed=0, prediction_type=prediction_type, loss_weighting=loss_weighting,
+    model = DiffusionModel.from_preset(
+        "tiny", img_size=img_size, seed=0, prediction_type=prediction_type, loss_weighting=loss_weighting
     )
-    model.compile(optimizer=keras.optimizers.Adam(config["training"]["learning_rate"]))
-    return model, config["training"]["batch_size"]
+    return model, get_preset("tiny")["training"]["batch_size"]
 
 
 def main():

@@ -41,8 +41,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
-from ddpm_keras import GaussianDiffusion  # noqa: E402
-from ddpm_keras import build_unet  # noqa: E402
 from ddpm_keras.data import load_synthetic  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
@@ -50,7 +48,6 @@ from ddpm_keras.metrics import inception_features  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
-from ddpm_keras.presets import model_options  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402
 
 PETAL_COUNTS = 6  # 4 to 9 petals
@@ -101,10 +98,7 @@ def train_extractor(img_size, seed=100):
 
 def train_diffusion(img_size, epochs):
     config = get_preset("tiny")
-    config["unet"]["img_size"] = img_size
-    model = DiffusionModel(build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]),
-                           **model_options(config), seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(config["training"]["learning_rate"]))
+    model = DiffusionModel.from_preset("tiny", img_size=img_size, seed=0)
     data = load_synthetic(2048, img_size=img_size, batch_size=config["training"]["batch_size"], seed=0)
     start = time.perf_counter()
     history = model.fit(data, epochs=epochs, verbose=0, shuffle=False)

@@ -38,16 +38,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
-from ddpm_keras import GaussianDiffusion  # noqa: E402
-from ddpm_keras import build_unet  # noqa: E402
 from ddpm_keras.precision import INFERENCE_DTYPES  # noqa: E402
-from ddpm_keras.presets import get_preset  # noqa: E402
 
 
 def build_model(preset):
-    config = get_preset(preset)
-    network = build_unet(**config["unet"])
-    return DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), seed=0)
+    return DiffusionModel.from_preset(preset, compile=False, seed=0)
 
 
 def timed(fn):

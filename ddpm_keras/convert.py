@@ -32,11 +32,8 @@ import zipfile
 import keras
 import numpy as np
 
-from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.model import DiffusionModel
-from ddpm_keras.nn.unet import build_unet
 from ddpm_keras.presets import get_preset
-from ddpm_keras.presets import model_options
 from ddpm_keras.utils import files
 from ddpm_keras.utils.download import one_line
 from ddpm_keras.utils.download import probe_host
@@ -134,24 +131,26 @@ def convert_keras_io_checkpoint(source, out_path, preset="flowers64", unet=None,
 def _import(source, preset, config):
     """The uncompiled `DiffusionModel` of a checkpoint, for a preset dict `config`."""
     _check_example_layout(config["unet"])
+    # The example's network: its attention, no dropout.
+    model = DiffusionModel.from_preset(
+        preset, compile=False, **{**config["unet"], "dropout": 0.0}, attention_residual="normalized"
+    )
     with _checkpoint_prefix(source) as prefix:
         reader = _reader(prefix)
         shapes = reader.get_variable_to_shape_map()
-        networks = {name: _example_unet(config) for name in _network_prefixes(shapes)}
+        names = _network_prefixes(shapes)
+        networks = {name: model.ema_network if name == "ema_network" else model.network for name in names}
         expected = {name: _expected_variables(network, name) for name, network in networks.items()}
         _check_fit(shapes, expected, source, preset, config["unet"])
         for variables in expected.values():
             for key, variable in variables.items():
                 variable.assign(np.asarray(reader.get_tensor(key), dtype=variable.dtype))
     # One network in the checkpoint (bare, or one of the two): the other starts as a copy of it.
-    network, ema_network = networks.get("network", networks.get("")), networks.get("ema_network")
-    if network is None:
-        network = _example_unet(config, weights_of=ema_network)
-    if ema_network is None:
-        ema_network = _example_unet(config, weights_of=network)
-    return DiffusionModel(
-        network, GaussianDiffusion(**config["diffusion"]), ema_network=ema_network, **model_options(config)
-    )
+    if "ema_network" not in names:
+        model.ema_network.set_weights(model.network.get_weights())
+    elif not {"", "network"} & set(names):
+        model.network.set_weights(model.ema_network.get_weights())
+    return model
 
 
 def _check_example_layout(unet):
@@ -168,14 +167,6 @@ def _check_example_layout(unet):
             "The keras.io example's network always outputs 3 channels (RGB). "
             f"Received: img_channels={unet['img_channels']}; use a preset of RGB images."
         )
-
-
-def _example_unet(config, weights_of=None):
-    """The example's network (its attention, no dropout), with the weights of `weights_of` if given."""
-    network = build_unet(**{**config["unet"], "dropout": 0.0}, attention_residual="normalized")
-    if weights_of is not None:
-        network.set_weights(weights_of.get_weights())
-    return network
 
 
 def _expected_variables(network, prefix):

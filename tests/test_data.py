@@ -133,7 +133,7 @@ def _indices(batch):
 
 
 def _pipeline(num_images, batch_size=8, shuffle=True, augment=False, seed=1):
-    return data._training_pipeline(
+    return data.common._training_pipeline(
         _indexed_images(num_images),
         batch_size=batch_size,
         shuffle=shuffle,
@@ -191,7 +191,7 @@ def test_pipeline_caches_the_preprocessed_images():
     images = _indexed_images(16).map(
         lambda image: tf.py_function(count, [image], tf.float32)
     )
-    dataset = data._training_pipeline(
+    dataset = data.common._training_pipeline(
         images, batch_size=4, shuffle=True, augment=True, seed=0
     )
     _batches(dataset)
@@ -290,7 +290,7 @@ def test_load_flowers_skips_the_probe_when_files_are_in_the_manual_dir(
 ):
     manual_dir = tmp_path / "downloads" / "manual"
     manual_dir.mkdir(parents=True)
-    for name in data._FLOWERS_FILES:
+    for name in data.flowers._FLOWERS_FILES:
         (manual_dir / name).write_bytes(b"")
 
     def probe(url, timeout):
@@ -556,7 +556,7 @@ def _indexed_examples(num_images):
 
 
 def test_pipeline_keeps_each_label_with_its_image_through_shuffle_and_flip():
-    dataset = data._training_pipeline(
+    dataset = data.common._training_pipeline(
         _indexed_examples(64),
         batch_size=8,
         shuffle=True,

@@ -26,9 +26,7 @@ from ddpm_keras.data.by_name import DATASET_NAMES
 from ddpm_keras.data.by_name import SYNTHETIC_NAME
 from ddpm_keras.data.by_name import dataset_class_names
 from ddpm_keras.data.by_name import load_dataset
-from ddpm_keras.data.common import _training_pipeline  # noqa: F401 (tests)
 from ddpm_keras.data.common import preprocess_image
-from ddpm_keras.data.flowers import _FLOWERS_FILES  # noqa: F401 (tests)
 from ddpm_keras.data.flowers import FLOWERS_NAME
 from ddpm_keras.data.flowers import DatasetUnavailableError
 from ddpm_keras.data.flowers import flowers_class_names
