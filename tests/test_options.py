@@ -1,0 +1,132 @@
+"""The tables of options: `SamplerOptions` (checked once, a compile key) and the model options of `options.OPTIONS`."""
+
+import argparse
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+from conftest import tiny_model
+from keras import ops
+
+from ddpm_keras import DiffusionModel
+from ddpm_keras import GaussianDiffusion
+from ddpm_keras import samplers
+from ddpm_keras.cli import build_parser
+from ddpm_keras.cli.train import apply_model_flags
+from ddpm_keras.options import OPTIONS
+from ddpm_keras.presets import PRESETS
+from ddpm_keras.presets import get_preset
+from ddpm_keras.samplers import SamplerOptions
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"eta": 1.5}, r"eta must be a number in \[0, 1\]\. Received: eta=1\.5"),
+        ({"eta": True}, r"eta must be a number in \[0, 1\]"),
+        ({"corrector_steps": -1}, r"corrector_steps must be an integer >= 0\. Received: corrector_steps=-1"),
+        ({"snr": 0.0}, r"snr must be a finite number > 0\. Received: snr=0\.0"),
+        ({"timestep_spacing": "leading"}, r"Unknown timestep_spacing: 'leading'"),
+        ({"sampler": "euler"}, r"Unknown sampler: 'euler'\. Expected one of \('ddpm'"),
+        ({"thresholding": 1.0}, r"thresholding must be None or a quantile in \(0, 1\)"),
+    ],
+)
+def test_sampler_options_are_checked_when_made(options, match):
+    with pytest.raises(ValueError, match=match):
+        SamplerOptions(**options)
+
+
+def test_resolved_options_take_each_samplers_default_steps_within_t():
+    assert SamplerOptions("ddpm").resolved(1000).num_steps == 1000
+    assert SamplerOptions("ddim").resolved(1000).num_steps == samplers.DEFAULT_DDIM_STEPS == 50
+    assert SamplerOptions("ddim").resolved(30).num_steps == 30
+    assert SamplerOptions("dpmpp_2m_sde").resolved(1000).num_steps == samplers.DEFAULT_SOLVER_STEPS == 20
+    assert SamplerOptions("unipc", num_steps=7).resolved(1000).num_steps == 7
+    with pytest.raises(ValueError, match=r"num_steps must be an integer in \[1, 10\]"):
+        SamplerOptions("ddim", num_steps=11).resolved(10)
+    with pytest.raises(ValueError, match=r"order 3: it needs num_steps >= 3"):
+        SamplerOptions("dpmpp_3m", num_steps=2).resolved(1000)
+    with pytest.raises(ValueError, match=r"Unknown sampler\. Received: sampler='pc'"):
+        SamplerOptions("pc").resolved(1000, samplers.INPAINT_SAMPLERS)
+
+
+def test_sampler_options_are_a_value_hashable_as_a_compile_key():
+    options = SamplerOptions("ddim", eta=1, corrector_steps=2)
+    assert options.eta == 1.0 and isinstance(options.eta, float)
+    assert options == SamplerOptions(**options.as_dict()) and hash(options) == hash(SamplerOptions(**options.as_dict()))
+    assert options != dataclasses.replace(options, eta=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.eta = 0.5
+    with pytest.raises(ValueError, match=r"Unknown sampler option 'etaa'\. Expected one of \["):
+        samplers.sampler_options("ddim", etaa=0.5)
+    with pytest.raises(ValueError, match=r"Pass the sampler's options in its SamplerOptions, not beside it"):
+        samplers.sampler_options(options, num_steps=4)
+
+
+def test_generate_images_takes_sampler_options_as_its_keywords_and_compiles_them_once():
+    model = tiny_model(timesteps=20)
+    by_name = model.generate_images(2, seed=3, sampler="ddim", num_steps=4, eta=0.5, verbose=0)
+    compiled = len(model.runner._compiled)
+    by_options = model.generate_images(2, seed=3, sampler=SamplerOptions("ddim", num_steps=4, eta=0.5), verbose=0)
+    np.testing.assert_array_equal(by_options, by_name)
+    assert len(model.runner._compiled) == compiled  # the same key: no new compilation
+    other = model.generate_images(2, seed=3, sampler="ddim", num_steps=4, eta=1.0, verbose=0)
+    assert len(model.runner._compiled) > compiled and not np.array_equal(other, by_name)
+
+
+def test_sampler_flags_come_from_the_table():
+    flags = {field.metadata["flag"] for field in samplers.option_fields()}
+    assert flags == {"--eta", "--thresholding"}
+    sample = _subparser(build_parser(), "sample")
+    inpaint = _subparser(build_parser(), "inpaint")
+    assert flags <= set(sample._option_string_actions)
+    assert "--eta" in inpaint._option_string_actions and "--thresholding" not in inpaint._option_string_actions
+
+
+def test_each_model_option_is_a_constructor_argument_a_preset_key_and_a_config_entry():
+    model_arguments = inspect.signature(DiffusionModel.__init__).parameters
+    diffusion_arguments = inspect.signature(GaussianDiffusion.__init__).parameters
+    config = tiny_model().get_config()
+    for option in OPTIONS:
+        assert option.argument in (model_arguments if option.part == "training" else diffusion_arguments), option
+        assert option.saved(config) is not None or option.none_word, option
+        for name, preset in PRESETS.items():
+            assert option.argument in preset[option.part], (name, option)
+
+
+def test_train_flags_override_the_preset_part_the_table_names():
+    train = _subparser(build_parser(), "train")
+    flagged = [option for option in OPTIONS if option.flag]
+    assert {option.flag for option in flagged} <= set(train._option_string_actions)
+    args = train.parse_args(["--prediction-type", "v", "--loss-weighting", "none", "--snr-gamma", "2",
+                             "--beta-schedule", "cosine", "--zero-terminal-snr", "--no-ema-warmup",
+                             "--cond-drop-prob", "0.2"])
+    config = apply_model_flags(get_preset("quick"), args)
+    assert config["training"]["prediction_type"] == "v" and config["training"]["loss_weighting"] is None
+    assert config["training"]["snr_gamma"] == 2.0 and config["training"]["ema_warmup"] is False
+    assert config["diffusion"]["beta_schedule"] == "cosine" and config["diffusion"]["rescale_zero_terminal_snr"]
+    assert config["training"]["cond_drop_prob"] == 0.2
+    with pytest.raises(SystemExit):
+        train.parse_args(["--cond-drop-prob", "1"])
+
+
+def test_p_sample_reads_a_v_or_x0_output_as_the_posterior_of_its_x0():
+    diffusion = GaussianDiffusion(timesteps=50)
+    rng = np.random.default_rng(0)
+    x_0 = rng.uniform(-0.9, 0.9, (3, 4, 4, 1)).astype(np.float32)
+    eps = rng.standard_normal((3, 4, 4, 1)).astype(np.float32)
+    t = ops.convert_to_tensor([0, 7, 49], "int32")
+    x_t = diffusion.q_sample(x_0, t, eps)
+    noise = rng.standard_normal((3, 4, 4, 1)).astype(np.float32)
+    mean, _, log_variance = (np.asarray(ops.convert_to_numpy(v), np.float64) for v in diffusion.q_posterior(x_0, x_t, t))
+    expected = mean + np.array([0.0, 1.0, 1.0]).reshape(-1, 1, 1, 1) * np.exp(0.5 * log_variance) * noise
+    for prediction_type in ("epsilon", "v", "x0"):
+        output = diffusion.prediction_target(x_0, eps, t, prediction_type)
+        x_prev = diffusion.p_sample(output, x_t, t, clip_denoised=False, noise=noise, prediction_type=prediction_type)
+        np.testing.assert_allclose(ops.convert_to_numpy(x_prev), expected, atol=2e-4, err_msg=prediction_type)
+
+
+def _subparser(parser, name):
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
