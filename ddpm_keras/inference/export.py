@@ -101,52 +101,53 @@ def export_generator(
         sampler_options = {**{k: v for k, v in DEFAULT_SAMPLING.items() if k != "sampler"}, **sampler_options}
     options = resolved_options(model, sampler, **sampler_options)
     dtype = check_inference_dtype(dtype)
+    rescale = conditioning.check_float("guidance_rescale", guidance_rescale, low=0.0, high=1.0)
+    module = _serving_module(model, options, dtype, rescale)
+    # Written beside `path` and moved in place, so an interrupted export leaves no half SavedModel.
+    with files.replacing_dir(path, overwrite=overwrite, option="path") as staging:
+        tf.saved_model.save(module, staging, signatures={"serving_default": module.generate.get_concrete_function()})
+        files.write_json(os.path.join(staging, METADATA_FILE), _metadata(model, options, dtype, rescale))
+    return path
+
+
+def _compiled_chain(model, options, dtype, guided, rescaled):
+    """The XLA-compiled init and segment of the sampling chain (guided: two passes per step)."""
+    import tensorflow as tf
+
     build = generation_chain(model, options)
-    network = model.runner.inference_network(dtype)
+    if model.num_classes is not None:
+        build = conditioning.guided_build(build, model.null_label, guided, rescaled)
     image_shape = model.image_shape
-    clip_min, clip_max = float(model.diffusion.clip_min), float(model.diffusion.clip_max)
+
+    def init(model_fn, noise_fn, batch, *extra):
+        # The batch size comes from an input's shape, which XLA knows when it compiles.
+        x_T = noise_fn((ops.shape(batch)[0],) + image_shape, -1)
+        return samplers.start(build(model_fn, noise_fn, *extra), x_T, None)
+
+    def segment(model_fn, noise_fn, loop_state, begin, end, *extra):
+        return samplers.advance(build(model_fn, noise_fn, *extra), loop_state, begin, end, None)
+
+    network = model.runner.inference_network(dtype)
+    return tuple(
+        tf.function(tf_chain_function(network, fn), jit_compile=True, autograph=False) for fn in (init, segment)
+    )
+
+
+def _serving_module(model, options, dtype, rescale):
+    """A `tf.Module` holding the EMA weights and `generate`, the serving function of the signature."""
+    import tensorflow as tf
 
     conditional = model.num_classes is not None
-    rescale = conditioning.check_float("guidance_rescale", guidance_rescale, low=0.0, high=1.0)
-
-    def compiled(guided):
-        """The compiled init and segment of the chain (guided: two passes per step)."""
-        chain = conditioning.guided_build(build, model.null_label, guided, rescale > 0) if conditional else build
-
-        def init(model_fn, noise_fn, batch, *extra):
-            # The batch size comes from an input's shape, which XLA knows when it compiles.
-            x_T = noise_fn((ops.shape(batch)[0],) + image_shape, -1)
-            return samplers.start(chain(model_fn, noise_fn, *extra), x_T, None)
-
-        def segment(model_fn, noise_fn, loop_state, begin, end, *extra):
-            return samplers.advance(chain(model_fn, noise_fn, *extra), loop_state, begin, end, None)
-
-        return tuple(
-            tf.function(tf_chain_function(network, fn), jit_compile=True, autograph=False)
-            for fn in (init, segment)
-        )
-
+    clip_min, clip_max = float(model.diffusion.clip_min), float(model.diffusion.clip_max)
     module = tf.Module()
     trainable, non_trainable = weight_values(model.ema_network)
     module.trainable = [tf.Variable(v, trainable=False) for v in trainable]
     module.non_trainable = [tf.Variable(v, trainable=False) for v in non_trainable]
-    run_init, run_segment = compiled(False)
-    run_guided_segment = compiled(True)[1] if conditional else None
+    run_init, run_segment = _compiled_chain(model, options, dtype, False, rescale > 0)
+    run_guided_segment = _compiled_chain(model, options, dtype, True, rescale > 0)[1] if conditional else None
 
     def run(seed, num_images, labels=None, guidance_scale=None):
-        checks = [
-            tf.debugging.assert_positive(num_images, message="num_images must be >= 1"),
-            tf.debugging.assert_non_negative(seed, message="seed must be in [0, 2**31)"),
-            tf.debugging.assert_less(seed, tf.constant(2**31, tf.int64), message="seed must be in [0, 2**31)"),
-        ]
-        if conditional:
-            checks += [
-                tf.debugging.assert_equal(tf.size(labels), num_images, message="labels must hold num_images labels"),
-                tf.debugging.assert_non_negative(labels, message=f"labels must be in [0, {model.num_classes}]"),
-                tf.debugging.assert_less_equal(labels, model.num_classes, message=f"labels must be in [0, {model.num_classes}]"),
-                tf.debugging.assert_non_negative(guidance_scale, message="guidance_scale must be >= 0"),
-            ]
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(_input_checks(model, seed, num_images, labels, guidance_scale)):
             seed32 = tf.cast(seed, tf.int32)
         weights = ([v.read_value() for v in module.trainable], [v.read_value() for v in module.non_trainable])
         extra = () if not conditional else (labels, guidance_scale, tf.constant(rescale, tf.float32))
@@ -166,23 +167,45 @@ def export_generator(
     signature = [tf.TensorSpec([], tf.int64, name="seed"), tf.TensorSpec([], tf.int32, name="num_images")]
     if conditional:
         signature += [tf.TensorSpec([None], tf.int32, name="labels"), tf.TensorSpec([], tf.float32, name="guidance_scale")]
-    generate = tf.function(run, input_signature=signature, autograph=False)
-    module.generate = generate
-    metadata = {
-        "image_shape": list(image_shape),
+    module.generate = tf.function(run, input_signature=signature, autograph=False)
+    return module
+
+
+def _input_checks(model, seed, num_images, labels, guidance_scale):
+    """The graph's assertions on the signature's inputs."""
+    import tensorflow as tf
+
+    checks = [
+        tf.debugging.assert_positive(num_images, message="num_images must be >= 1"),
+        tf.debugging.assert_non_negative(seed, message="seed must be in [0, 2**31)"),
+        tf.debugging.assert_less(seed, tf.constant(2**31, tf.int64), message="seed must be in [0, 2**31)"),
+    ]
+    if model.num_classes is not None:
+        bound = f"labels must be in [0, {model.num_classes}]"
+        checks += [
+            tf.debugging.assert_equal(tf.size(labels), num_images, message="labels must hold num_images labels"),
+            tf.debugging.assert_non_negative(labels, message=bound),
+            tf.debugging.assert_less_equal(labels, model.num_classes, message=bound),
+            tf.debugging.assert_non_negative(guidance_scale, message="guidance_scale must be >= 0"),
+        ]
+    return checks
+
+
+def _metadata(model, options, dtype, rescale):
+    """What `assets.extra/ddpm_keras.json` says of an export: its options, shapes and inputs."""
+    conditional = model.num_classes is not None
+    inputs = {"seed": "int64 scalar in [0, 2**31)", "num_images": "int32 scalar >= 1"}
+    if conditional:
+        inputs.update(labels=f"int32 (num_images,) in [0, {model.num_classes}] ({model.num_classes}: unconditional)",
+                      guidance_scale="float32 scalar >= 0")
+    return {
+        "image_shape": list(model.image_shape),
         "sampler_options": {**options.as_dict(), "dtype": dtype},
         "prediction_type": model.prediction_type,
         "num_timesteps": int(model.diffusion.num_timesteps),
-        "value_range": [clip_min, clip_max],
-        "inputs": {"seed": "int64 scalar in [0, 2**31)", "num_images": "int32 scalar >= 1",
-                   **({"labels": f"int32 (num_images,) in [0, {model.num_classes}] ({model.num_classes}: "
-                                 "unconditional)", "guidance_scale": "float32 scalar >= 0"} if conditional else {})},
+        "value_range": [float(model.diffusion.clip_min), float(model.diffusion.clip_max)],
+        "inputs": inputs,
         "class_names": list(model.class_names) if conditional and model.class_names else None,
         "guidance_rescale": rescale if conditional else None,
         "outputs": {"images": "uint8 (num_images, H, W, C)"},
     }
-    # Written beside `path` and moved in place, so an interrupted export leaves no half SavedModel.
-    with files.replacing_dir(path, overwrite=overwrite, option="path") as staging:
-        tf.saved_model.save(module, staging, signatures={"serving_default": generate.get_concrete_function()})
-        files.write_json(os.path.join(staging, METADATA_FILE), metadata)
-    return path

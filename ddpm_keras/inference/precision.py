@@ -15,8 +15,9 @@ Example:
 
 import keras
 
+from ddpm_keras.utils.distribute import PRECISIONS
+
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
-_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 def check_inference_dtype(dtype):
@@ -45,7 +46,7 @@ def inference_network(network, dtype):
     dtype = check_inference_dtype(dtype)
     if dtype == "float32":
         return network
-    policy = _POLICIES[dtype]
+    policy = next(name for name in PRECISIONS if name == f"mixed_{dtype}")  # the training precision of dtype
     output_layers = {id(tensor._keras_history.operation) for tensor in network.outputs}
 
     def clone(layer):

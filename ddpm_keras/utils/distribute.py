@@ -1,4 +1,7 @@
-"""Precision and multi-device helpers: the one place that names dtype policies and strategies.
+"""Precision and multi-device helpers: the one place that names the dtype policies and the strategies.
+
+`PRECISIONS` are the policies a model trains in; sampling in reduced
+precision (`ddpm_keras.inference.precision`) computes in one of them too.
 
 `set_precision` sets Keras's global dtype policy; call it before building a
 model. `strategy_scope` builds the models of a run on several devices:
