@@ -28,7 +28,7 @@ from ddpm_keras.samplers import SamplerOptions
         ({"corrector_steps": -1}, r"corrector_steps must be an integer >= 0\. Received: corrector_steps=-1"),
         ({"snr": 0.0}, r"snr must be a finite number > 0\. Received: snr=0\.0"),
         ({"timestep_spacing": "leading"}, r"Unknown timestep_spacing: 'leading'"),
-        ({"sampler": "euler"}, r"Unknown sampler: 'euler'\. Expected one of \('ddpm'"),
+        ({"sampler": "euler"}, r"Unknown sampler\. Received: sampler='euler'\. Expected one of \('ddpm'"),
         ({"thresholding": 1.0}, r"thresholding must be None or a quantile in \(0, 1\)"),
     ],
 )

@@ -175,11 +175,6 @@ def train(args):
     import keras
 
     from ddpm_keras.data import load_dataset
-    from ddpm_keras.training.callbacks import NonFiniteGuard
-    from ddpm_keras.training.callbacks import RunCheckpoint
-    from ddpm_keras.training.callbacks import SamplePlotter
-    from ddpm_keras.training.callbacks import StallWatchdog
-    from ddpm_keras.training.callbacks import WorkerShare
     from ddpm_keras.utils.distribute import is_chief
     from ddpm_keras.utils.distribute import set_precision
     from ddpm_keras.utils.distribute import strategy_scope
@@ -211,37 +206,13 @@ def train(args):
         if workers > 1:
             dataset = _shard_by_data(dataset)
         if write_dir == run_dir:
-            learning_rate = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.7g}")
-            options = {**vars(args), "preset": preset, "epochs": epochs, "batch_size": batch_size,
-                       "plot_every": plot_every, "learning_rate": learning_rate}
-            runs.write_record(run_dir, record, {**options, "preset_config": config,
-                                                       "model": runs.model_record(model)},
-                                     {"resume": bool(args.resume), "from_epoch": completed,
-                                      **{k: options[k] for k in runs.LAUNCH_OPTIONS}})
-        # The guard first: a non-finite loss stops the epoch before any callback saves it. The quality
-        # monitor before the checkpoint: the checkpoint's log.csv then records its figures.
-        callbacks = [NonFiniteGuard()]
-        if args.fid_every:
-            from ddpm_keras.cli.evaluate import quality_monitor
-
-            callbacks.append(quality_monitor(args, dataset_name, (height, width), write_dir))
-        callbacks.append(RunCheckpoint(write_dir))
-        plotter = SamplePlotter(write_dir, every=plot_every, seed=args.seed) if plot_every else None
-        callbacks += [plotter] if plotter else []
+            _write_record(args, run_dir, record, model, completed, preset=preset, epochs=epochs,
+                          batch_size=batch_size, plot_every=plot_every, preset_config=config)
+        callbacks, plotter, watchdog = _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker, workers)
         classes = f", {model.num_classes} classes" if model.num_classes else ""
         where = f"worker {worker} of {workers}, " if workers > 1 else ""
         print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
               f"({where}{height}x{width}, batch {batch_size}{classes}) into {write_dir}/", flush=True)
-        if workers > 1 and keras.backend.backend() == "tensorflow":
-            callbacks.append(WorkerShare(worker, workers))
-        # A bound on the wait for a lost worker, however TensorFlow or JAX notices it (or not).
-        watchdog = StallWatchdog(
-            args.worker_timeout, f"{PROG}: error: another worker was lost or stalled: no training step "
-            f"finished for {args.worker_timeout:g} s (--worker-timeout). {_resume_advice(run_dir)}",
-            EXIT_WORKER_LOST, alarm=True,
-        )
-        if workers > 1:
-            callbacks.append(watchdog)
         try:
             model.fit(
                 dataset, epochs=epochs, initial_epoch=completed, steps_per_epoch=args.steps_per_epoch,
@@ -260,6 +231,53 @@ def train(args):
         return
     grids = os.path.dirname(plotter.last_path) + "/" if plotter and plotter.last_path else None
     print(f"Done: {model_path}, {os.path.join(run_dir, 'log.csv')}" + (f", {grids}" if grids else ""))
+
+
+def _write_record(args, run_dir, record, model, completed, preset_config, **resolved):
+    """Writes run.json: the options in force (`args` with the `resolved` ones), the model's, this launch."""
+    import keras
+
+    from ddpm_keras.cli import runs
+
+    learning_rate = float(f"{float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)):.7g}")
+    options = {**vars(args), **resolved, "learning_rate": learning_rate}
+    launch = {"resume": bool(args.resume), "from_epoch": completed, **{k: options[k] for k in runs.LAUNCH_OPTIONS}}
+    runs.write_record(
+        run_dir, record, {**options, "preset_config": preset_config, "model": runs.model_record(model)}, launch
+    )
+
+
+def _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker, workers):
+    """The callbacks of `fit`, in order; returns `(callbacks, plotter or None, watchdog)`."""
+    import keras
+
+    from ddpm_keras.training.callbacks import NonFiniteGuard
+    from ddpm_keras.training.callbacks import RunCheckpoint
+    from ddpm_keras.training.callbacks import SamplePlotter
+    from ddpm_keras.training.callbacks import StallWatchdog
+    from ddpm_keras.training.callbacks import WorkerShare
+
+    # The guard first: a non-finite loss stops the epoch before any callback saves it. The quality
+    # monitor before the checkpoint: the checkpoint's log.csv then records its figures.
+    callbacks = [NonFiniteGuard()]
+    if args.fid_every:
+        from ddpm_keras.cli.evaluate import quality_monitor
+
+        callbacks.append(quality_monitor(args, dataset_name, model.image_shape[:2], write_dir))
+    callbacks.append(RunCheckpoint(write_dir))
+    plotter = SamplePlotter(write_dir, every=plot_every, seed=args.seed) if plot_every else None
+    callbacks += [plotter] if plotter else []
+    if workers > 1 and keras.backend.backend() == "tensorflow":
+        callbacks.append(WorkerShare(worker, workers))
+    # A bound on the wait for a lost worker, however TensorFlow or JAX notices it (or not).
+    watchdog = StallWatchdog(
+        args.worker_timeout, f"{PROG}: error: another worker was lost or stalled: no training step "
+        f"finished for {args.worker_timeout:g} s (--worker-timeout). {_resume_advice(run_dir)}",
+        EXIT_WORKER_LOST, alarm=True,
+    )
+    if workers > 1:
+        callbacks.append(watchdog)
+    return callbacks, plotter, watchdog
 
 
 def _preset_dataset(preset):

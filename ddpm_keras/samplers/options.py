@@ -141,6 +141,8 @@ def _checked(field, value):
         return value
     if "choices" in spec:
         if value not in spec["choices"]:
+            if name == "sampler":  # as `resolved` says it
+                raise ValueError(f"Unknown sampler. Received: sampler={value!r}. Expected one of {spec['choices']}.")
             raise ValueError(f"Unknown {name}: {value!r}. Expected one of {spec['choices']}.")
         return value
     if spec.get("boolean"):
