@@ -5,6 +5,7 @@ from ddpm_keras.model import DiffusionModel
 from ddpm_keras.nn.layers import AttentionBlock
 from ddpm_keras.nn.layers import TimeEmbedding
 from ddpm_keras.nn.unet import build_unet
+from ddpm_keras.samplers import SamplerOptions
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "AttentionBlock",
     "DiffusionModel",
     "GaussianDiffusion",
+    "SamplerOptions",
     "TimeEmbedding",
     "build_unet",
 ]

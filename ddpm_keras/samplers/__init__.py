@@ -33,6 +33,11 @@ mean (DDPM). `inpaint.py` adds the replacement method and RePaint
 resampling; `ddim.ddim_encode_chain` runs DDIM backwards (x_0 -> x_T).
 `guidance.guided_model_fn` turns a conditional network into the
 `model_fn(x_t, t)` of every sampler, with classifier-free guidance.
+
+`registry.py` holds `REGISTRY` (a new sampler is its module and one entry)
+and `build_chain`; `options.py` holds `SamplerOptions`, the one table of the
+samplers' options (a new option is one field), and `DEFAULT_SAMPLING`;
+`timesteps.py` the spacings of the kept timesteps.
 """
 
 from ddpm_keras.samplers.common import Chain
