@@ -10,6 +10,7 @@ import re
 from typing import Callable
 from typing import NamedTuple
 
+from ddpm_keras.cli.types import non_negative_int
 from ddpm_keras.cli.types import number
 from ddpm_keras.cli.types import positive_int
 from ddpm_keras.cli.types import seed as seed_type
@@ -91,13 +92,20 @@ def add_sampler_arguments(parser, inpainting=False):
                         help=f"which training timesteps the steps visit. Default: {default_spacing}")
     for field in samplers.option_fields(inpainting):
         spec = field.metadata
-        limits = {key: spec[key] for key in ("low", "high", "low_open", "high_open") if key in spec}
-        parser.add_argument(spec["flag"], dest=field.name, type=number(**limits), default=field.default,
+        parser.add_argument(spec["flag"], dest=field.name, type=value_type(spec), default=field.default,
                             metavar=spec.get("metavar"), help=spec["help"])
     if not inpainting:
         parser.add_argument("--dtype", default=None, choices=INFERENCE_DTYPES,
                             help="the precision the network computes in while sampling (weights stay float32): "
                             "bfloat16 or float16 run faster where the hardware supports them. Default: float32")
+
+
+def value_type(spec):
+    """The argparse type of a table row's values (`range`, `low`, `integer`, ...): an integer or a number."""
+    if spec.get("integer"):
+        return positive_int if spec.get("low", 0) >= 1 else non_negative_int
+    limits = {key: spec[key] for key in ("low", "high", "low_open", "high_open") if spec.get(key) is not None}
+    return number(**limits)
 
 
 def sampling_options(args, num_timesteps=None):

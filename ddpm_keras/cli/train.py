@@ -20,8 +20,8 @@ from ddpm_keras.cli.common import add_extractor_args
 from ddpm_keras.cli.common import load_model
 from ddpm_keras.cli.common import register
 from ddpm_keras.cli.common import slug
+from ddpm_keras.cli.common import value_type
 from ddpm_keras.cli.types import non_negative_int
-from ddpm_keras.cli.types import number
 from ddpm_keras.cli.types import positive_float
 from ddpm_keras.cli.types import positive_int
 from ddpm_keras.cli.types import seed as seed_type
@@ -105,7 +105,7 @@ def _add_objective_arguments(train):
         if option.boolean:
             kind = {"action": argparse.BooleanOptionalAction}
         else:
-            kind = {"choices": option.choices} if option.choices else {"type": number(**option.range)}
+            kind = {"choices": option.choices} if option.choices else {"type": value_type(option.range)}
         train.add_argument(option.flag, dest=option.name, default=None, metavar=option.metavar, help=option.help,
                            **kind)
     train.add_argument("--class-conditional", action="store_true",
