@@ -83,7 +83,7 @@ OPTIONS = (
         "snr_gamma", "training", "snr_gamma", range={"low": 0.0, "low_open": True},
         help="min_snr's gamma, the clamp of the SNR. Default: the preset's",
     ),
-    ModelOption("ema", "training", "ema"),
+    ModelOption("ema", "training", "ema", range={"low": 0.0, "high": 1.0}, help="the EMA decay. Default: the preset's"),
     ModelOption(
         "beta_schedule", "diffusion", "beta_schedule", choices=BETA_SCHEDULES,
         help="the forward process's betas: linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021) or sigmoid. "

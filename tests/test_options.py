@@ -99,14 +99,14 @@ def test_train_flags_override_the_preset_part_the_table_names():
     train = _subparser(build_parser(), "train")
     flagged = [option for option in OPTIONS if option.flag]
     assert {option.flag for option in flagged} <= set(train._option_string_actions)
-    args = train.parse_args(["--prediction-type", "v", "--loss-weighting", "none", "--snr-gamma", "2",
+    args = train.parse_args(["--prediction-type", "v", "--loss-weighting", "none", "--snr-gamma", "2", "--ema", "0.99",
                              "--beta-schedule", "cosine", "--zero-terminal-snr", "--no-ema-warmup",
                              "--cond-drop-prob", "0.2"])
     config = apply_model_flags(get_preset("quick"), args)
     assert config["training"]["prediction_type"] == "v" and config["training"]["loss_weighting"] is None
     assert config["training"]["snr_gamma"] == 2.0 and config["training"]["ema_warmup"] is False
     assert config["diffusion"]["beta_schedule"] == "cosine" and config["diffusion"]["rescale_zero_terminal_snr"]
-    assert config["training"]["cond_drop_prob"] == 0.2
+    assert config["training"]["cond_drop_prob"] == 0.2 and config["training"]["ema"] == 0.99
     with pytest.raises(SystemExit):
         train.parse_args(["--cond-drop-prob", "1"])
 
@@ -130,3 +130,24 @@ def test_p_sample_reads_a_v_or_x0_output_as_the_posterior_of_its_x0():
 def _subparser(parser, name):
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return action.choices[name]
+
+
+def test_a_resumed_run_refuses_a_model_option_that_differs_from_the_saved_config():
+    from ddpm_keras.cli.common import CLIError
+    from ddpm_keras.cli.runs import _check_model_options
+    from ddpm_keras.cli.runs import model_record
+
+    model = tiny_model(ema=0.9)
+    args = argparse.Namespace(class_conditional=False, **{option.name: None for option in OPTIONS})
+    _check_model_options(args, model, "run/model.keras")  # nothing given: nothing to refuse
+    args.ema, args.loss_weighting = 0.9, "none"  # as saved
+    _check_model_options(args, model, "run/model.keras")
+    args.ema = 0.99
+    with pytest.raises(CLIError, match=r"--ema 0\.99 differs from the resumed model's 0\.9 \(run/model\.keras\)"):
+        _check_model_options(args, model, "run/model.keras")
+    args.ema, args.zero_terminal_snr = None, True
+    with pytest.raises(CLIError, match=r"--zero-terminal-snr differs from the resumed model's False"):
+        _check_model_options(args, model, "run/model.keras")
+    record = model_record(model)
+    assert record["ema"] == 0.9 and record["cond_drop_prob"] is None and record["num_classes"] is None
+    assert record["diffusion"] == model.diffusion.get_config()
