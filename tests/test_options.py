@@ -13,6 +13,7 @@ from ddpm_keras import DiffusionModel
 from ddpm_keras import GaussianDiffusion
 from ddpm_keras import samplers
 from ddpm_keras.cli import build_parser
+from ddpm_keras.cli.common import sampling_options
 from ddpm_keras.cli.train import apply_model_flags
 from ddpm_keras.options import OPTIONS
 from ddpm_keras.presets import PRESETS
@@ -77,11 +78,17 @@ def test_generate_images_takes_sampler_options_as_its_keywords_and_compiles_them
 
 def test_sampler_flags_come_from_the_table():
     flags = {field.metadata["flag"] for field in samplers.option_fields()}
-    assert flags == {"--eta", "--thresholding"}
+    assert flags == {"--eta", "--thresholding", "--corrector-steps", "--snr"}
     sample = _subparser(build_parser(), "sample")
     inpaint = _subparser(build_parser(), "inpaint")
     assert flags <= set(sample._option_string_actions)
     assert "--eta" in inpaint._option_string_actions and "--thresholding" not in inpaint._option_string_actions
+    args = sample.parse_args(["--checkpoint", "run", "--out", "x.png", "--sampler", "pc", "--corrector-steps", "2",
+                              "--snr", "0.1"])
+    assert sampling_options(args, 1000) == {"sampler": "pc", "num_steps": None, "timestep_spacing": "trailing",
+                                            "eta": 0.0, "corrector_steps": 2, "snr": 0.1}
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--checkpoint", "run", "--out", "x.png", "--corrector-steps", "1.5"])
 
 
 def test_each_model_option_is_a_constructor_argument_a_preset_key_and_a_config_entry():

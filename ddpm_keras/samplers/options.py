@@ -74,11 +74,14 @@ class SamplerOptions:
     clip_denoised: bool = _option(True, boolean=True)
     thresholding: Optional[float] = _option(
         None, "--thresholding", "dynamic thresholding of the predicted x_0 at quantile Q, e.g. 0.995 (Imagen), "
-        "instead of clipping", low=0.0, high=1.0, low_open=True, high_open=True, optional=True, inpainting=False, metavar="Q",
+        "instead of clipping", low=0.0, high=1.0, low_open=True, high_open=True, optional=True, inpainting=False,
+        metavar="Q",
     )
     eta: float = _option(0.0, "--eta", "DDIM noise in [0, 1]: 0 deterministic, 1 DDPM-like", low=0.0, high=1.0)
-    corrector_steps: int = _option(1, low=0, integer=True)
-    snr: float = _option(0.16, low=0.0, low_open=True)
+    corrector_steps: int = _option(1, "--corrector-steps", "pc: Langevin steps after each predictor step", low=0,
+                                   integer=True, inpainting=False)
+    snr: float = _option(0.16, "--snr", "pc: the corrector's signal-to-noise ratio (its step size)", low=0.0,
+                         low_open=True, inpainting=False)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
