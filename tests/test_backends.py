@@ -183,7 +183,7 @@ def test_keras_file_saved_under_tensorflow_loads(backend, runs):
 # from the backend's generator (a SeedGenerator on TensorFlow and PyTorch, jax.random on JAX),
 # so its values differ between backends by their Monte Carlo error (about 1% per seed for this
 # model: the noise of one draw per image and timestep). The exact comparison is of the terms
-# t by t with one shared noise array, through the same compiled path (`model._compiled`) and
+# t by t with one shared noise array, through the same compiled path (`model.runner.compiled`) and
 # the same chain (`likelihood.vb_terms_loop`): everything backend-specific (the network, erfc,
 # the loop, the compilation) must agree to float32 rounding. bits_per_dim itself is then
 # checked to be deterministic per seed and to agree with TensorFlow's within its Monte Carlo
@@ -209,7 +209,7 @@ def chain(eps_fn, noise_fn, x_0, timesteps, noise):
     shared = lambda shape, step: ops.take(noise, step, axis=0)
     return likelihood.vb_terms_loop(eps_fn, shared, model.diffusion, x_0, timesteps)
 
-run = model._compiled(("shared_noise",), chain)
+run = model.runner.compiled(("shared_noise",), chain)
 timesteps = ops.convert_to_tensor(np.arange(10), "int32")
 terms = run(0, ops.convert_to_tensor(images), timesteps, ops.convert_to_tensor(noise))
 emit(
