@@ -6,7 +6,6 @@ package's imports run one way.
 """
 
 import os
-import re
 from typing import Callable
 from typing import NamedTuple
 
@@ -222,5 +221,4 @@ def save_grid(images, path, ncols=None):
 
 def slug(dataset):
     """A directory-friendly name for a dataset name or path."""
-    name = os.path.basename(os.path.normpath(dataset)) or "data"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return files.slug(os.path.basename(os.path.normpath(dataset)) or "data", keep="-")

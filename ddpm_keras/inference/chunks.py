@@ -1,7 +1,7 @@
 """`ChunkPlan`: which chunks of a large sampling request this process runs, on which device, and how they come together.
 
 `generate_images(n, batch_size=b)` runs `ceil(n / b)` independent chunks,
-chunk `k` seeded from `(seed, k)` (`_chains.chunk_seeds`). Chunk `k` goes
+chunk `k` seeded from `(seed, k)` (`runner.chunk_seeds`). Chunk `k` goes
 to replica `k % R` of the `R` replicas of the `tf.distribute` strategy a
 model was built under, each replica a device
 (`MirroredStrategy`: this machine's GPUs) of a worker

@@ -10,7 +10,6 @@ images: a cache whose images have changed is recomputed, never reused.
 
 import hashlib
 import os
-import re
 import warnings
 
 import numpy as np
@@ -19,6 +18,7 @@ from ddpm_keras.metrics.features import extract_features
 from ddpm_keras.metrics.features import extractor_id
 from ddpm_keras.metrics.features import image_batches
 from ddpm_keras.metrics.features import inception_features
+from ddpm_keras.utils import files
 from ddpm_keras.utils.files import atomic_write
 
 CACHE_ENV = "DDPM_KERAS_CACHE"
@@ -207,7 +207,7 @@ def reference_statistics(
     path = None
     if cache_dir is not False:
         size = "x".join(images_id.split("-")[0].split("x")[1:3])
-        name = "-".join(_slug(part) for part in (dataset_name, split, size, identity))
+        name = "-".join(files.slug(part).strip("_") or "data" for part in (dataset_name, split, size, identity))
         path = os.path.join(cache_dir or default_cache_dir(), f"{name}.npz")
         cached = _load_if_current(path, images_id, identity, keep_features)
         if cached is _NOT_OURS:
@@ -251,7 +251,3 @@ def _load_if_current(path, images_id, identity, keep_features):
             f"({cached.fingerprint} != {images_id}): recomputing them.", stacklevel=3,
         )
     return None
-
-
-def _slug(text):
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", str(text)).strip("_") or "data"

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -126,6 +127,11 @@ def _process_alive(pid):
 
 
 # ----------------------------------------------------------------------------- what ddpm_keras wrote
+
+
+def slug(text, keep=""):
+    """`text` as a file name: each run of characters other than letters, digits, `_`, `.` and `keep` becomes `_`."""
+    return re.sub(rf"[^A-Za-z0-9_.{re.escape(keep)}]+", "_", str(text))
 
 
 def written_by_toolkit(path):
