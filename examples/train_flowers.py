@@ -10,17 +10,12 @@ RUN_DIR/log.csv and, every few epochs, a grid of samples in RUN_DIR/samples/.
 
 import argparse
 
-import keras
-
 from ddpm_keras import DiffusionModel
-from ddpm_keras import GaussianDiffusion
-from ddpm_keras import build_unet
 from ddpm_keras.callbacks import RunCheckpoint
 from ddpm_keras.callbacks import SamplePlotter
 from ddpm_keras.data import load_dataset
 from ddpm_keras.presets import PRESETS
 from ddpm_keras.presets import get_preset
-from ddpm_keras.presets import model_options
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--preset", default="flowers64", choices=sorted(PRESETS))
@@ -38,10 +33,9 @@ flowers_ds = load_dataset(
     args.dataset or training["dataset"], img_size=config["unet"]["img_size"], batch_size=training["batch_size"]
 )
 
-# The UNet, the diffusion utility and the model that trains one with the other.
-network = build_unet(**config["unet"])
-model = DiffusionModel(network, GaussianDiffusion(**config["diffusion"]), **model_options(config))
-model.compile(optimizer=keras.optimizers.Adam(training["learning_rate"]))
+# The UNet, the diffusion utility and the model that trains one with the other, compiled with Adam:
+# DiffusionModel(build_unet(**config["unet"]), GaussianDiffusion(**config["diffusion"]), **model_options(config)).
+model = DiffusionModel.from_preset(args.preset)
 
 model.fit(
     flowers_ds,
