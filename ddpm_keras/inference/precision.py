@@ -18,6 +18,8 @@ import keras
 from ddpm_keras.utils.distribute import PRECISIONS
 
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+# The training precision each reduced dtype computes in, by its name in utils.distribute.
+_POLICIES = {name.removeprefix("mixed_"): name for name in PRECISIONS if name.startswith("mixed_")}
 
 
 def check_inference_dtype(dtype):
@@ -46,7 +48,7 @@ def inference_network(network, dtype):
     dtype = check_inference_dtype(dtype)
     if dtype == "float32":
         return network
-    policy = next(name for name in PRECISIONS if name == f"mixed_{dtype}")  # the training precision of dtype
+    policy = _POLICIES[dtype]
     output_layers = {id(tensor._keras_history.operation) for tensor in network.outputs}
 
     def clone(layer):

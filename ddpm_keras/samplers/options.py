@@ -96,7 +96,7 @@ class SamplerOptions:
                 (inpainting's `INPAINT_SAMPLERS`). Defaults to `None`.
         """
         if samplers is not None and self.sampler not in samplers:
-            raise ValueError(f"Unknown sampler. Received: sampler={self.sampler!r}. Expected one of {samplers}.")
+            raise _unknown_sampler(self.sampler, samplers)
         if self.num_steps is not None:
             check_num_steps(self.num_steps, num_timesteps)
         num_steps = default_num_steps(self.sampler, self.num_steps, num_timesteps)
@@ -144,8 +144,8 @@ def _checked(field, value):
         return value
     if "choices" in spec:
         if value not in spec["choices"]:
-            if name == "sampler":  # as `resolved` says it
-                raise ValueError(f"Unknown sampler. Received: sampler={value!r}. Expected one of {spec['choices']}.")
+            if name == "sampler":
+                raise _unknown_sampler(value, spec["choices"])
             raise ValueError(f"Unknown {name}: {value!r}. Expected one of {spec['choices']}.")
         return value
     if spec.get("boolean"):
@@ -159,3 +159,7 @@ def _checked(field, value):
         return int(value)
     return check_number(name, value, spec.get("low"), spec.get("high"), spec.get("low_open", False),
                         spec.get("high_open", False))
+
+
+def _unknown_sampler(sampler, expected):
+    return ValueError(f"Unknown sampler. Received: sampler={sampler!r}. Expected one of {expected}.")
