@@ -1,0 +1,63 @@
+"""Gradients with respect to an input, in each backend's own mechanism, usable inside compiled loops.
+
+`keras.ops` has no `grad`; classifier guidance (the gradient of a
+classifier's log-probability with respect to `x_t`) and the exact likelihood
+(vector-Jacobian products of the probability-flow drift) need one inside
+the compiled sampling loop. `input_gradient(fn, x)` takes it with
+`tf.GradientTape` on TensorFlow, `jax.grad` on JAX and `torch.autograd.grad`
+on PyTorch (under `torch.enable_grad()`, since sampling runs under
+`torch.no_grad()`), so it traces into `tf.function`/`jax.jit` code with no
+round trip to the host.
+"""
+
+import keras
+from keras import ops
+
+
+def input_gradient(fn, x):
+    """The gradient of the scalar `fn(x)` with respect to the tensor `x`, shaped and typed as `x`.
+
+    Args:
+        fn: Callable `x -> scalar tensor`, written in `keras.ops` (it may
+            call Keras models).
+        x: A float tensor.
+
+    Returns:
+        `d fn / d x`, a tensor like `x` (no gradient flows back through it).
+
+    Example:
+
+    >>> g = input_gradient(lambda x: ops.sum(ops.square(x)), x)  # 2 x
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        return tf.stop_gradient(tape.gradient(value, x))
+    if backend == "jax":
+        import jax
+
+        return jax.lax.stop_gradient(jax.grad(fn)(ops.convert_to_tensor(x)))
+    if backend == "torch":
+        import torch
+
+        with torch.enable_grad():
+            x = ops.convert_to_tensor(x).detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(fn(x), x)
+        return gradient.detach()
+    raise NotImplementedError(
+        f"Input gradients support the tensorflow, jax and torch backends. Received: KERAS_BACKEND={backend!r}."
+    )
+
+
+def vector_jacobian_product(fn, x, v):
+    """`v^T (d fn / d x)`: the gradient of `sum(fn(x) * v)`, for `fn` mapping `x` to a tensor shaped as `v`.
+
+    One reverse pass; `sum(vjp * v)` is the Skilling-Hutchinson estimate of
+    the divergence of `fn` for a probe `v` with `E[v v^T] = I`.
+    """
+    return input_gradient(lambda y: ops.sum(fn(y) * ops.cast(v, "float32")), x)
