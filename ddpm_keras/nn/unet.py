@@ -113,34 +113,9 @@ def build_unet(
     >>> conditional = build_unet(32, 3, [32, 64, 128], [False, True, True], num_classes=10)
     >>> noise = conditional([x_t, t, labels])    # labels in [0, 10]; 10 is the null label
     """
-    height, width = image_size(img_size)
-    check_positive_int("img_channels", img_channels)
-    check_positive_int("num_res_blocks", num_res_blocks)
-    check_positive_int("norm_groups", norm_groups)
-    check_positive_int("first_conv_channels", first_conv_channels)
-    widths = list(widths)
-    has_attention = [bool(a) for a in has_attention]
-    if not widths or len(widths) != len(has_attention):
-        raise ValueError(
-            "widths and has_attention must be non-empty lists of the same "
-            f"length. Received: widths={widths}, has_attention={has_attention}"
-        )
-    for name, value in [("first_conv_channels", first_conv_channels)] + [
-        ("widths", w) for w in widths
-    ]:
-        check_positive_int(name, value)
-        if value % norm_groups:
-            raise ValueError(
-                f"Every width must be divisible by norm_groups={norm_groups} "
-                f"for GroupNormalization. Received: {name}={value if name != 'widths' else widths}"
-            )
-    factor = 2 ** (len(widths) - 1)
-    if height % factor or width % factor:
-        raise ValueError(
-            f"img_size must be divisible by 2 ** (len(widths) - 1) = {factor} "
-            f"to downsample {len(widths) - 1} times. Received: img_size={img_size}, "
-            f"widths={widths}. Use a size that is a multiple of {factor}, or fewer widths."
-        )
+    height, width, widths, has_attention = check_levels(
+        img_size, img_channels, widths, has_attention, num_res_blocks, norm_groups, first_conv_channels
+    )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
     check_attention_residual("attention_residual", attention_residual)
@@ -157,11 +132,7 @@ def build_unet(
     x = layers.Conv2D(
         first_conv_channels, 3, padding="same", kernel_initializer=kernel_init(1.0)
     )(images)
-    temb = TimeEmbedding(first_conv_channels * 4)(timesteps)
-    temb = layers.Dense(
-        first_conv_channels * 4, activation=activation_fn, kernel_initializer=kernel_init(1.0)
-    )(temb)
-    temb = layers.Dense(first_conv_channels * 4, kernel_initializer=kernel_init(1.0))(temb)
+    temb = time_mlp(timesteps, first_conv_channels * 4, activation_fn)
     if num_classes is not None:
         labels = keras.Input(shape=(), dtype="int32", name="labels")
         inputs.append(labels)
@@ -208,6 +179,49 @@ def build_unet(
     )(x)
     return keras.Model(inputs, x, name="unet")
 
+
+
+def time_mlp(timesteps, units, activation_fn):
+    """The timestep embedding every residual block reads: sinusoidal, then Dense-activation-Dense of `units`."""
+    temb = TimeEmbedding(units)(timesteps)
+    temb = layers.Dense(units, activation=activation_fn, kernel_initializer=kernel_init(1.0))(temb)
+    return layers.Dense(units, kernel_initializer=kernel_init(1.0))(temb)
+
+
+def check_levels(img_size, img_channels, widths, has_attention, num_res_blocks, norm_groups, first_conv_channels):
+    """The checked `(height, width, widths, has_attention)` of a UNet-shaped network, or a one-line ValueError.
+
+    Shared by `build_unet` and `ddpm_keras.nn.classifier.build_classifier`.
+    """
+    height, width = image_size(img_size)
+    check_positive_int("img_channels", img_channels)
+    check_positive_int("num_res_blocks", num_res_blocks)
+    check_positive_int("norm_groups", norm_groups)
+    check_positive_int("first_conv_channels", first_conv_channels)
+    widths = list(widths)
+    has_attention = [bool(a) for a in has_attention]
+    if not widths or len(widths) != len(has_attention):
+        raise ValueError(
+            "widths and has_attention must be non-empty lists of the same "
+            f"length. Received: widths={widths}, has_attention={has_attention}"
+        )
+    for name, value in [("first_conv_channels", first_conv_channels)] + [
+        ("widths", w) for w in widths
+    ]:
+        check_positive_int(name, value)
+        if value % norm_groups:
+            raise ValueError(
+                f"Every width must be divisible by norm_groups={norm_groups} "
+                f"for GroupNormalization. Received: {name}={value if name != 'widths' else widths}"
+            )
+    factor = 2 ** (len(widths) - 1)
+    if height % factor or width % factor:
+        raise ValueError(
+            f"img_size must be divisible by 2 ** (len(widths) - 1) = {factor} "
+            f"to downsample {len(widths) - 1} times. Received: img_size={img_size}, "
+            f"widths={widths}. Use a size that is a multiple of {factor}, or fewer widths."
+        )
+    return height, width, widths, has_attention
 
 def network_num_classes(network):
     """The number of classes of a network: `None` for an unconditional one.
