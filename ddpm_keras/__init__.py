@@ -1,7 +1,9 @@
 """ddpm_keras: denoising diffusion probabilistic models in Keras 3."""
 
+from ddpm_keras.classifier import NoisyClassifier
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.model import DiffusionModel
+from ddpm_keras.nn.classifier import build_classifier
 from ddpm_keras.nn.layers import AttentionBlock
 from ddpm_keras.nn.layers import TimeEmbedding
 from ddpm_keras.nn.unet import build_unet
@@ -13,7 +15,9 @@ __all__ = [
     "AttentionBlock",
     "DiffusionModel",
     "GaussianDiffusion",
+    "NoisyClassifier",
     "SamplerOptions",
     "TimeEmbedding",
+    "build_classifier",
     "build_unet",
 ]

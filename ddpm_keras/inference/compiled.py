@@ -9,6 +9,10 @@ serves every later state of the EMA network and models built under a
 `tf.distribute` strategy. `ddpm_keras.inference.runner` (sampling, editing,
 likelihood) and `ddpm_keras.inference.export` (the SavedModel, through
 `tf_chain_function`) use it.
+
+With `classifier=` (classifier guidance) the chain is called as
+`chain(model_fn, noise_fn, *inputs, classifier_fn=...)`, the classifier's
+weights being arguments of the compiled function too.
 """
 
 import keras
@@ -18,21 +22,25 @@ from ddpm_keras.utils.seeds import DrawnSeed
 from ddpm_keras.utils.seeds import random_seed
 
 
-def compile_chain(ema_network, chain, network=None):
+def compile_chain(ema_network, chain, network=None, classifier=None):
     """`run(seed, *inputs)` running `chain(model_fn, noise_fn, *inputs)` with the EMA weights, compiled per backend.
 
     `network` is `ema_network` itself (the default) or a copy of it with
     another dtype policy (`ddpm_keras.inference.precision.inference_network`),
-    which runs with `ema_network`'s variable values.
+    which runs with `ema_network`'s variable values. With a `classifier`
+    (a `NoisyClassifier`), the chain also gets
+    `classifier_fn(x_t, t) -> logits`, run with its current weights.
     """
     backend = keras.backend.backend()
     network = ema_network if network is None else network
+    if classifier is not None:
+        chain = _with_classifier(chain, classifier.network)
     if backend == "jax":
-        return _jax_compile_chain(ema_network, network, chain)
+        return _jax_compile_chain(ema_network, network, chain, classifier)
     if backend == "tensorflow":
-        return _tf_compile_chain(ema_network, network, chain)
+        return _tf_compile_chain(ema_network, network, chain, classifier)
     if backend == "torch":
-        return _torch_compile_chain(ema_network, network, chain)
+        return _torch_compile_chain(ema_network, network, chain, classifier)
     raise NotImplementedError(
         "Sampling supports the tensorflow, jax and torch backends. "
         f"Received: KERAS_BACKEND={backend!r}."
@@ -52,6 +60,25 @@ def _stateless_model_fn(network, trainable, non_trainable):
         return ops.cast(outputs, "float32")
 
     return model_fn
+
+
+def _with_classifier(chain, classifier_network):
+    """`chain` taking the classifier's weight values as its last two inputs, passed on as `classifier_fn`."""
+
+    def chain_with_classifier(model_fn, noise_fn, *inputs):
+        *inputs, trainable, non_trainable = inputs
+        classifier_fn = _stateless_model_fn(classifier_network, trainable, non_trainable)
+        return chain(model_fn, noise_fn, *inputs, classifier_fn=classifier_fn)
+
+    return chain_with_classifier
+
+
+def _classifier_weights(classifier, convert=lambda value: value):
+    """The classifier's weight values as the last two inputs of a chain made by `_with_classifier`."""
+    if classifier is None:
+        return ()
+    trainable, non_trainable = weight_values(classifier.network)
+    return [convert(v) for v in trainable], [convert(v) for v in non_trainable]
 
 
 def weight_values(network):
@@ -77,7 +104,7 @@ def tf_chain_function(network, chain):
     return fn
 
 
-def _tf_compile_chain(weights_network, network, chain):
+def _tf_compile_chain(weights_network, network, chain, classifier=None):
     """One `tf.function(jit_compile=True)` taking the EMA weights and the seed as arguments.
 
     Reading no variable inside the XLA function keeps it valid for models
@@ -95,12 +122,13 @@ def _tf_compile_chain(weights_network, network, chain):
             [tf.convert_to_tensor(v) for v in non_trainable],
             tf.constant(random_seed(seed), "int32"),
             *inputs,
+            *_classifier_weights(classifier, tf.convert_to_tensor),
         )
 
     return run
 
 
-def _jax_compile_chain(weights_network, network, chain):
+def _jax_compile_chain(weights_network, network, chain, classifier=None):
     """`jax.jit` of the chain with the EMA weights as arguments (not frozen constants) and an explicit key."""
     import jax
     import jax.numpy as jnp
@@ -117,7 +145,8 @@ def _jax_compile_chain(weights_network, network, chain):
     def run(seed, *inputs):
         trainable, non_trainable = weight_values(weights_network)
         weights = [_jax_local(w) for w in trainable], [_jax_local(w) for w in non_trainable]
-        return jitted(*weights, jax.random.key(random_seed(seed)), *inputs)
+        key = jax.random.key(random_seed(seed))
+        return jitted(*weights, key, *inputs, *_classifier_weights(classifier, _jax_local))
 
     return run
 
@@ -133,7 +162,7 @@ def _jax_local(value):
     return value.addressable_data(0)
 
 
-def _torch_compile_chain(weights_network, network, chain):
+def _torch_compile_chain(weights_network, network, chain, classifier=None):
     """Eager under `torch.no_grad()`; each draw's noise comes from a seed derived from `(seed, step)`.
 
     Stateless like the other backends, so a chain run in segments draws the
@@ -155,6 +184,6 @@ def _torch_compile_chain(weights_network, network, chain):
             return keras.random.normal(shape, seed=DrawnSeed(ops.convert_to_tensor([step_seed, 0], "int32")))
 
         with torch.no_grad():
-            return chain(model_fn, noise_fn, *inputs)
+            return chain(model_fn, noise_fn, *inputs, *_classifier_weights(classifier))
 
     return run

@@ -26,7 +26,8 @@ from ddpm_keras.utils.checks import check_seed
 
 def inpaint(
     model, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True,
-    timestep_spacing="trailing", verbose=1, labels=None, guidance_scale=1.0, guidance_rescale=0.0,
+    timestep_spacing="trailing", verbose=1, labels=None, guidance_scale=1.0, guidance_rescale=0.0, classifier=None,
+    classifier_scale=1.0,
 ):
     """Fills in the unknown region of `images` (replacement method, RePaint resampling).
 
@@ -56,6 +57,8 @@ def inpaint(
         labels, guidance_scale, guidance_rescale: For a conditional
             model, as in `generate_images` (one label per image, or
             one for all). Default to `None`, `1.0`, `0.0`.
+        classifier, classifier_scale: Classifier guidance towards
+            `labels`, as in `generate_images`. Default to `None`, `1.0`.
 
     Returns:
         A NumPy float32 array shaped as `images` (batched).
@@ -74,7 +77,9 @@ def inpaint(
     )
     num_steps = options.num_steps
     resample = check_positive_int("resample", resample)
-    request = conditioning.request(model, labels, len(images), guidance_scale, guidance_rescale)
+    request = conditioning.request(
+        model, labels, len(images), guidance_scale, guidance_rescale, classifier, classifier_scale
+    )
 
     def build(model_fn, noise_fn, x_0, known):
         context = samplers.make_context(
@@ -89,7 +94,7 @@ def inpaint(
         conditioning.with_guidance(build, request, model.null_label), images.shape, num_steps, seed,
         inputs=(ops.convert_to_tensor(images), ops.convert_to_tensor(mask))
         + conditioning.chain_inputs(request, 0, len(images), model.null_label),
-        progress=progress,
+        progress=progress, classifier=conditioning.classifier_of(request),
     )
     return np.where(mask == 1.0, images, to_images(filled, model.diffusion))
 
@@ -135,7 +140,7 @@ def encode(model, images, num_steps=50, labels=None):
 
 def decode(
     model, noises, num_steps=50, clip_denoised=True, sampler="ddim", labels=None, guidance_scale=1.0,
-    guidance_rescale=0.0,
+    guidance_rescale=0.0, classifier=None, classifier_scale=1.0,
 ):
     """A deterministic sampler (DDIM, eta = 0, by default) from given latents `x_T` to images.
 
@@ -149,6 +154,8 @@ def decode(
         labels, guidance_scale, guidance_rescale: For a conditional
             model, as in `generate_images`. Default to `None`, `1.0`,
             `0.0`.
+        classifier, classifier_scale: Classifier guidance towards
+            `labels`, as in `generate_images`. Default to `None`, `1.0`.
 
     Returns:
         A NumPy float32 array `(N, H, W, C)` in the data range.
@@ -166,12 +173,13 @@ def decode(
     return generate_images(
         model, seed=0, sampler=sampler, num_steps=num_steps, clip_denoised=clip_denoised, initial_noise=noises,
         verbose=0, labels=labels, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+        classifier=classifier, classifier_scale=classifier_scale,
     )
 
 
 def interpolate(
     model, num_images=8, seed=None, num_steps=50, images=None, noises=None, clip_denoised=True, sampler="ddim",
-    labels=None, guidance_scale=1.0, guidance_rescale=0.0,
+    labels=None, guidance_scale=1.0, guidance_rescale=0.0, classifier=None, classifier_scale=1.0,
 ):
     """Images along a spherical interpolation (slerp) between two latents.
 
@@ -200,6 +208,9 @@ def interpolate(
             for the unconditional model. Defaults to `None`.
         guidance_scale, guidance_rescale: The decoding's guidance, as
             in `generate_images`. Default to `1.0`, `0.0`.
+        classifier, classifier_scale: The decoding's classifier
+            guidance towards `labels`, as in `generate_images` (images
+            are inverted without it). Default to `None`, `1.0`.
 
     Returns:
         A NumPy float32 array `(num_images, H, W, C)` in the data range.
@@ -222,7 +233,9 @@ def interpolate(
                 "Interpolating between images decodes with 'ddim', the inverse of encode. "
                 f"Received: sampler={sampler!r}"
             )
-        latents = encode(model, check_pair(images, "images", model.image_shape), num_steps, labels=labels)
+        pair = check_pair(images, "images", model.image_shape)
+        # The classifier's labels guide the decoding only; an unconditional network inverts without them.
+        latents = encode(model, pair, num_steps, labels=None if model.num_classes is None else labels)
     elif noises is not None:
         latents = check_pair(noises, "noises", model.image_shape)
     else:
@@ -231,7 +244,7 @@ def interpolate(
     path[0], path[-1] = latents[0], latents[1]
     return decode(
         model, path, num_steps, clip_denoised, sampler=sampler, labels=labels, guidance_scale=guidance_scale,
-        guidance_rescale=guidance_rescale,
+        guidance_rescale=guidance_rescale, classifier=classifier, classifier_scale=classifier_scale,
     )
 
 

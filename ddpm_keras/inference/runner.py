@@ -51,7 +51,7 @@ class ChainRunner:
             self._networks[dtype] = inference_network(self.model.ema_network, dtype)
         return self._networks[dtype]
 
-    def compiled(self, key, chain, dtype="float32"):
+    def compiled(self, key, chain, dtype="float32", classifier=None):
         """The compiled form of `chain`, built once per `key` and cached.
 
         `chain(model_fn, noise_fn, *inputs) -> outputs` is written in
@@ -60,34 +60,40 @@ class ChainRunner:
         `tf.function(jit_compile=True)`, on JAX `jax.jit` with the EMA
         weights as arguments and noise from a key folded with each draw's
         step, on PyTorch eager code under `torch.no_grad()`
-        (`ddpm_keras.inference.compiled.compile_chain`).
+        (`ddpm_keras.inference.compiled.compile_chain`). With a
+        `classifier`, `chain` also gets `classifier_fn=` (classifier
+        guidance); `key` must tell classifiers apart.
         """
         key = key + (dtype,)
         if key not in self._compiled:
-            self._compiled[key] = compile_chain(self.model.ema_network, chain, self.inference_network(dtype))
+            network = self.inference_network(dtype)
+            self._compiled[key] = compile_chain(self.model.ema_network, chain, network, classifier)
         return self._compiled[key]
 
     def run_chain(
         self, key, build, shape, num_steps, seed, x_T=None, inputs=(), trajectory_every=None,
-        segment_steps=SEGMENT_STEPS, progress=None, dtype="float32",
+        segment_steps=SEGMENT_STEPS, progress=None, dtype="float32", classifier=None,
     ):
         """Runs the chain `build(model_fn, noise_fn, *inputs)` from `x_T` (or noise from `seed`) in segments.
 
         Returns the sample, or `(sample, frames)` with `trajectory_every`.
+        A `classifier` (classifier guidance) is passed to `build` as
+        `classifier_fn=`.
         """
         key = key + (tuple(shape), x_T is None, trajectory_every)
         drawn = x_T is None
 
-        def init(model_fn, noise_fn, *args):
+        def init(model_fn, noise_fn, *args, **networks):
             x_start = noise_fn(shape, -1) if drawn else args[0]
-            chain = build(model_fn, noise_fn, *args[0 if drawn else 1 :])
+            chain = build(model_fn, noise_fn, *args[0 if drawn else 1 :], **networks)
             return samplers.start(chain, x_start, trajectory_every)
 
-        def segment(model_fn, noise_fn, loop_state, begin, end, *args):
-            return samplers.advance(build(model_fn, noise_fn, *args), loop_state, begin, end, trajectory_every)
+        def segment(model_fn, noise_fn, loop_state, begin, end, *args, **networks):
+            chain = build(model_fn, noise_fn, *args, **networks)
+            return samplers.advance(chain, loop_state, begin, end, trajectory_every)
 
-        run_init = self.compiled(key + ("init",), init, dtype)
-        run_segment = self.compiled(key + ("segment",), segment, dtype)
+        run_init = self.compiled(key + ("init",), init, dtype, classifier)
+        run_segment = self.compiled(key + ("segment",), segment, dtype, classifier)
         seed = random_seed(seed)
         loop_state = run_init(seed, *((() if drawn else (ops.convert_to_tensor(x_T),)) + tuple(inputs)))
         size = num_steps if segment_steps is None else segment_steps

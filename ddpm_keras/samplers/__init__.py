@@ -32,7 +32,8 @@ the predicted `x_0` at `s_0` (DDIM and the ODE solvers) or the posterior
 mean (DDPM). `inpaint.py` adds the replacement method and RePaint
 resampling; `ddim.ddim_encode_chain` runs DDIM backwards (x_0 -> x_T).
 `guidance.guided_model_fn` turns a conditional network into the
-`model_fn(x_t, t)` of every sampler, with classifier-free guidance.
+`model_fn(x_t, t)` of every sampler, with classifier-free guidance;
+`guidance.classifier_guided_model_fn` adds a noise-aware classifier's gradient.
 
 `registry.py` holds `REGISTRY` (a new sampler is its module and one entry)
 and `build_chain`; `options.py` holds `SamplerOptions`, the one table of the
@@ -54,6 +55,7 @@ from ddpm_keras.samplers.context import SamplingContext
 from ddpm_keras.samplers.ddim import ddim_coefficients
 from ddpm_keras.samplers.ddim import ddim_encode_chain
 from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
+from ddpm_keras.samplers.guidance import classifier_guided_model_fn
 from ddpm_keras.samplers.guidance import guided_model_fn
 from ddpm_keras.samplers.inpaint import INPAINT_SAMPLERS
 from ddpm_keras.samplers.inpaint import inpaint_chain
@@ -82,7 +84,8 @@ __all__ = [
     "Chain", "DEFAULT_DDIM_STEPS", "DEFAULT_SAMPLING", "DEFAULT_SOLVER_STEPS", "INPAINT_SAMPLERS", "REGISTRY", "SAMPLERS",
     "SamplerOptions", "SamplerSpec", "SamplingContext", "TIMESTEP_SPACINGS", "advance", "build_chain", "check_num_steps",
     "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_chain",
-    "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish", "guided_model_fn", "inpaint_chain",
+    "classifier_guided_model_fn", "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish",
+    "guided_model_fn", "inpaint_chain",
     "make_context", "option_fields", "sampler_options", "make_denoiser", "respaced", "run_chain", "sampling_schedule", "sampling_timesteps",
     "slerp", "spaced_timesteps", "start", "trajectory_length", "unipc_coefficients",
 ]
