@@ -16,6 +16,7 @@ from keras import ops
 
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.training import labels as training_labels
+from ddpm_keras.training.steps import replica_seed
 from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.utils.checks import check_seed
 from ddpm_keras.utils.checks import is_int
@@ -103,7 +104,7 @@ class NoisyClassifier(keras.Model):
             x_t, t = inputs
             return self.network([x_t, t], training=training)
         images = ops.convert_to_tensor(inputs)
-        seed = self.seed_generator if training else self.eval_seed_generator
+        seed = replica_seed(self.seed_generator) if training else self.eval_seed_generator
         t = keras.random.randint((ops.shape(images)[0],), 0, self.diffusion.num_timesteps, dtype="int32", seed=seed)
         noise = keras.random.normal(ops.shape(images), dtype=images.dtype, seed=seed)
         return self.network([self.diffusion.q_sample(images, t, noise), t], training=training)

@@ -141,3 +141,115 @@ def test_bad_input_is_one_line():
         model.generate_images(2, labels=0, classifier=shorter)
     with pytest.raises(ValueError, match="NoisyClassifier"):
         model.generate_images(2, labels=0, classifier=model)
+
+
+def _colour_classes(n, seed=0):
+    """8-px images of one colour each (class 0 red, 1 green, 2 blue), of random brightness, and their classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    colours = np.full((3, 3), -0.6, np.float32) + 1.4 * np.eye(3, dtype=np.float32)
+    brightness = rng.uniform(0.6, 1.0, (n, 1, 1, 1))
+    return (colours[labels][:, None, None, :] * brightness + 0.05 * rng.normal(size=(n, 8, 8, 3))).astype("float32"), labels
+
+
+@pytest.mark.slow
+def test_a_trained_classifier_guides_a_trained_unconditional_model_to_the_class():
+    # The class of a sample is read off its colour (its strongest channel), independently of the classifier.
+    from ddpm_keras import DiffusionModel
+    from ddpm_keras import build_unet
+
+    images, labels = _colour_classes(512)
+    diffusion = GaussianDiffusion(timesteps=100, beta_end=0.2)
+    model = DiffusionModel(
+        build_unet(8, 3, [16, 32], [False, False], num_res_blocks=1, first_conv_channels=16), diffusion, ema=0.99, seed=0
+    )
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    model.fit(images, batch_size=32, epochs=12, verbose=0)
+    classifier = NoisyClassifier(build_classifier(8, 3, 3, [16, 32], [False, False], num_res_blocks=1), diffusion, seed=0)
+    classifier.compile(optimizer=keras.optimizers.Adam(2e-3))
+    classifier.fit(images, labels, batch_size=32, epochs=8, verbose=0)
+
+    def blue_fraction(scale):
+        x = model.generate_images(
+            60, seed=1, sampler="ddim", num_steps=20, labels=2, classifier=classifier, classifier_scale=scale, verbose=0
+        )
+        return np.mean(np.argmax(x.mean(axis=(1, 2)), -1) == 2)
+
+    assert 0.15 < blue_fraction(0.0) < 0.55  # chance: the model draws the three colours alike
+    assert blue_fraction(10.0) >= 0.9
+
+
+GUIDED_ON_BACKEND = """
+import sys
+sys.path.insert(0, "tests")
+from gaussian_mixture import MEANS, make_models
+from ddpm_keras import GaussianDiffusion, NoisyClassifier, build_classifier
+results = {}
+for sampler, steps in (("ddpm", None), ("dpmpp_2m_sde", 20)):
+    model, classifier = make_models()
+    options = dict(seed=1, sampler=sampler, num_steps=steps, verbose=0)
+    guided = model.generate_images(16, labels=1, classifier=classifier, **options)
+    alone = make_models(means=MEANS[1:])[0].generate_images(16, **options)
+    results[sampler] = float(np.abs(guided - alone).max())
+rng = np.random.default_rng(0)
+labels = rng.integers(0, 2, 32)
+images = (np.asarray(MEANS)[labels][:, None, None, None] + 0.2 * rng.normal(size=(32, 8, 8, 3))).astype("float32")
+clf = NoisyClassifier(build_classifier(8, 3, 2, [8, 16], [False, True], num_res_blocks=1), GaussianDiffusion(timesteps=20), seed=0)
+clf.compile(optimizer=keras.optimizers.Adam(3e-3))
+losses = clf.fit(images, labels, batch_size=16, epochs=3, verbose=0).history["loss"]
+clf.save("/tmp/clf_" + keras.backend.backend() + ".keras")
+loaded = keras.saving.load_model("/tmp/clf_" + keras.backend.backend() + ".keras")
+t = np.array([0, 5, 10, 19], "int32")
+same = float(np.abs(to_numpy(loaded.network([images[:4], t])) - to_numpy(clf.network([images[:4], t]))).max())
+emit(max_difference=results, losses=losses, same=same)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_classifier_guidance_and_training_on_other_backends(backend):
+    from subprocess_json import run_snippet
+    from subprocess_json import skip_unless_installed
+
+    skip_unless_installed(backend)
+    result = run_snippet(GUIDED_ON_BACKEND, backend)
+    assert max(result["max_difference"].values()) < 2e-3, result
+    assert np.isfinite(result["losses"]).all() and result["same"] < 1e-5
+
+
+CLASSIFIER_MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ddpm_keras import GaussianDiffusion, NoisyClassifier, build_classifier
+from ddpm_keras.utils.distribute import get_strategy
+
+strategy = get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    clf = NoisyClassifier(build_classifier(16, 3, 2, [8, 16], [False, True], num_res_blocks=1),
+                          GaussianDiffusion(timesteps=20), seed=0)
+    clf.compile(optimizer=keras.optimizers.Adam(3e-3))
+images, labels = tiny_images(16), np.arange(16) % 2
+losses = clf.fit(images, labels, batch_size=8, epochs=2, verbose=0).history["loss"]
+spread = max(float(np.abs(v.value.values[0].numpy() - v.value.values[1].numpy()).max()) for v in clf.network.weights)
+# Each replica draws its own timesteps from the one mirrored seed generator.
+@tf.function
+def draw():
+    def replica_fn():
+        from ddpm_keras.training.steps import replica_seed
+        return keras.random.randint((64,), 0, 20, seed=replica_seed(clf.seed_generator))
+    return strategy.run(replica_fn)
+draws = [d.numpy() for d in strategy.experimental_local_results(draw())]
+emit(losses=losses, spread=spread, replicas=strategy.num_replicas_in_sync,
+     differ=float(np.mean(draws[0] != draws[1])))
+"""
+
+
+@pytest.mark.slow
+def test_noisy_classifier_trains_under_a_mirrored_strategy():
+    from subprocess_json import run_snippet
+
+    result = run_snippet(CLASSIFIER_MIRRORED)
+    assert result["replicas"] == 2 and np.isfinite(result["losses"]).all()
+    assert result["spread"] == 0.0  # one update, the same on both copies
+    assert result["differ"] > 0.5  # and the replicas' noise is not the same draw

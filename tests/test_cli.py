@@ -117,10 +117,24 @@ def test_evaluate_prints_a_table_and_writes_json(run_dir, extractors, tmp_path, 
     assert len(os.listdir(extractors["cache"])) == 1
 
 
+def test_evaluate_bpd_ode_reports_the_likelihood_and_its_evaluations(run_dir, tmp_path, capsys):
+    out = str(tmp_path / "ode.json")
+    argv = ["evaluate", "--checkpoint", run_dir, "--metrics", "bpd-ode", "--bpd-images", "2", "--batch-size", "2",
+            "--ode-solver", "rk4", "--ode-steps", "2", "--out", out]
+    assert main(argv) == 0
+    with open(out) as f:
+        report = json.load(f)
+    assert set(report["metrics"]) == {"bpd-ode", "bpd-ode_nfe"} and report["metrics"]["bpd-ode_nfe"] == 8
+    assert 0 < report["metrics"]["bpd-ode"] < 100 and report["bpd_images"] == 2
+    assert report["bpd_ode"] == {"solver": "rk4", "num_steps": 2, "num_probes": 1}
+    assert "bits/dim (ODE)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--num-samples", "1"], "--num-samples 1 is too few for fid: it needs at least 2."),
+        (["--metrics", "bpd-ode", "--ode-tolerance", "0"], "--ode-tolerance must be > 0. Received: 0.0"),
         (["--metrics", "is", "--num-samples", "5"], "--num-samples 5 is too few for is: it needs at least 10"),
         (["--out", "metrics.txt"], "--out must name a .json file"),
     ],
@@ -135,7 +149,7 @@ def test_evaluate_rejects_an_unknown_metric(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--checkpoint", "x", "--metrics", "fid,sharpness"])
     assert exit_info.value.code == 2
-    assert "unknown metric sharpness: choose from fid,kid,is,bpd" in capsys.readouterr().err
+    assert "unknown metric sharpness: choose from fid,kid,is,bpd,bpd-ode" in capsys.readouterr().err
 
 
 def test_evaluate_needs_a_checkpoint(tmp_path, capsys):
@@ -297,3 +311,23 @@ def test_help_explains_every_option_and_its_default(capsys):
                    "--snr-gamma", "--beta-schedule", "--zero-terminal-snr", "--ema-warmup"]:
         assert option in text
     assert "Default: flowers64" in text and "Default: 0" in text
+
+
+def test_train_classifier_then_sample_with_classifier_guidance(run_dir, tmp_path, capsys):
+    clf = str(tmp_path / "clf.keras")
+    argv = ["train-classifier", "--checkpoint", run_dir, "--dataset", "synthetic", "--steps-per-epoch", "2",
+            "--batch-size", "4", "--epochs", "1", "--out", clf]
+    assert main(argv) == 0
+    assert "Accuracy on a batch of training images by timestep: t=0:" in capsys.readouterr().out
+    classifier = keras.saving.load_model(clf)
+    assert classifier.class_names[0] == "red-5-petals" and classifier.diffusion.num_timesteps == 1000
+    out = str(tmp_path / "guided.png")
+    sample = ["sample", "--checkpoint", run_dir, "--classifier", clf, "--class", "red-5-petals", "--num-images", "2",
+              "--sampler", "ddim", "--steps", "3", "--out", out]
+    assert main([*sample, "--guidance-sweep", "0,4"]) == 0
+    assert "the same noise under classifier guidance scales 0, 4" in capsys.readouterr().out
+    with Image.open(out) as picture:
+        assert picture.size == (4 * (2 * (32 + 2) + 2), 4 * (2 * (32 + 2) + 2))  # 2 rows of 2
+    # The file is not a classifier: one line.
+    assert main([*sample[:4], os.path.join(run_dir, "model.keras"), *sample[5:], "--overwrite"]) == 2
+    assert "holds a DiffusionModel, not a NoisyClassifier" in capsys.readouterr().err

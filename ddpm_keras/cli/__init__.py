@@ -1,4 +1,4 @@
-"""The `ddpm-keras` command line: train, resume, sample, evaluate, inpaint, interpolate and export.
+"""The `ddpm-keras` command line: train, resume, sample, evaluate, inpaint, interpolate, export and more.
 
     ddpm-keras train --preset tiny --epochs 20          # synthetic flowers, CPU
     ddpm-keras train                                     # Oxford Flowers 102, 64 px
@@ -7,6 +7,7 @@
     ddpm-keras evaluate --checkpoint RUN_DIR --num-samples 1000 --metrics fid,kid,bpd --out metrics.json
     ddpm-keras inpaint --checkpoint RUN_DIR --image flower.jpg --mask mask.png --out inpainted.png
     ddpm-keras interpolate --checkpoint RUN_DIR --out path.png
+    ddpm-keras train-classifier --checkpoint RUN_DIR --out clf.keras     # then sample --classifier clf.keras
     ddpm-keras export --checkpoint RUN_DIR --out generator    # TensorFlow SavedModel
 
 Every default comes from `ddpm_keras.presets`; the options of `train` are in
@@ -18,6 +19,7 @@ import sys
 
 from ddpm_keras.cli import train  # noqa: F401 - each command module registers its command, in this order
 from ddpm_keras.cli import sample  # noqa: F401
+from ddpm_keras.cli import train_classifier  # noqa: F401
 from ddpm_keras.cli import evaluate  # noqa: F401
 from ddpm_keras.cli import edit  # noqa: F401
 from ddpm_keras.cli import export  # noqa: F401

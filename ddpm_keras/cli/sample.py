@@ -3,6 +3,7 @@
     ddpm-keras sample --checkpoint RUN_DIR --out samples.png --gif denoise.gif
     ddpm-keras sample --checkpoint RUN_DIR --out roses.png --class "pink primrose" --guidance-scale 3
     ddpm-keras sample --checkpoint RUN_DIR --out sweep.png --labels 3,17,40 --guidance-sweep 1,2,4,8
+    ddpm-keras sample --checkpoint RUN_DIR --out guided.png --classifier clf.keras --labels 2 --guidance-sweep 0,1,3
 """
 
 import time
@@ -25,7 +26,9 @@ def add_sample_parser(commands, formatter):
         formatter_class=formatter,
         description="Generate images with the EMA network of a checkpoint and save them as a PNG grid. On a "
         "class-conditional model, --labels or --class choose the classes and --guidance-scale the classifier-free "
-        "guidance; --guidance-sweep draws the same noise under several scales, one row each.",
+        "guidance; --guidance-sweep draws the same noise under several scales, one row each. --classifier guides "
+        "any model with a noise-aware classifier (ddpm-keras train-classifier) towards --labels; the sweep then "
+        "varies --classifier-scale.",
     )
     add_checkpoint_args(sample)
     sample.add_argument("--num-images", type=positive_int, default=None,
@@ -50,7 +53,14 @@ def add_conditioning_args(parser):
     parser.add_argument("--guidance-rescale", type=probability, default=0.0,
                         help="Lin et al.'s rescale of the guided output's std, in [0, 1], against over-saturation")
     parser.add_argument("--guidance-sweep", default=None, metavar="S,S,...",
-                        help="draw the same noise under each guidance scale, one row per scale")
+                        help="draw the same noise under each guidance scale, one row per scale (with --classifier, "
+                        "each classifier scale)")
+    parser.add_argument("--classifier", default=None, metavar="CLF.keras",
+                        help="classifier guidance with a noise-aware classifier (ddpm-keras train-classifier) "
+                        "trained on this model's diffusion, towards --labels / --class")
+    parser.add_argument("--classifier-scale", type=non_negative_float, default=1.0,
+                        help="classifier guidance's scale s: the noise becomes eps - s sqrt(1 - ab_t) "
+                        "grad log p(y | x_t); 1 samples p(x | y), larger values sharpen it")
 
 
 def requested_labels(args):
@@ -82,6 +92,22 @@ def sweep_scales(text):
     return scales
 
 
+def load_classifier(path):
+    """The `NoisyClassifier` of `--classifier`, or a CLIError naming the file."""
+    import os
+
+    from ddpm_keras import NoisyClassifier
+    from ddpm_keras.cli.common import CLIError
+    from ddpm_keras.cli.common import load_keras_file
+
+    if not os.path.isfile(path):
+        raise CLIError(f"--classifier {path}: no such file (ddpm-keras train-classifier writes one).")
+    classifier = load_keras_file(path, "--classifier")
+    if not isinstance(classifier, NoisyClassifier):
+        raise CLIError(f"--classifier {path} holds a {type(classifier).__name__}, not a NoisyClassifier.")
+    return classifier
+
+
 def sample(args):
     """`ddpm-keras sample`: a PNG grid of samples from a checkpoint (and a GIF of their trajectory)."""
     import numpy as np
@@ -101,6 +127,7 @@ def sample(args):
         raise CLIError("--gif draws one trajectory: use it without --guidance-sweep.")
     scales = sweep_scales(args.guidance_sweep) if args.guidance_sweep else None
     model = load_model(args.checkpoint)
+    classifier = load_classifier(args.classifier) if args.classifier else None
     options = sampling_options(args, model.diffusion.num_timesteps)
     labels = requested_labels(args)
     ncols = None
@@ -111,16 +138,21 @@ def sample(args):
         labels = labels[0]
     num_images = args.num_images or (len(labels) if isinstance(labels, list) else 16)
     common = dict(num_images=num_images, seed=args.seed, batch_size=args.batch_size, labels=labels,
-                  guidance_rescale=args.guidance_rescale, **options)
+                  guidance_rescale=args.guidance_rescale, classifier=classifier, **options)
     start = time.perf_counter()
     if scales:
-        rows = [model.generate_images(guidance_scale=scale, **common) for scale in scales]
+        swept = "classifier_scale" if classifier is not None else "guidance_scale"
+        fixed = {"guidance_scale": args.guidance_scale} if classifier is not None else {}
+        rows = [model.generate_images(**{swept: scale}, **fixed, **common) for scale in scales]
         save_grid(np.concatenate(rows), args.out, ncols=num_images)
-        print(f"Wrote {len(scales)} rows of {num_images} samples ({args.sampler}), the same noise under guidance "
-              f"scales {', '.join(f'{s:g}' for s in scales)} (top to bottom), to {args.out} in "
+        print(f"Wrote {len(scales)} rows of {num_images} samples ({args.sampler}), the same noise under "
+              f"{'classifier ' if classifier is not None else ''}guidance scales {', '.join(f'{s:g}' for s in scales)} (top to bottom), to {args.out} in "
               f"{time.perf_counter() - start:.1f} s.")
         return
-    result = model.generate_images(guidance_scale=args.guidance_scale, return_trajectory=bool(args.gif), **common)
+    result = model.generate_images(
+        guidance_scale=args.guidance_scale, classifier_scale=args.classifier_scale, return_trajectory=bool(args.gif),
+        **common,
+    )
     images, trajectory = result if args.gif else (result, None)
     save_grid(images, args.out, ncols=ncols)
     print(f"Wrote {num_images} samples ({args.sampler}) to {args.out} in {time.perf_counter() - start:.1f} s.")

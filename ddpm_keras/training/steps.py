@@ -131,6 +131,17 @@ def _tf_batch_data(model, data):
         return images, tf.identity(labels)
 
 
+def replica_seed(seed_generator):
+    """`seed_generator`, or on TensorFlow under several replicas a seed of its own for each replica.
+
+    For any model whose training step draws noise (`NoisyClassifier`):
+    without it every replica of a mirrored seed generator draws the same.
+    """
+    if keras.backend.backend() == "tensorflow":
+        return _tf_replica_seed(seed_generator)
+    return seed_generator
+
+
 def _tf_replica_seed(seed_generator):
     """`seed_generator`, or under several replicas its next seed with the replica id folded in.
 
