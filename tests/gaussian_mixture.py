@@ -106,3 +106,35 @@ def closed_form_guided_eps(x, ab, label, scale):
     mixture = sum(w[:, k, None, None, None] * (x - a * m) for k, m in enumerate(MEANS)) / v
     gradient = -(x - a * MEANS[label]) / v + mixture
     return sigma * mixture - scale * sigma * gradient
+
+
+@keras.saving.register_keras_serializable(package="ddpm_keras_tests")
+class ConditionalMixturePredictor(keras.layers.Layer):
+    """The exact epsilon of class k for label k, and of the mixture for the null label `len(MEANS)`."""
+
+    def __init__(self, alphas_cumprod, **kwargs):
+        super().__init__(**kwargs)
+        self.alphas_cumprod = list(alphas_cumprod)
+        self.classes = [MixturePredictor(alphas_cumprod, means=[m]) for m in MEANS]
+        self.mixture = MixturePredictor(alphas_cumprod)
+
+    def call(self, inputs):
+        x, t, labels, _ = inputs  # the class embedding only marks the network as conditional
+        output = self.mixture([x, t])
+        for k, predictor in enumerate(self.classes):
+            output = ops.where(ops.reshape(labels == k, (-1, 1, 1, 1)), predictor([x, t]), output)
+        return output
+
+    def get_config(self):
+        return {**super().get_config(), "alphas_cumprod": self.alphas_cumprod}
+
+
+def make_conditional_model(img_size=4):
+    """A class-conditional DiffusionModel whose network is exact for each class and, for the null label, the mixture."""
+    model, _ = make_models(img_size=img_size)
+    images, t, labels = keras.Input((img_size, img_size, 1)), keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
+    # The embedding's rows (the classes and the null label) tell DiffusionModel the number of classes.
+    embedded = keras.layers.Embedding(len(MEANS) + 1, 1, name="class_embedding")(labels)
+    alphas_cumprod = model.diffusion.terms_float64["alphas_cumprod"]
+    output = ConditionalMixturePredictor(alphas_cumprod)([images, t, labels, embedded])
+    return DiffusionModel(keras.Model([images, t, labels], output), model.diffusion)

@@ -253,3 +253,20 @@ def test_noisy_classifier_trains_under_a_mirrored_strategy():
     assert result["replicas"] == 2 and np.isfinite(result["losses"]).all()
     assert result["spread"] == 0.0  # one update, the same on both copies
     assert result["differ"] > 0.5  # and the replicas' noise is not the same draw
+
+
+def test_classifier_guidance_composes_with_classifier_free_guidance():
+    # The conditional network is exact per class and, for the null label, the mixture: classifier-free guidance at
+    # scale 0 is the mixture, and the classifier at scale 1 turns it into the class, as on the unconditional model.
+    from gaussian_mixture import make_conditional_model
+
+    conditional, (_, classifier) = make_conditional_model(), make_models()
+    options = dict(seed=2, sampler="ddim", num_steps=30, verbose=0)
+    alone = make_models(means=MEANS[:1])[0].generate_images(32, **options)
+    composed = conditional.generate_images(32, labels=0, guidance_scale=0.0, classifier=classifier, **options)
+    np.testing.assert_allclose(composed, alone, atol=2e-3)
+    mixture = conditional.generate_images(32, labels=0, guidance_scale=0.0, **options)
+    assert np.abs(mixture - alone).max() > 0.1
+    # Classifier-free guidance at 1 is already the class; a classifier scale of 0 leaves it so.
+    conditional_only = conditional.generate_images(32, labels=0, classifier=classifier, classifier_scale=0.0, **options)
+    np.testing.assert_allclose(conditional_only, alone, atol=2e-3)

@@ -23,10 +23,12 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     # The plotting callback and the sampling cell showed pictures inline.
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 7
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 8
     assert (tmp_path / "checkpoints" / "notebook-tiny" / "denoising.gif").exists()
     assert (tmp_path / "checkpoints" / "notebook-tiny" / "model.keras").exists()
     assert (tmp_path / "checkpoints" / "notebook-tiny" / "samples" / "epoch_0001.png").exists()
+    # The classifier-guidance section trained and saved its noise-aware classifier.
+    assert (tmp_path / "checkpoints" / "notebook-tiny" / "classifier.keras").exists()
     # The class-conditional section trained on labelled data and drew one row per class.
     conditional = tmp_path / "checkpoints" / "notebook-tiny_cond"
     assert (conditional / "samples" / "epoch_0001.png").exists() and (conditional / "model.keras").exists()
