@@ -23,6 +23,7 @@ from ddpm_keras.inference import edit
 from ddpm_keras.inference import export
 from ddpm_keras.inference import generate
 from ddpm_keras.inference import likelihood
+from ddpm_keras.inference import score as scoring
 from ddpm_keras.inference.runner import ChainRunner
 from ddpm_keras.nn.unet import network_num_classes
 from ddpm_keras.options import TRAINING_OPTIONS
@@ -232,13 +233,14 @@ class DiffusionModel(keras.Model):
         """The `tf.distribute` strategy the model was built under, whose replicas share large requests; or `None`."""
         return getattr(self, "_distribute_strategy", None)
 
-    # Sampling, editing, the likelihood and the export: functions of `ddpm_keras.inference`.
+    # Sampling, editing, the likelihood, the score and the export: functions of `ddpm_keras.inference`.
     generate_images = _calls(generate.generate_images)
     inpaint = _calls(edit.inpaint)
     encode = _calls(edit.encode)
     decode = _calls(edit.decode)
     interpolate = _calls(edit.interpolate)
     bits_per_dim = _calls(likelihood.bits_per_dim)
+    score = _calls(scoring.score)
     export_generator = _calls(export.export_generator)
     label_ids = _calls(conditioning.label_ids)
 

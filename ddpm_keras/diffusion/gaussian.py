@@ -232,6 +232,33 @@ class GaussianDiffusion:
             sqrt_one_minus_ab * x_t + sqrt_ab * model_output,
         )
 
+    def score(self, model_output, x_t, t, prediction_type="epsilon"):
+        """The score `grad log p_t(x_t) = -eps / sqrt(1 - ab_t)` that a network's output stands for.
+
+        The noise from `split_prediction` (any prediction type) divided by
+        the noise's scale: the score of the marginal `p_t` that the network
+        models (Song et al. 2021, eq. 11; the denoising objective's noise
+        "up to a scaling factor"). `DiffusionModel.score` and the Langevin
+        corrector (`samplers.pc.langevin_step`) take it from here. Not
+        defined at a step where `ab_t = 1`.
+
+        Args:
+            model_output: The network's output at `(x_t, t)`.
+            x_t: The noisy images.
+            t: Integer tensor `(batch,)` of timesteps of this diffusion.
+            prediction_type: One of `PREDICTION_TYPES`. Defaults to
+                `"epsilon"`.
+
+        Returns:
+            The score, shaped as `x_t`.
+
+        Example:
+
+        >>> score = diffusion.score(network([x_t, t]), x_t, t)
+        """
+        _, noise = self.split_prediction(model_output, x_t, t, prediction_type)
+        return -noise / gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
     def q_posterior(self, x_start, x_t, t):
         """Mean, variance and clipped log-variance of `q(x_{t-1} | x_t, x_0)`."""
         posterior_mean = (

@@ -13,14 +13,14 @@ from ddpm_keras.samplers.ddpm import ddpm_step
 def langevin_step(denoise, diffusion, x, t, noise, snr=0.16):
     """One Langevin corrector step at step `t` (Song et al. 2021, Algorithm 5, VP).
 
-    With the score `s = -eps / sqrt(1 - ab_t)` and, per image,
-    `step_size = 2 alpha_t (snr ||z|| / ||s||)^2` (`alpha_t = 1 - beta_t`):
-    `x + step_size s + sqrt(2 step_size) z`.
+    With the score `s = -eps / sqrt(1 - ab_t)` of the (unclipped)
+    denoiser's noise (`GaussianDiffusion.score`, which `DiffusionModel.score`
+    also reads) and, per image, `step_size = 2 alpha_t (snr ||z|| / ||s||)^2`
+    (`alpha_t = 1 - beta_t`): `x + step_size s + sqrt(2 step_size) z`.
     """
     _, eps = denoise(x, t)
-    terms = diffusion.terms_float64
-    score = -eps / gather(terms["sqrt_one_minus_alphas_cumprod"], t, x)
-    alpha = gather(1.0 - terms["betas"], t, x)
+    score = diffusion.score(eps, x, t, prediction_type="epsilon")
+    alpha = gather(1.0 - diffusion.terms_float64["betas"], t, x)
     axes = tuple(range(1, len(x.shape)))
     noise_norm = ops.sqrt(ops.sum(ops.square(noise), axis=axes, keepdims=True))
     score_norm = ops.sqrt(ops.sum(ops.square(score), axis=axes, keepdims=True))
