@@ -33,7 +33,8 @@ from ddpm_keras.utils.distribute import is_chief
 from ddpm_keras.utils.distribute import strategy_scope
 from ddpm_keras.utils.distribute import worker_of
 
-EVALUATE_METRICS = ("fid", "kid", "is", "bpd")
+EVALUATE_METRICS = ("fid", "kid", "is", "bpd", "bpd-ode")
+ODE_SOLVERS = ("rk45", "rk4")
 
 
 def add_evaluate_parser(commands, formatter):
@@ -44,7 +45,8 @@ def add_evaluate_parser(commands, formatter):
         formatter_class=formatter,
         description="Generate --num-samples images with the EMA network and compare them with the real images of "
         "--dataset (FID, KID), score them (Inception Score), and compute the negative log-likelihood of real "
-        "images in bits per dimension (bpd). Prints a table; --out writes JSON. The real images' features are "
+        "images in bits per dimension (bpd: the variational bound; bpd-ode: the likelihood of the probability-flow "
+        "ODE, with its number of network evaluations). Prints a table; --out writes JSON. The real images' features are "
         "cached (--cache-dir) and recomputed when the images change.",
     )
     evaluate.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
@@ -67,6 +69,12 @@ def add_evaluate_parser(commands, formatter):
     evaluate.add_argument("--bpd-images", type=positive_int, default=256, help="real images for bpd (the first ones)")
     evaluate.add_argument("--bpd-steps", type=positive_int, default=None,
                           help="timesteps for bpd: all T (exact) or fewer (a stratified estimate)")
+    evaluate.add_argument("--ode-solver", default="rk45", choices=ODE_SOLVERS,
+                          help="bpd-ode's solver: adaptive Dormand-Prince or fixed-step RK4")
+    evaluate.add_argument("--ode-steps", type=positive_int, default=100, help="bpd-ode's RK4 steps")
+    evaluate.add_argument("--ode-tolerance", type=float, default=1e-5, help="bpd-ode's RK45 rtol and atol")
+    evaluate.add_argument("--ode-probes", type=positive_int, default=1,
+                          help="bpd-ode's Skilling-Hutchinson probes per image (Rademacher)")
     evaluate.add_argument("--out", default=None, help="also write the results to this JSON file")
     add_overwrite_arg(evaluate)
     evaluate.add_argument("--strategy", default="none", choices=STRATEGIES,
@@ -93,6 +101,8 @@ def evaluate(args):
         if name in metrics and args.num_samples < needed:
             raise CLIError(f"--num-samples {args.num_samples} is too few for {name}: it needs at least {needed}"
                            + (" (one per --is-splits)." if name == "is" else "."))
+    if "bpd-ode" in metrics:
+        _ode_options(args)  # its errors before any computation
     if args.out:  # before any computation
         check_output(args.out, "--out", ".json", args.overwrite)
     # Under a strategy the model is built on its replicas: generate_images deals its chunks to them
@@ -105,7 +115,7 @@ def evaluate(args):
     run = _run_info(args.checkpoint)
     dataset_name = args.dataset or run.get("dataset")
     split = args.split or run.get("split") or "train"
-    needs_real = bool({"fid", "kid", "bpd"} & set(metrics))
+    needs_real = bool({"fid", "kid", "bpd", "bpd-ode"} & set(metrics))
     if needs_real and dataset_name is None:
         raise CLIError("Pass --dataset: the checkpoint has no run.json saying what it was trained on.")
     real = _real_images(dataset_name, split, model.image_shape[:2], args.data_dir, run.get("seed", 0)) if needs_real else None
@@ -149,6 +159,17 @@ def evaluate(args):
             real.unbatch().take(args.bpd_images).batch(args.batch_size), num_steps=args.bpd_steps, seed=args.seed,
         )
         seconds["bpd"] = time.perf_counter() - tic
+    if "bpd-ode" in metrics:
+        tic = time.perf_counter()
+        ode = _ode_options(args)
+        print(f"Bits per dimension of {args.bpd_images} real images by the probability-flow ODE ("
+              + ", ".join(f"{k}={v}" for k, v in ode.items()) + ")")
+        result = model.bits_per_dim(
+            real.unbatch().take(args.bpd_images).batch(args.batch_size), method="ode", seed=args.seed,
+            return_terms=True, **ode,
+        )
+        results["bpd-ode"], results["bpd-ode_nfe"] = result["bpd"], result["nfe"]
+        seconds["bpd-ode"] = time.perf_counter() - tic
     seconds["total"] = time.perf_counter() - start
     _print_table(results)
     # Every worker of a multi-worker run measures the same images; only the chief writes them down.
@@ -161,10 +182,20 @@ def evaluate(args):
             "checkpoint": args.checkpoint, "dataset": dataset_name, "split": split, "metrics": results,
             "num_samples": args.num_samples, "sampling": sampling, "seed": args.seed,
             "feature_extractor": None if extractor is None else extractor.name,
-            "bpd_images": args.bpd_images if "bpd" in metrics else None, "bpd_steps": args.bpd_steps,
+            "bpd_images": args.bpd_images if {"bpd", "bpd-ode"} & set(metrics) else None, "bpd_steps": args.bpd_steps,
+            "bpd_ode": _ode_options(args) if "bpd-ode" in metrics else None,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
         })
         print(f"Wrote {args.out}")
+
+
+def _ode_options(args):
+    """`bits_per_dim(method="ode")`'s options from `--ode-*`."""
+    if not args.ode_tolerance > 0:
+        raise CLIError(f"--ode-tolerance must be > 0. Received: {args.ode_tolerance}")
+    if args.ode_solver == "rk4":
+        return {"solver": "rk4", "num_steps": args.ode_steps, "num_probes": args.ode_probes}
+    return {"solver": "rk45", "rtol": args.ode_tolerance, "atol": args.ode_tolerance, "num_probes": args.ode_probes}
 
 
 def _strategy_scope(name):
@@ -185,7 +216,8 @@ def _note_unsplit_sampling(args, strategy):
 
 
 def _print_table(results):
-    labels = {"fid": "FID", "kid": "KID", "is": "Inception Score", "bpd": "bits/dim"}
+    labels = {"fid": "FID", "kid": "KID", "is": "Inception Score", "bpd": "bits/dim", "bpd-ode": "bits/dim (ODE)",
+              "bpd-ode_nfe": "ODE evaluations"}
     print(f"{'metric':<16} {'value':>12} {'std':>10}")
     for key, label in labels.items():
         if key in results:

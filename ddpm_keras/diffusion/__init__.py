@@ -6,6 +6,8 @@
   prediction types (`split_prediction`, `prediction_target`), and `gather`.
 - `objectives`: the loss weightings (min-SNR-gamma) per timestep.
 - `likelihood`: the terms of the variational bound in bits per dimension.
+- `ode`: the probability-flow ODE, its solvers and trace estimators, and
+  the likelihood it gives.
 """
 
 from ddpm_keras.diffusion.gaussian import PREDICTION_TYPES
