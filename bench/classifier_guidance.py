@@ -1,12 +1,13 @@
 """How classifier guidance trades diversity for class fidelity, and what it costs per step, on synthetic flowers.
 
 Usage: python bench/classifier_guidance.py [--preset tiny] [--epochs 40] [--classifier-epochs 20] [--img-size 16]
-       [--num-samples 500] [--seeds 0,1,2] [--scales 0,1,3,10] [--out DIR] [--load DIR]
+       [--classifier-width 0.25] [--num-samples 500] [--seeds 0,1,2] [--scales 0,1,3,10] [--out DIR] [--load DIR]
 
 1. Trains the preset's unconditional model on 2,048 synthetic flowers (labels unused) and a
-   `NoisyClassifier` (`build_classifier`: the preset UNet's encoder, one residual block per level)
-   on the same flowers with their 4 classes (a petal colour family and a petal count each), on the
-   model's diffusion. Prints the classifier's accuracy by noise level on held-out flowers.
+   `NoisyClassifier` (`build_classifier`: the preset UNet's encoder at `--classifier-width` times its
+   widths, one residual block per level) on the same flowers with their 4 classes (a petal colour
+   family and a petal count each), on the model's diffusion. Prints the classifier's accuracy by
+   noise level on held-out flowers.
 2. Trains the feature extractor of `bench/quality.py`.
 3. For each classifier scale and sampling seed: `--num-samples` samples, a quarter per class, drawn
    with `presets.DEFAULT_SAMPLING` and `classifier_scale=s` (scale 0: the unguided model). Reports
@@ -19,7 +20,7 @@ Usage: python bench/classifier_guidance.py [--preset tiny] [--epochs 40] [--clas
    median of 3 timed runs after a warm-up), and their ratio.
 
 `--out DIR` saves the models, a grid per scale (seed 0, one row per class) and `results.json`;
-`--load DIR` reuses the models.
+`--load DIR` reuses the models (and trains the classifier if DIR has none).
 """
 
 import argparse
@@ -44,6 +45,7 @@ from ddpm_keras.data import synthetic_class_of  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.data import synthetic_labels  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
+from ddpm_keras.nn.classifier import encoder_config  # noqa: E402
 from ddpm_keras.metrics import frechet_distance  # noqa: E402
 from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
@@ -52,27 +54,34 @@ from ddpm_keras.visualize import save_image_grid  # noqa: E402
 NUM_CLASSES = len(SYNTHETIC_CLASS_NAMES)
 
 
-def train_models(preset, img_size, epochs, classifier_epochs):
-    """The unconditional model and its noise-aware classifier, trained on the same 2,048 labelled flowers."""
-    config = get_preset(preset)
+def training_flowers(img_size):
     labels = synthetic_labels(2048, seed=0)
-    images = synthetic_flowers(2048, img_size, seed=0, labels=labels)
-    batch_size = config["training"]["batch_size"]
+    return synthetic_flowers(2048, img_size, seed=0, labels=labels), labels
+
+
+def train_model(preset, img_size, epochs):
+    """The unconditional model, trained on 2,048 flowers (their labels unused)."""
+    images, _ = training_flowers(img_size)
     model = DiffusionModel.from_preset(preset, img_size=img_size, seed=0)
     start = time.perf_counter()
-    model.fit(images, batch_size=batch_size, epochs=epochs, verbose=0)
-    model_seconds = time.perf_counter() - start
-    unet = config["unet"]
-    network = build_classifier(img_size, 3, NUM_CLASSES, unet["widths"], unet["has_attention"], num_res_blocks=1,
-                               norm_groups=unet["norm_groups"], first_conv_channels=unet["first_conv_channels"])
+    model.fit(images, batch_size=get_preset(preset)["training"]["batch_size"], epochs=epochs, verbose=0)
+    print(f"{preset}: {model.network.count_params():,} parameters, {epochs} epochs in "
+          f"{time.perf_counter() - start:.0f} s")
+    return model
+
+
+def train_classifier(model, preset, width, epochs):
+    """A noise-aware classifier on the model's diffusion: the preset UNet's encoder at `width` times its widths."""
+    images, labels = training_flowers(model.image_shape[0])
+    config = encoder_config(get_preset(preset)["unet"], width)
+    network = build_classifier(model.image_shape[0], 3, NUM_CLASSES, **config)
     classifier = NoisyClassifier(network, model.diffusion, seed=0, class_names=list(SYNTHETIC_CLASS_NAMES))
     classifier.compile(optimizer=keras.optimizers.Adam(1e-3))
     start = time.perf_counter()
-    classifier.fit(images, labels, batch_size=batch_size, epochs=classifier_epochs, verbose=0)
-    print(f"{preset}: {model.network.count_params():,} parameters, {epochs} epochs in {model_seconds:.0f} s; "
-          f"classifier: {network.count_params():,} parameters, {classifier_epochs} epochs in "
+    classifier.fit(images, labels, batch_size=64, epochs=epochs, verbose=0)
+    print(f"classifier: widths {config['widths']}, {network.count_params():,} parameters, {epochs} epochs in "
           f"{time.perf_counter() - start:.0f} s")
-    return model, classifier
+    return classifier
 
 
 def measure(model, classifier, extractor, reference, scale, seed, num_samples):
@@ -117,6 +126,8 @@ def main():
     parser.add_argument("--img-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--classifier-epochs", type=int, default=20)
+    parser.add_argument("--classifier-width", type=float, default=0.25,
+                        help="the classifier's widths as a fraction of the UNet's")
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--scales", default="0,1,3,10")
@@ -127,18 +138,23 @@ def main():
     scales = [float(s) for s in args.scales.split(",")]
     keras.utils.set_random_seed(0)
 
+    classifier = None
     if args.load:
         load = lambda name: keras.saving.load_model(os.path.join(args.load, name))  # noqa: E731
-        model, classifier, extractor = load("model.keras"), load("classifier.keras"), load("extractor.keras")
+        model, extractor = load("model.keras"), load("extractor.keras")
+        if os.path.exists(os.path.join(args.load, "classifier.keras")):
+            classifier = load("classifier.keras")
         args.img_size = model.image_shape[0]
     else:
         extractor, accuracy = train_extractor(args.img_size)
         print(f"extractor: petal-count accuracy {accuracy:.3f} on held-out flowers")
-        model, classifier = train_models(args.preset, args.img_size, args.epochs, args.classifier_epochs)
-        if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            for name, item in (("model", model), ("classifier", classifier), ("extractor", extractor)):
-                item.save(os.path.join(args.out, f"{name}.keras"))
+        model = train_model(args.preset, args.img_size, args.epochs)
+    if classifier is None:
+        classifier = train_classifier(model, args.preset, args.classifier_width, args.classifier_epochs)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        for name, item in (("model", model), ("classifier", classifier), ("extractor", extractor)):
+            item.save(os.path.join(args.out, f"{name}.keras"))
 
     held_out = synthetic_labels(1000, seed=2)
     by_level = classifier.accuracy_by_noise_level(synthetic_flowers(1000, args.img_size, seed=2, labels=held_out),

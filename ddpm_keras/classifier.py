@@ -157,7 +157,8 @@ class NoisyClassifier(keras.Model):
                 x_0, eps = images[begin : begin + batch_size], noise[begin : begin + batch_size]
                 steps = ops.full((len(x_0),), t, dtype="int32")
                 logits = self.network([self.diffusion.q_sample(x_0, steps, eps), steps], training=False)
-                correct += int(np.sum(np.argmax(ops.convert_to_numpy(logits), -1) == labels[begin : begin + batch_size]))
+                predicted = np.argmax(ops.convert_to_numpy(logits), -1)
+                correct += int(np.sum(predicted == labels[begin : begin + batch_size]))
             accuracy[t] = correct / len(images)
         return accuracy
 

@@ -132,7 +132,8 @@ class ConditionalMixturePredictor(keras.layers.Layer):
 def make_conditional_model(img_size=4):
     """A class-conditional DiffusionModel whose network is exact for each class and, for the null label, the mixture."""
     model, _ = make_models(img_size=img_size)
-    images, t, labels = keras.Input((img_size, img_size, 1)), keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
+    images = keras.Input((img_size, img_size, 1))
+    t, labels = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
     # The embedding's rows (the classes and the null label) tell DiffusionModel the number of classes.
     embedded = keras.layers.Embedding(len(MEANS) + 1, 1, name="class_embedding")(labels)
     alphas_cumprod = model.diffusion.terms_float64["alphas_cumprod"]

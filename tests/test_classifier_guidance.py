@@ -96,7 +96,8 @@ def test_accuracy_by_noise_level_matches_the_closed_form():
     for t, measured in accuracy.items():
         a, v = np.sqrt(ab[t]), ab[t] * S**2 + 1 - ab[t]
         expected = norm.cdf(a * (MEANS[1] - MEANS[0]) * 4.0 / (2.0 * np.sqrt(v)))
-        assert abs(measured - expected) < 3.5 * np.sqrt(expected * (1 - expected) / 2000) + 1e-3, (t, measured, expected)
+        spread = np.sqrt(expected * (1 - expected) / 2000)
+        assert abs(measured - expected) < 3.5 * spread + 1e-3, (t, measured, expected)
 
 
 def test_noisy_classifier_trains_saves_and_loads(tmp_path):
@@ -149,7 +150,8 @@ def _colour_classes(n, seed=0):
     labels = rng.integers(0, 3, n)
     colours = np.full((3, 3), -0.6, np.float32) + 1.4 * np.eye(3, dtype=np.float32)
     brightness = rng.uniform(0.6, 1.0, (n, 1, 1, 1))
-    return (colours[labels][:, None, None, :] * brightness + 0.05 * rng.normal(size=(n, 8, 8, 3))).astype("float32"), labels
+    images = colours[labels][:, None, None, :] * brightness + 0.05 * rng.normal(size=(n, 8, 8, 3))
+    return images.astype("float32"), labels
 
 
 @pytest.mark.slow
@@ -161,11 +163,13 @@ def test_a_trained_classifier_guides_a_trained_unconditional_model_to_the_class(
     images, labels = _colour_classes(512)
     diffusion = GaussianDiffusion(timesteps=100, beta_end=0.2)
     model = DiffusionModel(
-        build_unet(8, 3, [16, 32], [False, False], num_res_blocks=1, first_conv_channels=16), diffusion, ema=0.99, seed=0
+        build_unet(8, 3, [16, 32], [False, False], num_res_blocks=1, first_conv_channels=16), diffusion, ema=0.99,
+        seed=0,
     )
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     model.fit(images, batch_size=32, epochs=12, verbose=0)
-    classifier = NoisyClassifier(build_classifier(8, 3, 3, [16, 32], [False, False], num_res_blocks=1), diffusion, seed=0)
+    network = build_classifier(8, 3, 3, [16, 32], [False, False], num_res_blocks=1)
+    classifier = NoisyClassifier(network, diffusion, seed=0)
     classifier.compile(optimizer=keras.optimizers.Adam(2e-3))
     classifier.fit(images, labels, batch_size=32, epochs=8, verbose=0)
 
@@ -194,7 +198,8 @@ for sampler, steps in (("ddpm", None), ("dpmpp_2m_sde", 20)):
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 2, 32)
 images = (np.asarray(MEANS)[labels][:, None, None, None] + 0.2 * rng.normal(size=(32, 8, 8, 3))).astype("float32")
-clf = NoisyClassifier(build_classifier(8, 3, 2, [8, 16], [False, True], num_res_blocks=1), GaussianDiffusion(timesteps=20), seed=0)
+network = build_classifier(8, 3, 2, [8, 16], [False, True], num_res_blocks=1)
+clf = NoisyClassifier(network, GaussianDiffusion(timesteps=20), seed=0)
 clf.compile(optimizer=keras.optimizers.Adam(3e-3))
 losses = clf.fit(images, labels, batch_size=16, epochs=3, verbose=0).history["loss"]
 clf.save("/tmp/clf_" + keras.backend.backend() + ".keras")

@@ -145,8 +145,9 @@ def sample(args):
         fixed = {"guidance_scale": args.guidance_scale} if classifier is not None else {}
         rows = [model.generate_images(**{swept: scale}, **fixed, **common) for scale in scales]
         save_grid(np.concatenate(rows), args.out, ncols=num_images)
-        print(f"Wrote {len(scales)} rows of {num_images} samples ({args.sampler}), the same noise under "
-              f"{'classifier ' if classifier is not None else ''}guidance scales {', '.join(f'{s:g}' for s in scales)} (top to bottom), to {args.out} in "
+        kind = "classifier guidance" if classifier is not None else "guidance"
+        print(f"Wrote {len(scales)} rows of {num_images} samples ({args.sampler}), the same noise under {kind} "
+              f"scales {', '.join(f'{s:g}' for s in scales)} (top to bottom), to {args.out} in "
               f"{time.perf_counter() - start:.1f} s.")
         return
     result = model.generate_images(

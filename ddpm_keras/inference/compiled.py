@@ -87,7 +87,7 @@ def weight_values(network):
 
 
 def tf_chain_function(network, chain):
-    """`fn(trainable, non_trainable, seed, *inputs)`: `chain` on TensorFlow with the weights and an int32 seed as arguments.
+    """`fn(trainable, non_trainable, seed, *inputs)`: `chain` on TensorFlow, the weights and an int32 seed arguments.
 
     Each noise draw's seed is `[seed, step]`. Not compiled: `compile_chain`
     and `ddpm_keras.inference.export` wrap it in `tf.function(jit_compile=True)`.

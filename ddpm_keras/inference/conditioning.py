@@ -133,7 +133,7 @@ def classifier_of(conditioning):
 
 
 def chain_inputs(conditioning, begin, size, null_label):
-    """The chain inputs of images `[begin, begin + size)`: the classifier's, then labels (null-padded), scale, rescale."""
+    """The chain inputs of images `[begin, begin + size)`: the classifier's, then labels (null-padded) and scales."""
     if conditioning is None:
         return ()
     guided = classifier_guidance.chain_inputs(conditioning.classifier, begin, size)
