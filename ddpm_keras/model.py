@@ -25,10 +25,13 @@ from ddpm_keras.inference import generate
 from ddpm_keras.inference import likelihood
 from ddpm_keras.inference import score as scoring
 from ddpm_keras.inference.runner import ChainRunner
+from ddpm_keras.nn.unet import network_is_inpainting
 from ddpm_keras.nn.unet import network_num_classes
 from ddpm_keras.options import TRAINING_OPTIONS
 from ddpm_keras.preset_builder import build_model
+from ddpm_keras.preset_builder import inpainting_model
 from ddpm_keras.training import labels as training_labels
+from ddpm_keras.training import masks as training_masks
 from ddpm_keras.training import objective
 from ddpm_keras.training import steps as train_steps
 from ddpm_keras.utils.checks import is_int
@@ -70,6 +73,12 @@ class DiffusionModel(keras.Model):
     Salimans 2022). Validation (`evaluate`, `validation_data`) uses the
     labels as given: its loss is the conditional one.
 
+    An inpainting network (`build_unet(..., inpainting=True)`, inputs
+    `[x_t, t, masked_image, mask(, labels)]`) trains on `fit(images)` with
+    a random mask per image from the model's seed (`training.masks`, at
+    the rates `mask_rates`; 1 = known); `inpaint` then runs any sampler
+    with the mask as an input, and `to_inpainting()` starts one.
+
     Args:
         network: A Keras model `[x_t, t] -> prediction` (the noise, `v`
             or `x_0`, as `prediction_type` says), such as `build_unet(...)`,
@@ -108,14 +117,18 @@ class DiffusionModel(keras.Model):
         class_names: `None` or a list of `num_classes` strings, the name of
             each class (a conditional model only); saved with the model.
             Defaults to `None`.
+        mask_rates: `None` (`training.masks.DEFAULT_MASK_RATES`) or a dict
+            from the mask kinds `"box"`, `"half"`, `"stroke"`, `"all"` to
+            their probabilities in training, summing to 1; for an
+            inpainting network. Defaults to `None`.
 
     Call arguments:
         inputs: `[x_t, t]`, or `[x_t, t, labels]` for a conditional
-            network: noisy images, int timesteps `(batch,)` and int labels
-            `(batch,)`. Returns the training network's prediction. Without
-            labels a conditional network gets the null label (its
-            unconditional prediction); a tensor of images alone is taken at
-            `t = 0`.
+            network (`objective.network_inputs`: an inpainting network's
+            mask after `t`, the all-zero mask when none is given). Returns
+            the training network's prediction. Without labels a
+            conditional network gets the null label (its unconditional
+            prediction); a tensor of images alone is taken at `t = 0`.
 
     Example:
 
@@ -143,6 +156,7 @@ class DiffusionModel(keras.Model):
         ema_warmup=False,
         cond_drop_prob=0.1,
         class_names=None,
+        mask_rates=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -169,6 +183,10 @@ class DiffusionModel(keras.Model):
         self._num_classes = network_num_classes(network)
         self.cond_drop_prob = training_labels.check_cond_drop_prob(cond_drop_prob)
         self.class_names = training_labels.check_class_names(class_names, self._num_classes)
+        self.inpainting = network_is_inpainting(network)  # the network takes the masked image and the mask
+        self.mask_rates = training_masks.check_mask_rates(
+            training_masks.DEFAULT_MASK_RATES if mask_rates is None else mask_rates
+        )
         self.network = network
         self.ema_network = ema_network
         objective.freeze(self.ema_network)
@@ -249,18 +267,7 @@ class DiffusionModel(keras.Model):
         return self.runner.inference_network(dtype)
 
     def call(self, inputs, training=False):
-        if not isinstance(inputs, (list, tuple)):
-            # Keras builds a compiled loss by calling the model on a batch of
-            # images alone.
-            inputs = [inputs, ops.zeros((ops.shape(inputs)[0],), dtype="int32")]
-        if len(inputs) not in (2, 3):
-            raise ValueError(f"inputs must be [x_t, t] or [x_t, t, labels]. Received: {len(inputs)} inputs")
-        inputs = list(inputs)
-        if len(inputs) == 3 and self.num_classes is None:
-            raise training_labels.unconditional_error(inputs[2])
-        if len(inputs) == 2 and self.num_classes is not None:
-            inputs.append(ops.full_like(ops.cast(inputs[1], "int32"), self.null_label))
-        return self.network(inputs, training=training)
+        return self.network(objective.network_inputs(self, inputs), training=training)
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with the labels (`y`, `validation_data`'s, a dataset's) checked first."""
@@ -272,6 +279,8 @@ class DiffusionModel(keras.Model):
     drop_labels = _calls(objective.drop_labels)
     training_batch = _calls(objective.training_batch)
     noisy_batch = _calls(objective.noisy_batch)
+    random_masks = _calls(objective.random_masks)
+    to_inpainting = _calls(inpainting_model)
     ema_decay = _calls(objective.ema_decay)
     update_ema = _calls(objective.update_ema)
 

@@ -20,6 +20,7 @@ from typing import Optional
 from ddpm_keras.diffusion.gaussian import PREDICTION_TYPES
 from ddpm_keras.diffusion.objectives import LOSS_WEIGHTINGS
 from ddpm_keras.diffusion.schedules import BETA_SCHEDULES
+from ddpm_keras.training.masks import MASK_KINDS
 
 
 class ModelOption(NamedTuple):
@@ -42,6 +43,11 @@ class ModelOption(NamedTuple):
         metavar: The flag's value in the help, or `None` (argparse's).
         conditional: Whether the option applies to class-conditional models
             only (it is recorded as `None` for the others).
+        inpainting: Whether the option applies to inpainting models only
+            (recorded as `None` for the others).
+        keys: `None`, or the keys of an option whose value is a dict: its
+            flag takes `KEY=VALUE` pairs (`range` checks each value), the
+            keys not named get 0.
     """
 
     name: str
@@ -54,6 +60,8 @@ class ModelOption(NamedTuple):
     none_word: Optional[str] = None
     metavar: Optional[str] = None
     conditional: bool = False
+    inpainting: bool = False
+    keys: Optional[tuple] = None
 
     @property
     def flag(self):
@@ -61,7 +69,10 @@ class ModelOption(NamedTuple):
         return None if self.help is None else "--" + self.name.replace("_", "-")
 
     def from_flag(self, value):
-        """A flag's value as the option's: `none_word` is `None`."""
+        """A flag's value as the option's: `none_word` is `None`; `KEY=VALUE` pairs a dict over `keys`."""
+        if self.keys is not None and value is not None:
+            pairs = dict(value)
+            return {key: float(pairs.get(key, 0.0)) for key in self.keys}
         return None if self.none_word is not None and value == self.none_word else value
 
     def saved(self, config):
@@ -104,6 +115,13 @@ OPTIONS = (
         metavar="P", conditional=True,
         help="probability that a label is replaced by the null label in training (Ho & Salimans). "
         "Default: the preset's",
+    ),
+    ModelOption(
+        "mask_rates", "training", "mask_rates", keys=MASK_KINDS, range={"low": 0.0, "high": 1.0},
+        metavar="KIND=P", inpainting=True,
+        help="an inpainting model's training masks: the probability of each kind, box, half, stroke (free-form) "
+        "and all (the whole image: free generation), summing to 1; kinds not named get 0, "
+        "e.g. --mask-rates box=0.5 stroke=0.4 all=0.1. Default: the preset's",
     ),
 )
 

@@ -12,6 +12,7 @@ import inspect
 import keras
 
 from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.nn.inpainting import inpainting_network
 from ddpm_keras.nn.unet import build_unet
 from ddpm_keras.presets import MODEL_OPTIONS
 from ddpm_keras.presets import get_preset
@@ -80,3 +81,47 @@ def model_from_config(model_class, config, compile=True, **model_arguments):
     if compile:
         model.compile(optimizer=keras.optimizers.Adam(config["training"]["learning_rate"]))
     return model
+
+
+def inpainting_model(model, mask_rates=None, **options):
+    """A new inpainting model started from `model`: the same outputs until it trains on masks.
+
+    `DiffusionModel.to_inpainting`. Its network and EMA network are
+    `nn.inpainting.inpainting_network` of `model`'s: the same configuration
+    and weights, with the masked image and the mask as more input channels
+    of the first conv, whose kernel is zero on them, so that its first
+    training step computes exactly `model`'s prediction (as the Stable
+    Diffusion inpainting models were started). The diffusion, seed, class
+    names and options are `model`'s unless given; not compiled. What
+    `ddpm-keras train --inpainting --init-from RUN` starts from.
+
+    Args:
+        model: A `DiffusionModel` whose network is not an inpainting one.
+        mask_rates: `None` (`model`'s) or a dict, as `DiffusionModel`
+            takes it. Defaults to `None`.
+        **options: Other options of `MODEL_OPTIONS` to change for the
+            fine-tuning (`loss_weighting=None`, `ema=0.999`, ...).
+
+    Returns:
+        A new `DiffusionModel` (of `model`'s class) with `inpainting` true.
+
+    Example:
+
+    >>> inpainter = model.to_inpainting()
+    >>> inpainter.compile(optimizer=keras.optimizers.Adam(1e-4))
+    >>> inpainter.fit(images, epochs=10)
+    >>> filled = inpainter.inpaint(images, mask, sampler="dpmpp_2m", num_steps=20)
+    """
+    config = model.get_config()
+    for name in ("name", "network", "ema_network"):
+        config.pop(name)
+    diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
+    if mask_rates is not None:
+        config["mask_rates"] = mask_rates
+    unknown = sorted(set(options) - set(MODEL_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown option {unknown[0]!r}: expected one of {sorted(MODEL_OPTIONS)}. Received: {options}")
+    config.update(options)
+    return type(model)(
+        inpainting_network(model.network), diffusion, ema_network=inpainting_network(model.ema_network), **config
+    )

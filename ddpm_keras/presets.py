@@ -20,6 +20,7 @@ import copy
 
 from ddpm_keras.options import TRAINING_OPTIONS
 from ddpm_keras.samplers.options import DEFAULT_SAMPLING  # noqa: F401 - the sampler of the pictures users see
+from ddpm_keras.training.masks import DEFAULT_MASK_RATES
 
 # The keys of a preset's "training" dict that are `DiffusionModel` arguments (`options.OPTIONS`).
 MODEL_OPTIONS = TRAINING_OPTIONS
@@ -47,6 +48,8 @@ PRESETS = {
             "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False,
             # Class-conditional models (unet num_classes): the labels replaced by the null label (Ho & Salimans).
             "cond_drop_prob": 0.1,
+            # Inpainting models (unet inpainting): the kinds of training masks (training.masks).
+            "mask_rates": dict(DEFAULT_MASK_RATES),
         },
     },
     # Three minutes on a 2-core CPU (coloured blobs after its 640 steps); what the tests train.
@@ -68,7 +71,7 @@ PRESETS = {
             "batch_size": 32, "learning_rate": 1e-3, "ema": 0.995, "epochs": 20,
             "dataset": "synthetic", "plot_every": 5,
             "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False,
-            "cond_drop_prob": 0.1,
+            "cond_drop_prob": 0.1, "mask_rates": dict(DEFAULT_MASK_RATES),
         },
     },
 }

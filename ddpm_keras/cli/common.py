@@ -66,18 +66,20 @@ def add_overwrite_arg(parser, what="an output file"):
 def add_sampler_arguments(parser, inpainting=False):
     """--sampler, --steps, --timestep-spacing, the flags of `samplers.SamplerOptions`' table, and --dtype.
 
-    Defaults from `presets.DEFAULT_SAMPLING`; inpainting takes its own
-    samplers and the options that apply to them.
+    Defaults from `presets.DEFAULT_SAMPLING`; inpainting takes the options
+    that apply to it (the replacement method's samplers are ddpm and ddim,
+    an inpainting model runs any).
     """
     from ddpm_keras import samplers
     from ddpm_keras.inference.precision import INFERENCE_DTYPES
     from ddpm_keras.presets import DEFAULT_SAMPLING
 
-    choices = samplers.INPAINT_SAMPLERS if inpainting else samplers.SAMPLERS
+    # Inpainting: the replacement method's samplers (INPAINT_SAMPLERS), or any on an inpainting model.
+    choices = samplers.SAMPLERS
     default = "ddpm" if inpainting else DEFAULT_SAMPLING["sampler"]
-    default_steps = "all T" if inpainting else (
-        f"{DEFAULT_SAMPLING['num_steps']} for the default sampler, else the sampler's own (ddpm, pc: all T; "
-        f"ddim: {samplers.DEFAULT_DDIM_STEPS}; the solvers: {samplers.DEFAULT_SOLVER_STEPS})"
+    own = f"ddpm, pc: all T; ddim: {samplers.DEFAULT_DDIM_STEPS}; the solvers: {samplers.DEFAULT_SOLVER_STEPS}"
+    default_steps = own if inpainting else (
+        f"{DEFAULT_SAMPLING['num_steps']} for the default sampler, else the sampler's own ({own})"
     )
     parser.add_argument("--sampler", default=default, choices=choices,
                         help="ddpm: ancestral; ddim: Song et al. 2021 (deterministic with --eta 0); "

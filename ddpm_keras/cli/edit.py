@@ -24,8 +24,9 @@ def add_inpaint_parser(commands, formatter):
         help="fill in the masked region of an image",
         formatter_class=formatter,
         description="Inpaint an image: pixels where the mask is white are kept, black ones are generated "
-        "(replacement method, RePaint resampling with --resample > 1). The output PNG shows the original, "
-        "the masked input and --num-images results.",
+        "(replacement method, RePaint resampling with --resample > 1, with --sampler ddpm or ddim; an inpainting "
+        "model, trained with `train --inpainting`, takes the mask as an input and runs any sampler). The output "
+        "PNG shows the original, the masked input and --num-images results.",
     )
     add_checkpoint_args(inpaint)
     inpaint.add_argument("--image", required=True, help="the image (any size: centre-cropped and resized)")
@@ -33,7 +34,8 @@ def add_inpaint_parser(commands, formatter):
     inpaint.add_argument("--num-images", type=positive_int, default=4, help="number of fillings to draw")
     add_sampler_arguments(inpaint, inpainting=True)
     inpaint.add_argument("--resample", type=positive_int, default=1,
-                         help="RePaint resampling count per step (blends the edges; costs that many network calls)")
+                         help="RePaint resampling count per step (blends the edges; costs that many network calls); "
+                         "1 for an inpainting model")
 
 
 def add_interpolate_parser(commands, formatter):

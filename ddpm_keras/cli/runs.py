@@ -141,9 +141,9 @@ def model_record(model):
     """The options of `model` (`options.OPTIONS`) for run.json: what the run actually trains."""
     config = model.get_config()
     record = {option.name: option.saved(config) for option in OPTIONS if option.part == "training"}
-    record.update(diffusion=config["diffusion"], num_classes=model.num_classes)
+    record.update(diffusion=config["diffusion"], num_classes=model.num_classes, inpainting=model.inpainting)
     for option in OPTIONS:
-        if option.conditional and not model.num_classes:
+        if (option.conditional and not model.num_classes) or (option.inpainting and not model.inpainting):
             record[option.name] = None
     return record
 
@@ -154,6 +154,11 @@ def _check_model_options(args, model, model_path):
         raise CLIError(
             f"--class-conditional, but the resumed model ({model_path}) is unconditional: a resumed run keeps "
             f"its network. {_ADVICE}"
+        )
+    if getattr(args, "inpainting", False) and not model.inpainting:
+        raise CLIError(
+            f"--inpainting, but the resumed model ({model_path}) is not an inpainting model: a resumed run keeps "
+            f"its network; start a new run with --inpainting --init-from {os.path.dirname(model_path) or model_path}."
         )
     config = model.get_config()
     for option in OPTIONS:

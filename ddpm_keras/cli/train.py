@@ -21,6 +21,11 @@ from ddpm_keras.cli.common import load_model
 from ddpm_keras.cli.common import register
 from ddpm_keras.cli.common import slug
 from ddpm_keras.cli.common import value_type
+from ddpm_keras.cli.inpainting import add_inpainting_arguments
+from ddpm_keras.cli.inpainting import apply_inpainting
+from ddpm_keras.cli.inpainting import init_from
+from ddpm_keras.cli.inpainting import inpainting_source
+from ddpm_keras.cli.inpainting import keyed_value
 from ddpm_keras.cli.types import non_negative_int
 from ddpm_keras.cli.types import positive_float
 from ddpm_keras.cli.types import positive_int
@@ -65,7 +70,8 @@ def add_train_parser(commands, formatter):
                        help="Adam learning rate. Default: the preset's; with --resume, the run's")
     train.add_argument("--img-size", type=positive_int, default=None, help="image size in pixels. Default: the preset's")
     _add_objective_arguments(train)
-    train.add_argument("--out", default=None, help="run directory. Default: checkpoints/PRESET-DATASET")
+    train.add_argument("--out", default=None,
+                       help="run directory. Default: checkpoints/PRESET-DATASET (-inpainting with --inpainting)")
     train.add_argument("--resume", action="store_true",
                        help="continue from RUN_DIR/model.keras at the next epoch. Options not given are the run's; "
                        "one that changes the model or its data's shape (--preset, --img-size, --precision, the "
@@ -104,6 +110,8 @@ def _add_objective_arguments(train):
             continue
         if option.boolean:
             kind = {"action": argparse.BooleanOptionalAction}
+        elif option.keys:
+            kind = {"type": keyed_value(option), "nargs": "+"}
         else:
             kind = {"choices": option.choices} if option.choices else {"type": value_type(option.range)}
         train.add_argument(option.flag, dest=option.name, default=None, metavar=option.metavar, help=option.help,
@@ -111,6 +119,7 @@ def _add_objective_arguments(train):
     train.add_argument("--class-conditional", action="store_true",
                        help="train on the dataset's labels (sub-folders, tfds labels, synthetic classes) with a "
                        "class embedding, for classifier-free guidance. Conditional presets: flowers64_cond, tiny_cond")
+    add_inpainting_arguments(train)
 
 
 def apply_model_flags(config, args):
@@ -151,14 +160,22 @@ def train(args):
     """`ddpm-keras train`: builds or resumes a model and fits it, checkpointing each epoch."""
     from ddpm_keras.cli import runs
 
+    source_record = inpainting_source(args)
+    if args.preset is None and source_record.get("preset"):
+        args.preset = source_record["preset"]  # the run's preset: its network and objective
     run_dir = args.out or os.path.join(
         CHECKPOINTS_DIR, f"{args.preset or DEFAULT_PRESET}-{slug(args.dataset or _preset_dataset(args.preset))}"
+        + ("-inpainting" if args.inpainting else "")
     )
     record = runs.read_record(run_dir) if args.resume else {}
     if args.resume:
         runs.resolve_resumed_options(args, record)
     preset = args.preset or record.get("preset") or DEFAULT_PRESET
-    config = apply_model_flags(get_preset(preset), args)
+    config = get_preset(preset)
+    if source_record.get("preset_config") and source_record.get("preset") == preset:
+        for part, values in source_record["preset_config"].items():  # the source run's network and options
+            config.setdefault(part, {}).update(values)
+    config = apply_inpainting(args, apply_model_flags(config, args))
     training = config["training"]
     dataset_name = args.dataset or training["dataset"]
     args.dataset, args.split, args.seed = dataset_name, args.split or "train", args.seed or 0
@@ -209,7 +226,8 @@ def train(args):
             _write_record(args, run_dir, record, model, completed, preset=preset, epochs=epochs,
                           batch_size=batch_size, plot_every=plot_every, preset_config=config)
         callbacks, plotter, watchdog = _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker, workers)
-        classes = f", {model.num_classes} classes" if model.num_classes else ""
+        classes = (f", {model.num_classes} classes" if model.num_classes else "") + (
+            ", inpainting" if model.inpainting else "")
         where = f"worker {worker} of {workers}, " if workers > 1 else ""
         print(f"Training {model.network.count_params():,} parameters on {dataset_name} "
               f"({where}{height}x{width}, batch {batch_size}{classes}) into {write_dir}/", flush=True)
@@ -356,7 +374,8 @@ def _build_or_resume(args, config, model_path, epochs, write_dir, class_names=No
         runs.reconcile_log(write_dir, completed)
         print(f"Resuming {model_path} at epoch {completed + 1} of {epochs}.")
         return model, completed
-    return _build_model(config, args.learning_rate, args.seed, class_names), 0
+    model = _build_model(config, args.learning_rate, args.seed, class_names)
+    return (model if args.init_from is None else init_from(model, args.init_from)), 0
 
 
 def _build_model(config, learning_rate, seed, class_names=None):

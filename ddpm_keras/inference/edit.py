@@ -11,7 +11,9 @@ from keras import ops
 
 from ddpm_keras import samplers
 from ddpm_keras.inference import conditioning
+from ddpm_keras.inference import masked
 from ddpm_keras.inference.generate import generate_images
+from ddpm_keras.inference.generate import generation_chain
 from ddpm_keras.inference.generate import resolved_options
 from ddpm_keras.inference.runner import DETERMINISTIC_SAMPLERS
 from ddpm_keras.inference.runner import SEGMENT_STEPS
@@ -37,18 +39,28 @@ def inpaint(
     `q(x_t | x_{t-1})` (Lugmayr et al. 2022, jump length 1). The output
     equals `images` exactly where `mask == 1`.
 
+    On an inpainting model (`model.inpainting`: its network trained with
+    the masked image and the mask as inputs, `build_unet(...,
+    inpainting=True)`) any sampler of `samplers.SAMPLERS` runs as in
+    `generate_images`, the network fed `images * mask` and the mask at
+    each call (`inference.masked`); no replacement, no resampling. The
+    known pixels are pasted at the end.
+
     Args:
         images: Float array `(N, H, W, C)` (or one image `(H, W, C)`) in
             the data range.
         mask: Array of 0 and 1, 1 where the pixel is known; `(H, W)`,
-            `(H, W, 1)`, `(H, W, C)`, `(N, H, W, 1)` or `(N, H, W, C)`.
+            `(H, W, 1)`, `(H, W, C)`, `(N, H, W, 1)` or `(N, H, W, C)`
+            (an inpainting model's the same on every channel).
         seed: Integer or `None`. Defaults to `None`.
-        sampler: `"ddpm"` or `"ddim"`. Defaults to `"ddpm"`.
+        sampler: `"ddpm"` or `"ddim"`; any of `samplers.SAMPLERS` on an
+            inpainting model. Defaults to `"ddpm"`.
         num_steps: Integer or `None`, as in `generate_images`.
             Defaults to `None`.
         eta: Float in `[0, 1]`, for `"ddim"`. Defaults to `0.0`.
         resample: Integer >= 1, RePaint's resampling count `r`
-            (cost: `r` network calls per step). Defaults to `1`.
+            (cost: `r` network calls per step); `1` on an inpainting
+            model. Defaults to `1`.
         clip_denoised: Boolean. Defaults to `True`.
         timestep_spacing: As in `generate_images`. Defaults to
             `"trailing"`.
@@ -71,6 +83,14 @@ def inpaint(
     seed = check_seed("seed", seed)
     images = check_images(images, "images", model.image_shape)
     mask = _broadcast_mask(mask, images.shape)
+    if model.inpainting:
+        request = conditioning.request(
+            model, labels, len(images), guidance_scale, guidance_rescale, classifier, classifier_scale
+        )
+        options = resolved_options(
+            model, sampler, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised, timestep_spacing=timestep_spacing
+        )
+        return _inpaint_with_mask(model, images, mask, seed, options, resample, verbose, request)
     options = resolved_options(
         model, sampler, samplers.INPAINT_SAMPLERS, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
         timestep_spacing=timestep_spacing,
@@ -94,6 +114,25 @@ def inpaint(
         conditioning.with_guidance(build, request, model.null_label), images.shape, num_steps, seed,
         inputs=(ops.convert_to_tensor(images), ops.convert_to_tensor(mask))
         + conditioning.chain_inputs(request, 0, len(images), model.null_label),
+        progress=progress, classifier=conditioning.classifier_of(request),
+    )
+    return np.where(mask == 1.0, images, to_images(filled, model.diffusion))
+
+
+def _inpaint_with_mask(model, images, mask, seed, options, resample, verbose, request):
+    """`inpaint` on an inpainting model: any sampler, the masked images and the mask fed to the network each call."""
+    if resample != 1:
+        raise ValueError(
+            "resample is RePaint's, for a model not trained to inpaint; this inpainting model takes the mask as an "
+            f"input and needs none: pass resample=1. Received: resample={resample}"
+        )
+    known = masked.inpainting_mask(mask, images.shape)
+    build = masked.with_mask(conditioning.with_guidance(generation_chain(model, options), request, model.null_label))
+    progress = Progress(options.num_steps, verbose and num_segments(options.num_steps, SEGMENT_STEPS) > 1)
+    filled = model.runner.run_chain(
+        ("inpaint_model", options, conditioning.key(request)), build, images.shape, options.num_steps, seed,
+        inputs=conditioning.chain_inputs(request, 0, len(images), model.null_label)
+        + masked.chain_inputs(images, known),
         progress=progress, classifier=conditioning.classifier_of(request),
     )
     return np.where(mask == 1.0, images, to_images(filled, model.diffusion))
@@ -251,6 +290,7 @@ def interpolate(
 def _broadcast_mask(mask, shape):
     """An inpainting mask as float32 `shape`, checked to be 0/1 and broadcastable."""
     mask = np.asarray(ops.convert_to_numpy(mask), dtype=np.float32)
+    given = mask.shape
     if mask.ndim == 2:
         mask = mask[..., None]
     try:
@@ -258,7 +298,7 @@ def _broadcast_mask(mask, shape):
     except ValueError:
         raise ValueError(
             f"mask must broadcast to the images' shape {tuple(shape)}: use (H, W), (H, W, 1), "
-            f"(H, W, C), (N, H, W, 1) or (N, H, W, C). Received: mask.shape={mask.shape}"
+            f"(H, W, C), (N, H, W, 1) or (N, H, W, C). Received: mask.shape={given}"
         ) from None
     if not np.all((mask == 0.0) | (mask == 1.0)):
         raise ValueError(

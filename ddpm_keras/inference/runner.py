@@ -16,6 +16,7 @@ from keras import ops
 
 from ddpm_keras import samplers
 from ddpm_keras.inference.compiled import compile_chain
+from ddpm_keras.inference.masked import with_free_inputs
 from ddpm_keras.inference.precision import check_inference_dtype
 from ddpm_keras.inference.precision import inference_network
 from ddpm_keras.utils.progress import progress_bar
@@ -67,6 +68,7 @@ class ChainRunner:
         key = key + (dtype,)
         if key not in self._compiled:
             network = self.inference_network(dtype)
+            chain = with_free_inputs(chain, getattr(self.model, "inpainting", False))  # an inpainting network's mask, when none is given
             self._compiled[key] = compile_chain(self.model.ema_network, chain, network, classifier)
         return self._compiled[key]
 

@@ -48,6 +48,7 @@ def build_unet(
     dropout=0.0,
     attention_residual="input",
     num_classes=None,
+    inpainting=False,
 ):
     """Builds the noise-prediction UNet of the keras.io DDPM example.
 
@@ -99,11 +100,19 @@ def build_unet(
             last label, `num_classes`, is the "null" label: the
             unconditional model. Defaults to `None`: no labels, the
             network above unchanged.
+        inpainting: Boolean, an inpainting network (the Stable Diffusion
+            inpainting models' input): two more inputs after the
+            timesteps, `masked_image` (the images with their unknown
+            pixels zeroed) and `mask` (`(batch, H, W, 1)`, 1 where a
+            pixel is known), concatenated with `x_t` on channels (a layer
+            named `"inpainting_inputs"`) before the first conv. Defaults
+            to `False`.
 
     Returns:
         A functional `keras.Model` named `"unet"` with inputs
         `[images (batch, H, W, img_channels) float, timesteps (batch,) int]`
-        (and `labels (batch,) int` with `num_classes`) and output the
+        (`[images, timesteps, masked_image, mask]` with `inpainting`,
+        then `labels (batch,) int` with `num_classes`) and output the
         predicted noise `(batch, H, W, img_channels)`.
 
     Example:
@@ -112,6 +121,8 @@ def build_unet(
     >>> noise = unet([x_t, t])
     >>> conditional = build_unet(32, 3, [32, 64, 128], [False, True, True], num_classes=10)
     >>> noise = conditional([x_t, t, labels])    # labels in [0, 10]; 10 is the null label
+    >>> inpainter = build_unet(32, 3, [32, 64, 128], [False, True, True], inpainting=True)
+    >>> noise = inpainter([x_t, t, images * mask, mask])    # mask (batch, 32, 32, 1), 1 = known
     """
     height, width, widths, has_attention = check_levels(
         img_size, img_channels, widths, has_attention, num_res_blocks, norm_groups, first_conv_channels
@@ -128,10 +139,16 @@ def build_unet(
     images = keras.Input(shape=(height, width, img_channels), name="images")
     timesteps = keras.Input(shape=(), dtype="int32", name="timesteps")
     inputs = [images, timesteps]
+    first = images
+    if inpainting:
+        masked_image = keras.Input(shape=(height, width, img_channels), name="masked_image")
+        mask = keras.Input(shape=(height, width, 1), name="mask")
+        inputs += [masked_image, mask]
+        first = layers.Concatenate(axis=-1, name="inpainting_inputs")([images, masked_image, mask])
 
     x = layers.Conv2D(
         first_conv_channels, 3, padding="same", kernel_initializer=kernel_init(1.0)
-    )(images)
+    )(first)
     temb = time_mlp(timesteps, first_conv_channels * 4, activation_fn)
     if num_classes is not None:
         labels = keras.Input(shape=(), dtype="int32", name="labels")
@@ -243,6 +260,8 @@ def network_num_classes(network):
     10
     """
     inputs = getattr(network, "inputs", None) or []
+    if network_is_inpainting(network):
+        inputs = inputs[:2] + inputs[4:]  # the masked image and the mask are not the labels
     if len(inputs) == 2:
         return None
     embedding = None
@@ -259,3 +278,31 @@ def network_num_classes(network):
             f"Received: a network with {found}"
         )
     return int(embedding.input_dim) - 1
+
+
+# The inputs an inpainting network takes after `[images, timesteps]` (`build_unet(..., inpainting=True)`).
+INPAINTING_INPUTS = ("masked_image", "mask")
+
+
+def network_is_inpainting(network):
+    """Whether `network` is an inpainting network: inputs `[images, timesteps, masked_image, mask, ...]`.
+
+    Args:
+        network: A functional `keras.Model`, such as `build_unet(...)`.
+
+    Returns:
+        `True` when its third and fourth inputs are named `"masked_image"`
+        and `"mask"` (`build_unet(..., inpainting=True)`,
+        `inpainting_network`), else `False`.
+
+    Example:
+
+    >>> network_is_inpainting(build_unet(16, 3, [8, 16], [False, True], inpainting=True))
+    True
+    """
+    return tuple(input_names(network)[2:4]) == INPAINTING_INPUTS
+
+
+def input_names(network):
+    """The names of a functional network's inputs (`[]` for a network without inputs)."""
+    return [getattr(tensor, "name", "").split(":")[0] for tensor in getattr(network, "inputs", None) or []]

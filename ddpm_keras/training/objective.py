@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from ddpm_keras.training import labels as training_labels
+from ddpm_keras.training import masks as training_masks
 
 
 def drop_labels(model, labels, seed=None):
@@ -36,13 +37,42 @@ def drop_labels(model, labels, seed=None):
     return training_labels.drop_labels(labels, model.null_label, model.cond_drop_prob, seed)
 
 
+def network_inputs(model, inputs):
+    """The full inputs of `model`'s network from what `DiffusionModel.call` was given.
+
+    `[x_t, t]`, then an inpainting network's `masked_image` and `mask`
+    (the all-zero mask when they are not given: nothing known, the free
+    generation it also trains on), then a conditional network's labels
+    (the null label when none are given). A tensor of images alone (how
+    Keras builds a compiled loss) is taken at `t = 0`.
+    """
+    if not isinstance(inputs, (list, tuple)):
+        inputs = [inputs, ops.zeros((ops.shape(inputs)[0],), dtype="int32")]
+    inputs = list(inputs)
+    if model.inpainting and len(inputs) in (2, 3):
+        zeros = ops.zeros_like(inputs[0])
+        inputs[2:2] = [zeros, zeros[..., :1]]
+    first = 4 if model.inpainting else 2
+    if len(inputs) not in (first, first + 1):
+        expected = "[x_t, t, masked_image, mask" if model.inpainting else "[x_t, t"
+        raise ValueError(f"inputs must be {expected}] or {expected}, labels]. Received: {len(inputs)} inputs")
+    if len(inputs) == first + 1 and model.num_classes is None:
+        raise training_labels.unconditional_error(inputs[-1])
+    if len(inputs) == first and model.num_classes is not None:
+        inputs.append(ops.full_like(ops.cast(inputs[1], "int32"), model.null_label))
+    return inputs
+
+
 def training_batch(model, images, seed, labels=None, training=True):
     """One batch of the denoising objective: `(inputs, target, weights)`.
 
     Draws `(x_t, t, eps)` with `noisy_batch`; `inputs` is `[x_t, t]`,
     or `[x_t, t, labels]` for a conditional model, the labels through
-    `drop_labels` (drawn from `seed` after the noise) when `training`
-    and as given otherwise; `target` is
+    `drop_labels` (drawn from `seed` after the noise and the masks) when
+    `training` and as given otherwise. An inpainting model gets
+    `[x_t, t, masked_image, mask(, labels)]`, one mask per image drawn
+    from `seed` after the noise (`random_masks`), also in validation;
+    `target` is
     `diffusion.prediction_target(images, eps, t, prediction_type)` and
     `weights` is `timestep_weights(t)` (`None` when unweighted). The
     training and validation steps of every backend take their loss
@@ -64,9 +94,29 @@ def training_batch(model, images, seed, labels=None, training=True):
     x_t, t, noise = noisy_batch(model, images, seed)
     target = model.diffusion.prediction_target(images, noise, t, model.prediction_type)
     inputs = [x_t, t]
+    if model.inpainting:
+        masks = random_masks(model, images, seed)
+        inputs += [training_masks.masked_images(images, masks), ops.cast(masks, images.dtype)]
     if labels is not None:
         inputs.append(drop_labels(model, labels, seed) if training else ops.cast(labels, "int32"))
     return inputs, target, model.timestep_weights(t)
+
+def random_masks(model, images, seed=None):
+    """One random training mask per image, 1 where known: float32 `(batch, H, W, 1)` (`training.masks`).
+
+    Args:
+        images: Float tensor `(batch, H, W, C)`.
+        seed: `None` (the model's training `SeedGenerator`), a
+            `keras.random.SeedGenerator` or an integer. Defaults to `None`.
+
+    Example:
+
+    >>> masks = model.random_masks(images, seed=0)  # kinds at the rates model.mask_rates
+    """
+    seed = model.seed_generator if seed is None else seed
+    height, width = model.image_shape[:2]
+    return training_masks.random_masks(ops.shape(images)[0], height, width, model.mask_rates, seed)
+
 
 def noisy_batch(model, images, seed):
     """Draws `t ~ U[0, T)` and `eps ~ N(0, I)`; returns `(x_t, t, eps)`."""
