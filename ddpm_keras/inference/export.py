@@ -30,6 +30,7 @@ from keras import ops
 from ddpm_keras import samplers
 from ddpm_keras.inference import conditioning
 from ddpm_keras.inference.compiled import tf_chain_function
+from ddpm_keras.inference.masked import with_free_inputs
 from ddpm_keras.inference.compiled import weight_values
 from ddpm_keras.inference.generate import generation_chain
 from ddpm_keras.inference.generate import resolved_options
@@ -129,7 +130,10 @@ def _compiled_chain(model, options, dtype, guided, rescaled):
 
     network = model.runner.inference_network(dtype)
     return tuple(
-        tf.function(tf_chain_function(network, fn), jit_compile=True, autograph=False) for fn in (init, segment)
+        # An inpainting network generates freely here: the all-zero mask.
+        tf.function(tf_chain_function(network, with_free_inputs(fn, model.inpainting)), jit_compile=True,
+                    autograph=False)
+        for fn in (init, segment)
     )
 
 
