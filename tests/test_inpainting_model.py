@@ -187,12 +187,13 @@ def test_inpaint_feeds_the_mask_and_generation_the_all_zero_mask(inpainter):
     generated = inpainter.generate_images(2, seed=3, sampler="ddim", num_steps=3, verbose=0)
     np.testing.assert_allclose(free, generated, atol=1e-5)
     assert np.abs(filled - free)[:, mask == 0].mean() > 1e-3
-    # The call of the model without a mask is the free one too.
+    # The call of the model without a mask is the free one too, and so is its score.
     x_t, t, _, _ = random_inputs(2)
     zeros = np.zeros_like(x_t)
-    np.testing.assert_allclose(
-        to_numpy(inpainter([x_t, t])), to_numpy(inpainter([x_t, t, zeros, zeros[..., :1]])), atol=1e-6
-    )
+    free_output = to_numpy(inpainter.ema_network([x_t, t, zeros, zeros[..., :1]]))
+    np.testing.assert_allclose(to_numpy(inpainter([x_t, t])), free_output, atol=1e-6)
+    sigma = np.sqrt(1.0 - inpainter.diffusion.terms_float64["alphas_cumprod"][t]).reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(to_numpy(inpainter.score(x_t, t)), -free_output / sigma, rtol=1e-4, atol=1e-5)
 
 
 def test_a_mask_of_the_wrong_shape_is_a_one_line_error(inpainter):

@@ -46,6 +46,8 @@ def score(model, x_t, t, labels=None):
         )
     t = ops.convert_to_tensor(steps.astype(np.int32))
     inputs = [x_t, t]
+    if model.inpainting:  # nothing known: the score of free generation
+        inputs += [ops.zeros_like(x_t), ops.zeros_like(x_t[..., :1])]
     if model.num_classes is not None:
         ids = np.full((num_images,), model.null_label, np.int32) if labels is None else label_ids(model, labels, num_images)
         inputs.append(ops.convert_to_tensor(ids))
