@@ -196,6 +196,23 @@ def test_inpaint_feeds_the_mask_and_generation_the_all_zero_mask(inpainter):
     np.testing.assert_allclose(to_numpy(inpainter.score(x_t, t)), -free_output / sigma, rtol=1e-4, atol=1e-5)
 
 
+def test_a_conditional_inpainting_model_guides_with_the_mask_in_both_passes():
+    network = build_unet(8, 3, num_classes=3, inpainting=True, **UNET)
+    rng = np.random.default_rng(3)
+    for weight in network.weights:
+        weight.assign(rng.normal(0.0, 0.1, weight.shape).astype("float32"))
+    model = DiffusionModel(network, GaussianDiffusion(timesteps=20, beta_end=0.2), seed=0)
+    assert model.inpainting and model.num_classes == 3
+    images = tiny_images(2, img_size=8)
+    mask = np.ones((8, 8), "float32")
+    mask[4:, :] = 0.0
+    options = {"seed": 0, "sampler": "ddim", "num_steps": 3, "verbose": 0, "labels": [0, 2]}
+    guided = model.inpaint(images, mask, guidance_scale=3.0, **options)  # the batch doubled: the mask repeated
+    plain = model.inpaint(images, mask, **options)
+    np.testing.assert_array_equal(guided[:, mask == 1], images[:, mask == 1])
+    assert not np.array_equal(guided, plain)  # the guidance changed the filling
+
+
 def test_a_mask_of_the_wrong_shape_is_a_one_line_error(inpainter):
     images = tiny_images(2, img_size=8)
     shape_error = r"mask must broadcast to the images' shape \(2, 8, 8, 3\).*Received: mask\.shape=\(4, 4\)$"
