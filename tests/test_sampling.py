@@ -373,7 +373,7 @@ def test_manipulation_rejects_bad_arguments():
     images = np.zeros((2, 4, 4, 1), "float32")
     with pytest.raises(ValueError, match=r"mask must hold only 0.*1"):
         model.inpaint(images, np.full((4, 4), 0.5))
-    with pytest.raises(ValueError, match=r"mask must broadcast.*mask.shape=\(3, 3, 1\)"):
+    with pytest.raises(ValueError, match=r"mask must broadcast.*mask.shape=\(3, 3\)"):
         model.inpaint(images, np.ones((3, 3)))
     with pytest.raises(ValueError, match=r"images must have shape.*Received: images.shape=\(2, 5, 5, 1\)"):
         model.inpaint(np.zeros((2, 5, 5, 1)), np.ones((5, 5)))
