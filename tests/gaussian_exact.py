@@ -25,9 +25,13 @@ class ExactPredictor(keras.layers.Layer):
         super().__init__(**kwargs)
         self.alphas_cumprod, self.prediction_type = list(alphas_cumprod), prediction_type
 
+    def alpha_bar(self, t):
+        """`alpha_bar` at the network's timesteps `t`, shaped `(batch, 1, 1, 1)`."""
+        return ops.take(ops.convert_to_tensor(self.alphas_cumprod, "float32"), t)[:, None, None, None]
+
     def call(self, inputs):
         x, t = inputs
-        ab = ops.take(ops.convert_to_tensor(self.alphas_cumprod, "float32"), t)[:, None, None, None]
+        ab = self.alpha_bar(t)
         x_start = MU + ops.sqrt(ab) * S**2 * (x - ops.sqrt(ab) * MU) / (ab * S**2 + 1.0 - ab)
         eps = (x - ops.sqrt(ab) * MU) * ops.sqrt(1.0 - ab) / (ab * S**2 + 1.0 - ab)
         if self.prediction_type == "x0":

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import pytest
 from gaussian_exact import MU
+from gaussian_exact import ExactPredictor
 from gaussian_exact import S
 from gaussian_exact import T
 from gaussian_exact import make_class_model
@@ -34,27 +35,11 @@ LN2 = math.log(2.0)
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras_tests")
-class ContinuousExactPredictor(keras.layers.Layer):
+class ContinuousExactPredictor(ExactPredictor):
     """The exact epsilon, v or x0 of Gaussian data N(MU, S^2) at a float timestep of the continuous process."""
 
-    def __init__(self, alphas_cumprod, prediction_type="epsilon", **kwargs):
-        super().__init__(**kwargs)
-        self.alphas_cumprod, self.prediction_type = list(alphas_cumprod), prediction_type
-
-    def call(self, inputs):
-        x, t = inputs
-        ab = ode.continuous_alphas_cumprod(np.asarray(self.alphas_cumprod), t)[:, None, None, None]
-        v = ab * S**2 + 1.0 - ab
-        x_start = MU + ops.sqrt(ab) * S**2 * (x - ops.sqrt(ab) * MU) / v
-        eps = (x - ops.sqrt(ab) * MU) * ops.sqrt(1.0 - ab) / v
-        if self.prediction_type == "x0":
-            return x_start
-        if self.prediction_type == "v":
-            return ops.sqrt(ab) * eps - ops.sqrt(1.0 - ab) * x_start
-        return eps
-
-    def get_config(self):
-        return {**super().get_config(), "alphas_cumprod": self.alphas_cumprod, "prediction_type": self.prediction_type}
+    def alpha_bar(self, t):
+        return ode.continuous_alphas_cumprod(np.asarray(self.alphas_cumprod), t)[:, None, None, None]
 
 
 def continuous_model(prediction_type="epsilon", size=2, clip=10.0):

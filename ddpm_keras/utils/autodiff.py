@@ -3,11 +3,12 @@
 `keras.ops` has no `grad`; classifier guidance (the gradient of a
 classifier's log-probability with respect to `x_t`) and the exact likelihood
 (vector-Jacobian products of the probability-flow drift) need one inside
-the compiled sampling loop. `input_gradient(fn, x)` takes it with
-`tf.GradientTape` on TensorFlow, `jax.grad` on JAX and `torch.autograd.grad`
-on PyTorch (under `torch.enable_grad()`, since sampling runs under
-`torch.no_grad()`), so it traces into `tf.function`/`jax.jit` code with no
-round trip to the host.
+the compiled sampling loop. `value_and_vector_jacobian_product` is the one
+mechanism, per backend: `tf.GradientTape` on TensorFlow, `jax.vjp` on JAX and
+`torch.autograd.grad` on PyTorch (under `torch.enable_grad()`, since sampling
+runs under `torch.no_grad()`), so it traces into `tf.function`/`jax.jit` code
+with no round trip to the host; `input_gradient(fn, x)` is its product with
+`v = 1` for a scalar `fn`.
 """
 
 import keras
@@ -29,38 +30,8 @@ def input_gradient(fn, x):
 
     >>> g = input_gradient(lambda x: ops.sum(ops.square(x)), x)  # 2 x
     """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        return tf.stop_gradient(tape.gradient(value, x))
-    if backend == "jax":
-        import jax
-
-        return jax.lax.stop_gradient(jax.grad(fn)(ops.convert_to_tensor(x)))
-    if backend == "torch":
-        import torch
-
-        with torch.enable_grad():
-            x = ops.convert_to_tensor(x).detach().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(fn(x), x)
-        return gradient.detach()
-    raise NotImplementedError(
-        f"Input gradients support the tensorflow, jax and torch backends. Received: KERAS_BACKEND={backend!r}."
-    )
-
-
-def vector_jacobian_product(fn, x, v):
-    """`v^T (d fn / d x)`: the gradient of `sum(fn(x) * v)`, for `fn` mapping `x` to a tensor shaped as `v`.
-
-    One reverse pass; `sum(vjp * v)` is the Skilling-Hutchinson estimate of
-    the divergence of `fn` for a probe `v` with `E[v v^T] = I`.
-    """
-    return input_gradient(lambda y: ops.sum(fn(y) * ops.cast(v, "float32")), x)
+    _, gradient = value_and_vector_jacobian_product(fn, x, 1.0)
+    return gradient
 
 
 def value_and_vector_jacobian_product(fn, x, v):
@@ -110,5 +81,6 @@ def value_and_vector_jacobian_product(fn, x, v):
             (product,) = torch.autograd.grad(value, x, grad_outputs=ops.cast(v, value.dtype))
         return value.detach(), product.detach()
     raise NotImplementedError(
-        f"Vector-Jacobian products support the tensorflow, jax and torch backends. Received: KERAS_BACKEND={backend!r}."
+        "Vector-Jacobian products support the tensorflow, jax and torch backends. "
+        f"Received: KERAS_BACKEND={backend!r}."
     )
