@@ -16,6 +16,7 @@ from ddpm_keras import GaussianDiffusion
 from ddpm_keras import build_unet
 from ddpm_keras import samplers
 from ddpm_keras.cli import main
+from ddpm_keras.inference import masked
 from ddpm_keras.nn.inpainting import inpainting_network
 from ddpm_keras.nn.inpainting import load_unconditional_weights
 from ddpm_keras.nn.unet import network_is_inpainting
@@ -308,6 +309,36 @@ def test_inpaint_with_the_exact_conditional_predictor_has_the_conditional_moment
     assert np.abs(mean - MEAN[~known]).min() > 0.15
     # A variance's relative standard error over 4,000 samples is 2.2%; the unconditional variance is 2.6x.
     np.testing.assert_allclose(np.cov(samples.T), covariance, rtol=0.12, atol=0.002)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v", "x0"])
+def test_the_network_outputs_predict_the_known_pixels_exactly_and_leave_the_rest(prediction_type):
+    diffusion = GaussianDiffusion(timesteps=1000)
+    rng = np.random.default_rng(0)
+    x_t, _, masked_images, mask = random_inputs(batch=6)
+    t = np.array([0, 10, 200, 500, 900, 999], "int32")
+    output = rng.standard_normal(x_t.shape).astype("float32")  # a network that knows nothing
+    projected = masked.known_pixels_projected(output, x_t, t, masked_images, mask, diffusion, prediction_type)
+    x_0, noise = (to_numpy(v) for v in diffusion.split_prediction(projected, ops.convert_to_tensor(x_t), t,
+                                                                  prediction_type))
+    known = np.broadcast_to(mask > 0.5, x_t.shape)
+    np.testing.assert_allclose(x_0[known], masked_images[known], atol=2e-4)
+    ab = to_numpy(diffusion.alphas_cumprod)[t].reshape(-1, 1, 1, 1)
+    implied = (x_t - np.sqrt(ab) * masked_images) / np.sqrt(1.0 - ab)  # the noise x_t implies given them
+    np.testing.assert_allclose(noise[known], np.broadcast_to(implied, x_t.shape)[known], rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(to_numpy(projected)[~known], output[~known])
+
+
+def test_the_exact_conditional_predictor_is_its_own_projection():
+    model = exact_inpainting_model()
+    rng = np.random.default_rng(1)
+    x_t = rng.standard_normal((16, 2, 2, 1)).astype("float32")
+    t = rng.integers(0, 1000, 16).astype("int32")
+    mask = (rng.uniform(size=(16, 2, 2, 1)) > 0.5).astype("float32")
+    masked_images = rng.uniform(-0.5, 0.5, x_t.shape).astype("float32") * mask
+    output = to_numpy(model.network([x_t, t, masked_images, mask]))
+    projected = masked.known_pixels_projected(output, x_t, t, masked_images, mask, model.diffusion, "epsilon")
+    np.testing.assert_allclose(to_numpy(projected), output, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,10 @@ def inpaint(
     the masked image and the mask as inputs, `build_unet(...,
     inpainting=True)`) any sampler of `samplers.SAMPLERS` runs as in
     `generate_images`, the network fed `images * mask` and the mask at
-    each call (`inference.masked`); no replacement, no resampling. The
-    known pixels are pasted at the end.
+    each call (`inference.masked`); no replacement, no resampling. Its
+    outputs are made to predict the known pixels exactly
+    (`inference.masked.known_pixels_projected`), and the known pixels
+    are pasted at the end.
 
     Args:
         images: Float array `(N, H, W, C)` (or one image `(H, W, C)`) in
@@ -127,7 +129,10 @@ def _inpaint_with_mask(model, images, mask, seed, options, resample, verbose, re
             f"input and needs none: pass resample=1. Received: resample={resample}"
         )
     known = masked.inpainting_mask(mask, images.shape)
-    build = masked.with_mask(conditioning.with_guidance(generation_chain(model, options), request, model.null_label))
+    build = masked.with_mask(
+        conditioning.with_guidance(generation_chain(model, options), request, model.null_label),
+        model.diffusion, model.prediction_type,
+    )
     progress = Progress(options.num_steps, verbose and num_segments(options.num_steps, SEGMENT_STEPS) > 1)
     filled = model.runner.run_chain(
         ("inpaint_model", options, conditioning.key(request)), build, images.shape, options.num_steps, seed,
