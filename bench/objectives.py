@@ -85,6 +85,7 @@ def main():
                 images = model.generate_images(
                     args.num_samples, seed=seed, batch_size=500, verbose=0, sampler=sampling["sampler"],
                     num_steps=sampling["num_steps"], eta=sampling["eta"], timestep_spacing=sampling["timestep_spacing"],
+                    **sampling["options"],
                 )
                 fids.append(sample_distances(images, reference, extractor)["fid"])
                 if args.out and seed == seeds[0]:

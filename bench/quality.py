@@ -1,7 +1,8 @@
 """Sample quality (FID, KID) per sampler and step count, on a model trained here, with an offline extractor.
 
 Usage: python bench/quality.py [--img-size 16] [--epochs 40] [--num-samples 1000] [--seeds 0,1,2]
-       [--configs ddpm:1000,ddpm:50,ddim:250,dpmpp_2m:20,dpmpp_2m_sde@karras:20,dpmpp_2m_sde@karras/bfloat16:20,...] [--out DIR] [--load DIR]
+       [--configs ddpm:1000,ddpm:50,ddim:250,dpmpp_2m:20,dpmpp_2m_sde@karras:20,dpmpp_2m_sde@karras/bfloat16:20,
+        heun:10,heun+s_churn=40+s_tmin=0.05+s_tmax=50:10,...] [--out DIR] [--load DIR]
 
 What it does, all on data the project draws itself (no download):
 
@@ -15,12 +16,15 @@ What it does, all on data the project draws itself (no download):
 3. Reference statistics from 4,096 other synthetic flowers; the "data"
    row is the FID of `--num-samples` further real images against them: the
    floor that sampling error alone gives at this sample count.
-4. For each sampler config (`name[@spacing][/dtype]:steps`; `ddim1` is DDIM
-   with eta = 1, `@logsnr` and `@karras` a timestep spacing other than
-   trailing, `/bfloat16` and `/float16` the network in reduced precision) and
-   each sampling seed: `--num-samples` images from the EMA network, their
-   FID and KID. Prints mean and standard deviation over seeds, and the
-   sampling time per 1,000 images.
+4. For each sampler config (`name[+option=value...][@spacing][/dtype]:steps`;
+   `ddim1` is DDIM with eta = 1, `+option=value` a sampler option such as
+   heun's `+s_churn=40`, `@logsnr`, `@karras` and `@trailing` a timestep
+   spacing other than the sampler's own (karras for heun, else trailing),
+   `/bfloat16` and `/float16` the network in reduced precision) and each
+   sampling seed: `--num-samples` images from the EMA network, their FID
+   and KID. Prints mean and standard deviation over seeds, the network
+   calls (`2 n - 1` for heun's `n` steps), and the sampling time per 1,000
+   images.
 5. Seconds per 1,000 images of feature extraction: the small extractor and
    InceptionV3 at 299x299 (random weights: the cost does not depend on them).
 
@@ -55,18 +59,32 @@ REGRESSED = ("radius", "centre_x", "centre_y", "petal_colour", "background", "di
 
 
 def parse_configs(text):
-    """`name[@spacing][/dtype]:steps,...`: `ddim1` is DDIM with eta = 1, `@logsnr` or `@karras` the timestep
-    spacing, `/bfloat16` or `/float16` the precision the network computes in."""
+    """`name[+option=value...][@spacing][/dtype]:steps,...`: `ddim1` is DDIM with eta = 1, `+s_churn=40` a sampler
+    option, `@logsnr`, `@karras` or `@trailing` the timestep spacing (default: the sampler's own), `/bfloat16` or
+    `/float16` the precision the network computes in."""
     configs = []
     for item in text.split(","):
-        name, steps = item.split(":")
-        name, _, dtype = name.partition("/")
+        spec, steps = item.split(":")
+        name, _, dtype = spec.partition("/")
         name, _, spacing = name.partition("@")
+        name, *options = name.split("+")
         sampler, eta = ("ddim", 1.0) if name == "ddim1" else (name, 0.0)
-        label = f"{name}{'@' + spacing if spacing else ''}{'/' + dtype if dtype else ''}-{steps}"
+        options = {key: float(value) for key, value in (option.split("=") for option in options)}
+        label = f"{spec}-{steps}"
         configs.append({"label": label, "sampler": sampler, "num_steps": int(steps), "eta": eta,
-                        "timestep_spacing": spacing or "trailing", "dtype": dtype or None})
+                        "timestep_spacing": spacing or None, "dtype": dtype or None, "options": options})
     return configs
+
+
+def network_calls(config):
+    """The network calls of a config's `n` steps: `n`; `2 n - 1` for heun and `n + (n - 1) corrector_steps` for pc
+    (neither corrects on the last step)."""
+    steps = config["num_steps"]
+    if config["sampler"] == "heun":
+        return 2 * steps - 1
+    if config["sampler"] == "pc":
+        return steps + (steps - 1) * int(config["options"].get("corrector_steps", 1))
+    return steps
 
 
 def flower_targets(params):
@@ -119,7 +137,8 @@ def main():
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--configs", default="ddpm:1000,ddpm:50,ddpm:20,ddim:250,ddim:20,dpmpp_2m:20,dpmpp_3m:20,"
-                        "unipc:20,dpmpp_2m_sde:10,dpmpp_2m_sde:20,dpmpp_2m_sde:50")
+                        "unipc:20,dpmpp_2m_sde:10,dpmpp_2m_sde:20,dpmpp_2m_sde:50,dpmpp_2m_sde@karras:20,heun:10,"
+                        "heun+s_churn=40+s_tmin=0.05+s_tmax=50:10")
     parser.add_argument("--batch-size", type=int, default=500, help="images per compiled sampling call")
     parser.add_argument("--out", default=None)
     parser.add_argument("--load", default=None, help="use model.keras and extractor.keras of an earlier --out")
@@ -153,14 +172,15 @@ def main():
             start = time.perf_counter()
             images = model.generate_images(args.num_samples, seed=seed, batch_size=args.batch_size, verbose=0,
                                            sampler=config["sampler"], num_steps=config["num_steps"], eta=config["eta"],
-                                           timestep_spacing=config["timestep_spacing"], dtype=config["dtype"])
+                                           timestep_spacing=config["timestep_spacing"], dtype=config["dtype"],
+                                           **config["options"])
             seconds.append(time.perf_counter() - start)
             values = sample_distances(images, reference, extractor)
             fids.append(values["fid"])
             kids.append(values["kid"])
             if args.out and seed == seeds[0]:
                 save_image_grid(images[:64], os.path.join(args.out, f"{config['label']}.png"), scale=4)
-        rows.append({"label": config["label"], "network_calls": config["num_steps"], "fid": fids, "kid": kids,
+        rows.append({"label": config["label"], "network_calls": network_calls(config), "fid": fids, "kid": kids,
                      "seconds": 1000.0 * float(np.median(seconds)) / args.num_samples})
         print(f"  {config['label']}: FID {np.mean(fids):.4f} +- {np.std(fids):.4f}", flush=True)
 

@@ -110,7 +110,8 @@ def test_evaluate_prints_a_table_and_writes_json(run_dir, extractors, tmp_path, 
     assert report["dataset"] == "synthetic" and report["num_samples"] == 8  # the dataset from run.json
     assert results["fid"] > 0 and 1.0 <= results["is"] <= 5.0 and 0 < results["bpd"] < 100
     assert report["sampling"] == {"sampler": "ddim", "num_steps": 3, "eta": 0.0, "timestep_spacing": "trailing",
-                                  "corrector_steps": 1, "snr": 0.16}
+                                  "corrector_steps": 1, "snr": 0.16, "s_churn": 0.0, "s_tmin": 0.0,
+                                  "s_noise": 1.0}
     printed = capsys.readouterr().out
     assert "FID" in printed and "bits/dim" in printed and f"{results['fid']:.5g}" in printed
     # The training run's reference statistics were reused from the cache: one file.

@@ -78,7 +78,8 @@ def test_generate_images_takes_sampler_options_as_its_keywords_and_compiles_them
 
 def test_sampler_flags_come_from_the_table():
     flags = {field.metadata["flag"] for field in samplers.option_fields()}
-    assert flags == {"--eta", "--thresholding", "--corrector-steps", "--snr"}
+    assert flags == {"--eta", "--thresholding", "--corrector-steps", "--snr", "--s-churn", "--s-tmin", "--s-tmax",
+                     "--s-noise"}
     sample = _subparser(build_parser(), "sample")
     inpaint = _subparser(build_parser(), "inpaint")
     assert flags <= set(sample._option_string_actions)
@@ -86,7 +87,8 @@ def test_sampler_flags_come_from_the_table():
     args = sample.parse_args(["--checkpoint", "run", "--out", "x.png", "--sampler", "pc", "--corrector-steps", "2",
                               "--snr", "0.1"])
     assert sampling_options(args, 1000) == {"sampler": "pc", "num_steps": None, "timestep_spacing": "trailing",
-                                            "eta": 0.0, "corrector_steps": 2, "snr": 0.1}
+                                            "eta": 0.0, "corrector_steps": 2, "snr": 0.1, "s_churn": 0.0,
+                                            "s_tmin": 0.0, "s_noise": 1.0}
     with pytest.raises(SystemExit):
         sample.parse_args(["--checkpoint", "run", "--out", "x.png", "--corrector-steps", "1.5"])
 

@@ -84,10 +84,12 @@ def add_sampler_arguments(parser, inpainting=False):
     parser.add_argument("--sampler", default=default, choices=choices,
                         help="ddpm: ancestral; ddim: Song et al. 2021 (deterministic with --eta 0); "
                         "pc: DDPM predictor + Langevin corrector; dpmpp_2m, dpmpp_3m: DPM-Solver++ (deterministic); "
-                        "dpmpp_2m_sde: its stochastic form; unipc: UniPC (deterministic)")
+                        "dpmpp_2m_sde: its stochastic form; unipc: UniPC (deterministic); heun: EDM's Heun sampler "
+                        "(Karras et al. 2022; 2 calls a step, deterministic unless --s-churn)")
     parser.add_argument("--steps", type=positive_int, default=None, help=f"reverse steps. Default: {default_steps}")
-    default_spacing = "trailing" if inpainting else (
-        f"{DEFAULT_SAMPLING.get('timestep_spacing', 'trailing')} for the default sampler, else trailing"
+    own_spacing = "the sampler's own (karras for heun, else trailing)"
+    default_spacing = own_spacing if inpainting else (
+        f"{DEFAULT_SAMPLING.get('timestep_spacing', 'trailing')} for the default sampler, else {own_spacing}"
     )
     parser.add_argument("--timestep-spacing", default=None, choices=samplers.TIMESTEP_SPACINGS,
                         help=f"which training timesteps the steps visit. Default: {default_spacing}")
@@ -123,9 +125,12 @@ def sampling_options(args, num_timesteps=None):
     steps = DEFAULT_SAMPLING["num_steps"] if args.steps is None and default else args.steps
     if num_timesteps is not None and steps is not None:
         steps = min(steps, num_timesteps)
-    spacing = args.timestep_spacing or (DEFAULT_SAMPLING.get("timestep_spacing", "trailing") if default else "trailing")
     from ddpm_keras import samplers
 
+    own_spacing = samplers.REGISTRY[args.sampler].default_spacing  # karras for heun, else trailing
+    if default:
+        own_spacing = DEFAULT_SAMPLING.get("timestep_spacing", own_spacing)
+    spacing = args.timestep_spacing or own_spacing
     options = {"sampler": args.sampler, "num_steps": steps, "timestep_spacing": spacing}
     for name in [field.name for field in samplers.option_fields()] + ["dtype"]:
         if getattr(args, name, None) is not None:

@@ -28,7 +28,7 @@ from ddpm_keras.utils.checks import check_seed
 
 def inpaint(
     model, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True,
-    timestep_spacing="trailing", verbose=1, labels=None, guidance_scale=1.0, guidance_rescale=0.0, classifier=None,
+    timestep_spacing=None, verbose=1, labels=None, guidance_scale=1.0, guidance_rescale=0.0, classifier=None,
     classifier_scale=1.0,
 ):
     """Fills in the unknown region of `images` (replacement method, RePaint resampling).
@@ -64,8 +64,9 @@ def inpaint(
             (cost: `r` network calls per step); `1` on an inpainting
             model. Defaults to `1`.
         clip_denoised: Boolean. Defaults to `True`.
-        timestep_spacing: As in `generate_images`. Defaults to
-            `"trailing"`.
+        timestep_spacing: As in `generate_images`; `None` is the
+            sampler's own (`"trailing"` but for `"heun"`). Defaults to
+            `None`.
         verbose: `0` or `1`, show progress over segments of a long
             chain. Defaults to `1`.
         labels, guidance_scale, guidance_rescale: For a conditional
@@ -193,8 +194,8 @@ def decode(
         num_steps: Integer in `[1, T]`. Defaults to `50`.
         clip_denoised: Boolean. Defaults to `True`.
         sampler: A deterministic sampler: `"ddim"` (which `encode`
-            inverts), `"dpmpp_2m"`, `"dpmpp_3m"` or `"unipc"`. Defaults
-            to `"ddim"`.
+            inverts), `"dpmpp_2m"`, `"dpmpp_3m"`, `"unipc"` or `"heun"`
+            (with its default `s_churn = 0`). Defaults to `"ddim"`.
         labels, guidance_scale, guidance_rescale: For a conditional
             model, as in `generate_images`. Default to `None`, `1.0`,
             `0.0`.

@@ -61,8 +61,9 @@ def generate_images(
         sampler: A name of `ddpm_keras.samplers.SAMPLERS`: `"ddpm"`
             (ancestral; respaced when `num_steps < T`), `"ddim"`, `"pc"`
             (DDPM predictor + Langevin corrector), `"dpmpp_2m"`,
-            `"dpmpp_3m"`, `"dpmpp_2m_sde"` (DPM-Solver++, Lu et al. 2022)
-            or `"unipc"` (Zhao et al. 2023); or a `samplers.SamplerOptions`
+            `"dpmpp_3m"`, `"dpmpp_2m_sde"` (DPM-Solver++, Lu et al. 2022),
+            `"unipc"` (Zhao et al. 2023) or `"heun"` (EDM's Heun sampler,
+            Karras et al. 2022); or a `samplers.SamplerOptions`
             holding the sampler and its options (then pass none of them
             beside it). Defaults to `"ddpm"`.
         batch_size: Integer or `None`, images per compiled call. Larger
@@ -121,13 +122,16 @@ def generate_images(
             `samplers.SamplerOptions` (one table of them, checked there):
             `num_steps` (integer in `[1, T]`, or `None`: `T` for `"ddpm"`
             and `"pc"`, `50` for `"ddim"`, `20` for the solvers; each step
-            is one network call, `1 + corrector_steps` for `"pc"`),
-            `timestep_spacing` (`"trailing"`, `"logsnr"` or `"karras"`:
-            which training timesteps the steps visit), `clip_denoised`,
+            is one network call, `1 + corrector_steps` for `"pc"`, two
+            for `"heun"` but its last), `timestep_spacing` (`"trailing"`,
+            `"logsnr"` or `"karras"`: which training timesteps the steps
+            visit; `None`, the default, is the sampler's own: `"karras"`
+            for `"heun"`, else `"trailing"`), `clip_denoised`,
             `thresholding` (dynamic thresholding at a quantile such as
             `0.995` instead of clipping), `eta` (DDIM's noise scale in
             `[0, 1]`), `corrector_steps` and `snr` (the `"pc"` corrector's
-            Langevin steps and step size).
+            Langevin steps and step size), `s_churn`, `s_tmin`, `s_tmax`
+            and `s_noise` (`"heun"`'s stochastic churn).
 
     Returns:
         A NumPy float32 array `(num_images, H, W, C)` in

@@ -24,13 +24,20 @@ Samplers (`SAMPLERS`; network calls = `num_steps` unless said):
   stochastic second-order solver of diffusers' `sde-dpmsolver++`.
 - `"unipc"` (`unipc.py`): UniPC (Zhao et al. 2023), `bh2`,
   predictor-corrector multistep.
+- `"heun"` (`heun.py`): EDM's second-order Heun sampler (Karras et al.
+  2022, Algorithm 2) on their `rho = 7` grid (its default spacing,
+  `"karras"`), deterministic unless `s_churn > 0` re-adds noise
+  (`s_tmin`, `s_tmax`, `s_noise`): `2 num_steps - 1` calls (no corrector
+  on the last step, to `sigma = 0`).
 
 All walk the kept timesteps `s_0 < ... < s_{n-1}` of
 `sampling_timesteps(diffusion, n, timestep_spacing)` from `s_{n-1} = T - 1`
 down (the respaced diffusion of `respaced`), and their last step returns
 the predicted `x_0` at `s_0` (DDIM and the ODE solvers) or the posterior
-mean (DDPM). `inpaint.py` adds the replacement method and RePaint
-resampling; `ddim.ddim_encode_chain` runs DDIM backwards (x_0 -> x_T).
+mean (DDPM); `"heun"`'s churn also calls the network at the training
+timesteps between them (`SamplingContext.training_diffusion`).
+`inpaint.py` adds the replacement method and RePaint resampling;
+`ddim.ddim_encode_chain` runs DDIM backwards (x_0 -> x_T).
 `guidance.guided_model_fn` turns a conditional network into the
 `model_fn(x_t, t)` of every sampler, with classifier-free guidance;
 `guidance.classifier_guided_model_fn` adds a noise-aware classifier's gradient.
@@ -57,6 +64,7 @@ from ddpm_keras.samplers.ddim import ddim_encode_chain
 from ddpm_keras.samplers.dpm_solver import dpmpp_coefficients
 from ddpm_keras.samplers.guidance import classifier_guided_model_fn
 from ddpm_keras.samplers.guidance import guided_model_fn
+from ddpm_keras.samplers.heun import heun_schedule
 from ddpm_keras.samplers.inpaint import INPAINT_SAMPLERS
 from ddpm_keras.samplers.inpaint import inpaint_chain
 from ddpm_keras.samplers.options import DEFAULT_SAMPLING
@@ -85,7 +93,7 @@ __all__ = [
     "SamplerOptions", "SamplerSpec", "SamplingContext", "TIMESTEP_SPACINGS", "advance", "build_chain", "check_num_steps",
     "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_chain",
     "classifier_guided_model_fn", "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish",
-    "guided_model_fn", "inpaint_chain",
+    "guided_model_fn", "heun_schedule", "inpaint_chain",
     "make_context", "option_fields", "sampler_options", "make_denoiser", "respaced", "run_chain", "sampling_schedule", "sampling_timesteps",
     "slerp", "spaced_timesteps", "start", "trajectory_length", "unipc_coefficients",
 ]

@@ -25,6 +25,10 @@ class SamplingContext(NamedTuple):
         prediction_type: What the network outputs.
         clip_denoised: Boolean, clip the predicted `x_0`.
         thresholding: `None` or the quantile of dynamic thresholding.
+        training_diffusion: The `GaussianDiffusion` the network was trained
+            on (`diffusion` is it restricted to the kept timesteps), or
+            `None`: for a sampler that calls the network at timesteps
+            other than the kept ones (`"heun"`'s churn).
     """
 
     model_fn: Callable
@@ -34,6 +38,7 @@ class SamplingContext(NamedTuple):
     prediction_type: str = "epsilon"
     clip_denoised: bool = True
     thresholding: float = None
+    training_diffusion: object = None
 
     @property
     def num_steps(self):

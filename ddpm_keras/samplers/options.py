@@ -36,10 +36,11 @@ def _option(default, flag=None, help=None, **values):
     """A field of `SamplerOptions`: its default, its command-line `flag` and `help`, and the values it takes.
 
     `values`: `choices`, or a numeric range (`low`, `high`, `low_open`,
-    `high_open`, `integer`), or `boolean=True`; `optional=True` also takes
-    `None`; `resolved=True`: checked by `SamplerOptions.resolved`, against
-    the diffusion; `inpainting=False` leaves the option out of inpainting's
-    flags; `metavar` names the flag's value in the help.
+    `high_open`, `integer`), or `boolean=True`; `optional=True` also
+    takes `None`; `resolved=True`:
+    checked by `SamplerOptions.resolved`, against the diffusion;
+    `inpainting=False` leaves the option out of inpainting's flags;
+    `metavar` names the flag's value in the help.
     """
     return dataclasses.field(default=default, metadata={"flag": flag, "help": help, **values})
 
@@ -54,8 +55,9 @@ class SamplerOptions:
             `"ddpm"` and `"pc"`, `50` for `"ddim"`, `20` for the solvers).
             `resolved(T)` checks it against the diffusion's `T`. Defaults
             to `None`.
-        timestep_spacing: One of `TIMESTEP_SPACINGS`. Defaults to
-            `"trailing"`.
+        timestep_spacing: One of `TIMESTEP_SPACINGS`, or `None`: the
+            sampler's own (`"karras"` for `"heun"`, `"trailing"` for the
+            others), set when made. Defaults to `None`.
         clip_denoised: Boolean, clip the predicted `x_0` to the data range.
             Defaults to `True`.
         thresholding: `None` or a quantile in `(0, 1)`: dynamic
@@ -66,11 +68,21 @@ class SamplerOptions:
             predictor step. Defaults to `1`.
         snr: Float > 0, the `"pc"` corrector's signal-to-noise ratio.
             Defaults to `0.16`.
+        s_churn: Float >= 0, `"heun"`'s total churn (Karras et al. 2022,
+            Algorithm 2): each step in `[s_tmin, s_tmax]` raises the noise
+            level by `gamma = min(s_churn / num_steps, sqrt(2) - 1)` before
+            it. `0` is deterministic. Defaults to `0.0`.
+        s_tmin: Float >= 0, the smallest `sigma = sqrt((1 - ab) / ab)` that
+            `"heun"` churns at. Defaults to `0.0`.
+        s_tmax: Float >= `s_tmin`, the largest, or `None`: no upper
+            bound. Defaults to `None`.
+        s_noise: Float > 0, the scale of `"heun"`'s churn noise. Defaults
+            to `1.0`.
     """
 
     sampler: str = _option("ddpm", choices=SAMPLERS)
     num_steps: Optional[int] = _option(None, resolved=True)  # checked against T by `resolved`
-    timestep_spacing: str = _option("trailing", choices=TIMESTEP_SPACINGS)
+    timestep_spacing: Optional[str] = _option(None, choices=TIMESTEP_SPACINGS, optional=True)  # None: the sampler's own
     clip_denoised: bool = _option(True, boolean=True)
     thresholding: Optional[float] = _option(
         None, "--thresholding", "dynamic thresholding of the predicted x_0 at quantile Q, e.g. 0.995 (Imagen), "
@@ -82,10 +94,25 @@ class SamplerOptions:
                                    integer=True, inpainting=False)
     snr: float = _option(0.16, "--snr", "pc: the corrector's signal-to-noise ratio (its step size)", low=0.0,
                          low_open=True, inpainting=False)
+    s_churn: float = _option(0.0, "--s-churn", "heun: the total churn, noise re-added at each step in "
+                             "[s_tmin, s_tmax] (0: deterministic)", low=0.0, inpainting=False)
+    s_tmin: float = _option(0.0, "--s-tmin", "heun: churn only where sigma = sqrt((1 - ab) / ab) >= this", low=0.0,
+                            inpainting=False)
+    s_tmax: Optional[float] = _option(None, "--s-tmax", "heun: churn only where sigma <= this (default: no bound)",
+                                      low=0.0, optional=True, inpainting=False)
+    s_noise: float = _option(1.0, "--s-noise", "heun: the scale of the churn's noise", low=0.0, low_open=True,
+                             inpainting=False)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, _checked(field, getattr(self, field.name)))
+        if self.timestep_spacing is None:
+            object.__setattr__(self, "timestep_spacing", REGISTRY[self.sampler].default_spacing)
+        if self.s_tmax is not None and self.s_tmin > self.s_tmax:
+            raise ValueError(
+                f"s_tmin must be <= s_tmax (churn applies where s_tmin <= sigma <= s_tmax). Received: "
+                f"s_tmin={self.s_tmin!r}, s_tmax={self.s_tmax!r}; swap them, or raise s_tmax"
+            )
 
     def resolved(self, num_timesteps, samplers=None):
         """These options with `num_steps` set for a diffusion of `num_timesteps` steps, or a `ValueError`.

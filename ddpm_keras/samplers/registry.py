@@ -13,6 +13,7 @@ from ddpm_keras.samplers.ddim import ddim_chain
 from ddpm_keras.samplers.ddpm import ddpm_chain
 from ddpm_keras.samplers.dpm_solver import DPMPP_SAMPLERS
 from ddpm_keras.samplers.dpm_solver import dpmpp_chain
+from ddpm_keras.samplers.heun import heun_chain
 from ddpm_keras.samplers.pc import pc_chain
 from ddpm_keras.samplers.timesteps import sampling_schedule
 from ddpm_keras.samplers.unipc import unipc_chain
@@ -22,13 +23,14 @@ DEFAULT_SOLVER_STEPS = 20
 
 
 class SamplerSpec(NamedTuple):
-    """A registered sampler: how to build it, which options it takes, its default and fewest steps."""
+    """A registered sampler: how to build it, which options it takes, its default steps, fewest steps and spacing."""
 
     build: Callable
     options: tuple = ()
     default_steps: int = None  # None: every timestep
     min_steps: int = 1
-    stochastic: bool = False
+    stochastic: bool = False  # stochastic with its default options
+    default_spacing: str = "trailing"
 
 
 REGISTRY = {
@@ -43,6 +45,9 @@ REGISTRY = {
         for name, (order, stochastic) in DPMPP_SAMPLERS.items()
     },
     "unipc": SamplerSpec(functools.partial(unipc_chain, order=2), default_steps=DEFAULT_SOLVER_STEPS, min_steps=2),
+    "heun": SamplerSpec(
+        heun_chain, ("s_churn", "s_tmin", "s_tmax", "s_noise"), DEFAULT_SOLVER_STEPS, default_spacing="karras",
+    ),
 }
 SAMPLERS = tuple(REGISTRY)
 
@@ -57,7 +62,7 @@ def default_num_steps(sampler, num_steps, num_timesteps):
 
 def build_chain(
     model_fn, noise_fn, diffusion, sampler="ddpm", num_steps=None, prediction_type="epsilon",
-    clip_denoised=True, thresholding=None, timestep_spacing="trailing", **options,
+    clip_denoised=True, thresholding=None, timestep_spacing=None, **options,
 ):
     """The `Chain` of `sampler` with `num_steps` steps over `diffusion`.
 
@@ -76,16 +81,19 @@ def build_chain(
         thresholding: `None` or a quantile in `(0, 1)`: dynamic
             thresholding of the predicted `x_0` instead of clipping.
             Defaults to `None`.
-        timestep_spacing: One of `TIMESTEP_SPACINGS`. Defaults to
-            `"trailing"`.
+        timestep_spacing: One of `TIMESTEP_SPACINGS`, or `None`: the
+            sampler's own (`"karras"` for `"heun"`, else `"trailing"`).
+            Defaults to `None`.
         **options: The sampler's own options (`eta` for DDIM,
-            `corrector_steps` and `snr` for `"pc"`); others are ignored.
+            `corrector_steps` and `snr` for `"pc"`, `s_churn`, `s_tmin`,
+            `s_tmax` and `s_noise` for `"heun"`); others are ignored.
 
     Returns:
         A `Chain`.
     """
     spec = _spec(sampler)
     num_steps = default_num_steps(sampler, num_steps, diffusion.num_timesteps)
+    timestep_spacing = spec.default_spacing if timestep_spacing is None else timestep_spacing
     context = make_context(
         model_fn, noise_fn, diffusion, num_steps, prediction_type, clip_denoised, thresholding, timestep_spacing,
     )
@@ -98,7 +106,9 @@ def make_context(
 ):
     """The `SamplingContext` of `num_steps` steps over `diffusion` (respaced with `timestep_spacing`)."""
     spaced, timestep_map = sampling_schedule(diffusion, num_steps, timestep_spacing)
-    return SamplingContext(model_fn, noise_fn, spaced, timestep_map, prediction_type, clip_denoised, thresholding)
+    return SamplingContext(
+        model_fn, noise_fn, spaced, timestep_map, prediction_type, clip_denoised, thresholding, diffusion,
+    )
 
 
 def _spec(sampler):

@@ -16,6 +16,7 @@ from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
 from ddpm_keras.metrics.distances import DISTANCES
 from ddpm_keras.samplers.options import DEFAULT_SAMPLING
+from ddpm_keras.samplers.registry import REGISTRY
 from ddpm_keras.training.checkpoint import LOG_FILE
 from ddpm_keras.training.checkpoint import MODEL_FILE
 from ddpm_keras.training.checkpoint import QUALITY_LOG_FILE
@@ -243,9 +244,9 @@ class QualityMonitor(keras.callbacks.Callback):
 
 def describe_sampling(sampling):
     """`"ddim, 50 steps"` (`"..., karras spacing"` when not trailing): a `generate_images` sampling dict in words."""
-    steps = sampling.get("num_steps")
-    spacing = sampling.get("timestep_spacing", "trailing")
-    return (f"{sampling.get('sampler', 'ddpm')}, {'all' if steps is None else steps} steps"
+    steps, sampler = sampling.get("num_steps"), sampling.get("sampler", "ddpm")
+    spacing = sampling.get("timestep_spacing") or getattr(REGISTRY.get(sampler), "default_spacing", "trailing")
+    return (f"{sampler}, {'all' if steps is None else steps} steps"
             + ("" if spacing == "trailing" else f", {spacing} spacing"))
 
 
