@@ -2,6 +2,7 @@
 
 Usage: python bench/inpainting.py [--img-size 16] [--epochs 15] [--finetune-epochs 300] [--num-images 256]
        [--steps 50] [--seeds 0,1] [--grid docs/inpainting.png] [--no-fd] [--out DIR] [--load DIR]
+       [--longer-base-epochs 65]
 
 What it does, all on data the project draws itself (no download):
 
@@ -31,6 +32,10 @@ What it does, all on data the project draws itself (no download):
    real images' on the same pairs; and seconds.
 5. Saves a grid (`--grid`): per row an original, the masked input, the
    mask, then the replacement method, RePaint at 5x and the trained model.
+6. With `--longer-base-epochs N`, trains the unconditional model N epochs
+   more and compares the replacement method and RePaint on it too: the
+   trained model had `--epochs` + `--finetune-epochs` in all, and a
+   longer-trained base improves RePaint as well.
 
 `--out DIR` saves the two models and results.json; `--load DIR` takes the
 models saved there (the unconditional one alone: the inpainting model is
@@ -64,7 +69,11 @@ EVAL_MASKS = {"box": 0.4, "half": 0.3, "stroke": 0.3}
 
 
 def train_base(img_size, epochs):
-    model = DiffusionModel.from_preset("quick", img_size=img_size, seed=0)
+    return train_more(DiffusionModel.from_preset("quick", img_size=img_size, seed=0), img_size, epochs)
+
+
+def train_more(model, img_size, epochs):
+    """`model` trained `epochs` more on the same images, in place; `(model, final loss, seconds)`."""
     data = load_synthetic(2048, img_size=img_size, batch_size=32, seed=0)
     start = time.perf_counter()
     history = model.fit(data, epochs=epochs, verbose=0, shuffle=False)
@@ -133,6 +142,9 @@ def main():
     parser.add_argument("--no-fd", action="store_true", help="skip the extractor and the Frechet distance")
     parser.add_argument("--out", default=None)
     parser.add_argument("--load", default=None)
+    parser.add_argument("--longer-base-epochs", type=int, default=0,
+                        help="then train the unconditional model this many epochs more and compare the replacement "
+                        "method and RePaint on it too (the inpainting model trained --epochs + --finetune-epochs)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     keras.utils.set_random_seed(0)
@@ -172,7 +184,17 @@ def main():
         real_fd = sample_distances(images, reference, extractor)["fid"]
 
     rows, grid_columns = [], {}
-    for label, which, options, calls in methods(args.steps):
+    compared = methods(args.steps)
+    if args.longer_base_epochs:
+        longer = f" (base {args.epochs + args.longer_base_epochs} epochs)"
+        compared += [None] + [(label + longer, *rest) for label, *rest in compared if rest[0] == "base"]
+    for method in compared:
+        if method is None:
+            _, loss, seconds = train_more(base, size, args.longer_base_epochs)
+            print(f"unconditional model: {args.longer_base_epochs} epochs more in {seconds:.0f} s, final loss "
+                  f"{loss:.4f}", flush=True)
+            continue
+        label, which, options, calls = method
         errors, fds, seams, seconds = [], [], [], []
         for seed in seeds:
             start = time.perf_counter()
