@@ -113,15 +113,20 @@ def test_heun_converges_to_the_probability_flow_ode_at_second_order():
     assert errors[-1] < 0.012, errors
 
 
+def latents_and_noises(num_steps, batch, seed):
+    """`x_T` `(batch, 4, 4, 1)` and one churn noise a step `(num_steps, batch, 4, 4, 1)`, float32."""
+    rng = np.random.default_rng(seed)
+    x_T = rng.standard_normal((batch, 4, 4, 1)).astype("float32")
+    return x_T, rng.standard_normal((num_steps, batch, 4, 4, 1)).astype("float32")
+
+
 def test_heun_is_algorithm_2_with_its_churn_on_training_timesteps():
     # With churn in a window of sigma and s_noise != 1: the same noise gives the reference's
     # sample, and n steps call the network 2n - 1 times (no corrector on the step to sigma = 0).
     model, diffusion = make_model()
     ab = diffusion.terms_float64["alphas_cumprod"]
     num_steps = 8
-    rng = np.random.default_rng(0)
-    x_T = rng.standard_normal((3, 4, 4, 1)).astype("float32")
-    noises = rng.standard_normal((num_steps, 3, 4, 4, 1)).astype("float32")
+    x_T, noises = latents_and_noises(num_steps, batch=3, seed=0)
     kept = samplers.sampling_timesteps(diffusion, num_steps, "karras")
     samples = []
     for options in ({}, {"s_churn": 2.0, "s_tmin": 0.05, "s_tmax": 20.0, "s_noise": 1.5}):
@@ -139,9 +144,7 @@ def test_a_context_without_its_training_diffusion_rounds_the_churn_to_the_kept_t
     model, diffusion = make_model()
     ab = diffusion.terms_float64["alphas_cumprod"]
     num_steps = 8
-    rng = np.random.default_rng(4)
-    x_T = rng.standard_normal((2, 4, 4, 1)).astype("float32")
-    noises = rng.standard_normal((num_steps, 2, 4, 4, 1)).astype("float32")
+    x_T, noises = latents_and_noises(num_steps, batch=2, seed=4)
     table = ops.convert_to_tensor(noises)
     context = samplers.make_context(
         lambda x, t: model.ema_network([x, t]), lambda shape, step: ops.take(table, step, axis=0), diffusion,
