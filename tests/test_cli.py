@@ -118,6 +118,7 @@ def test_evaluate_prints_a_table_and_writes_json(run_dir, extractors, tmp_path, 
     assert len(os.listdir(extractors["cache"])) == 1
 
 
+@pytest.mark.slow  # a whole command, ~35 s; the ODE likelihood itself: tests/test_likelihood_ode.py
 def test_evaluate_bpd_ode_reports_the_likelihood_and_its_evaluations(run_dir, tmp_path, capsys):
     out = str(tmp_path / "ode.json")
     argv = ["evaluate", "--checkpoint", run_dir, "--metrics", "bpd-ode", "--bpd-images", "2", "--batch-size", "2",
@@ -314,6 +315,7 @@ def test_help_explains_every_option_and_its_default(capsys):
     assert "Default: flowers64" in text and "Default: 0" in text
 
 
+@pytest.mark.slow  # a whole command, ~35 s; guidance itself: tests/test_classifier_guidance.py
 def test_train_classifier_then_sample_with_classifier_guidance(run_dir, tmp_path, capsys):
     clf = str(tmp_path / "clf.keras")
     argv = ["train-classifier", "--checkpoint", run_dir, "--dataset", "synthetic", "--steps-per-epoch", "2",
