@@ -84,10 +84,7 @@ def finetune(base, img_size, epochs, learning_rate, loss_weighting):
     model = base.to_inpainting(loss_weighting=loss_weighting)
     check_start(base, model, img_size)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    data = load_synthetic(2048, img_size=img_size, batch_size=32, seed=0)
-    start = time.perf_counter()
-    history = model.fit(data, epochs=epochs, verbose=0, shuffle=False)
-    return model, history.history["loss"][-1], time.perf_counter() - start
+    return train_more(model, img_size, epochs)
 
 
 def check_start(base, inpainter, img_size):
