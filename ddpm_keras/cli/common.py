@@ -127,10 +127,8 @@ def sampling_options(args, num_timesteps=None):
         steps = min(steps, num_timesteps)
     from ddpm_keras import samplers
 
-    own_spacing = samplers.REGISTRY[args.sampler].default_spacing  # karras for heun, else trailing
-    if default:
-        own_spacing = DEFAULT_SAMPLING.get("timestep_spacing", own_spacing)
-    spacing = args.timestep_spacing or own_spacing
+    spacing = args.timestep_spacing or (DEFAULT_SAMPLING.get("timestep_spacing") if default else None)
+    spacing = samplers.timestep_spacing_of(args.sampler, spacing)
     options = {"sampler": args.sampler, "num_steps": steps, "timestep_spacing": spacing}
     for name in [field.name for field in samplers.option_fields()] + ["dtype"]:
         if getattr(args, name, None) is not None:

@@ -65,8 +65,6 @@ def inpaint(args):
     """`ddpm-keras inpaint`: original, masked input and fillings, one row each, in a PNG."""
     import numpy as np
 
-    from ddpm_keras import samplers
-
     check_output(args.out, "--out", ".png", args.overwrite)
     model = load_model(args.checkpoint)
     check_steps(args.steps, model.diffusion.num_timesteps)
@@ -76,9 +74,8 @@ def inpaint(args):
     if mask.min() == 1.0:
         raise CLIError(f"The mask {args.mask} is white everywhere: nothing to fill (black marks the region to fill).")
     images = np.repeat(image[None], args.num_images, axis=0)
-    spacing = args.timestep_spacing or samplers.REGISTRY[args.sampler].default_spacing
     filled = model.inpaint(images, mask, seed=args.seed, sampler=args.sampler, num_steps=args.steps,
-                           eta=args.eta, resample=args.resample, timestep_spacing=spacing)
+                           eta=args.eta, resample=args.resample, timestep_spacing=args.timestep_spacing)
     masked = np.where(mask > 0, image, 0.0)[None]
     rows = [image[None], masked, filled]
     save_grid(np.concatenate([np.pad(r, ((0, args.num_images - len(r)), (0, 0), (0, 0), (0, 0)),

@@ -79,6 +79,7 @@ from ddpm_keras.samplers.registry import SamplerSpec
 from ddpm_keras.samplers.registry import build_chain
 from ddpm_keras.samplers.registry import default_num_steps
 from ddpm_keras.samplers.registry import make_context
+from ddpm_keras.samplers.registry import timestep_spacing_of
 from ddpm_keras.samplers.timesteps import TIMESTEP_SPACINGS
 from ddpm_keras.samplers.timesteps import check_num_steps
 from ddpm_keras.samplers.timesteps import check_spacing
@@ -95,5 +96,5 @@ __all__ = [
     "classifier_guided_model_fn", "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish",
     "guided_model_fn", "heun_schedule", "inpaint_chain",
     "make_context", "option_fields", "sampler_options", "make_denoiser", "respaced", "run_chain", "sampling_schedule", "sampling_timesteps",
-    "slerp", "spaced_timesteps", "start", "trajectory_length", "unipc_coefficients",
+    "slerp", "spaced_timesteps", "start", "timestep_spacing_of", "trajectory_length", "unipc_coefficients",
 ]

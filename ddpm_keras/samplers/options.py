@@ -20,6 +20,7 @@ from ddpm_keras.samplers.common import check_thresholding
 from ddpm_keras.samplers.registry import REGISTRY
 from ddpm_keras.samplers.registry import SAMPLERS
 from ddpm_keras.samplers.registry import default_num_steps
+from ddpm_keras.samplers.registry import timestep_spacing_of
 from ddpm_keras.samplers.timesteps import TIMESTEP_SPACINGS
 from ddpm_keras.samplers.timesteps import check_num_steps
 from ddpm_keras.utils.checks import check_number
@@ -36,11 +37,10 @@ def _option(default, flag=None, help=None, **values):
     """A field of `SamplerOptions`: its default, its command-line `flag` and `help`, and the values it takes.
 
     `values`: `choices`, or a numeric range (`low`, `high`, `low_open`,
-    `high_open`, `integer`), or `boolean=True`; `optional=True` also
-    takes `None`; `resolved=True`:
-    checked by `SamplerOptions.resolved`, against the diffusion;
-    `inpainting=False` leaves the option out of inpainting's flags;
-    `metavar` names the flag's value in the help.
+    `high_open`, `integer`), or `boolean=True`; `optional=True` also takes
+    `None`; `resolved=True`: checked by `SamplerOptions.resolved`, against
+    the diffusion; `inpainting=False` leaves the option out of inpainting's
+    flags; `metavar` names the flag's value in the help.
     """
     return dataclasses.field(default=default, metadata={"flag": flag, "help": help, **values})
 
@@ -106,8 +106,7 @@ class SamplerOptions:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, _checked(field, getattr(self, field.name)))
-        if self.timestep_spacing is None:
-            object.__setattr__(self, "timestep_spacing", REGISTRY[self.sampler].default_spacing)
+        object.__setattr__(self, "timestep_spacing", timestep_spacing_of(self.sampler, self.timestep_spacing))
         if self.s_tmax is not None and self.s_tmin > self.s_tmax:
             raise ValueError(
                 f"s_tmin must be <= s_tmax (churn applies where s_tmin <= sigma <= s_tmax). Received: "

@@ -60,6 +60,11 @@ def default_num_steps(sampler, num_steps, num_timesteps):
     return num_timesteps if default is None else min(default, num_timesteps)
 
 
+def timestep_spacing_of(sampler, timestep_spacing=None):
+    """`timestep_spacing`, or when `None` the sampler's own (`"karras"` for `"heun"`, `"trailing"` for the others)."""
+    return _spec(sampler).default_spacing if timestep_spacing is None else timestep_spacing
+
+
 def build_chain(
     model_fn, noise_fn, diffusion, sampler="ddpm", num_steps=None, prediction_type="epsilon",
     clip_denoised=True, thresholding=None, timestep_spacing=None, **options,
@@ -93,7 +98,7 @@ def build_chain(
     """
     spec = _spec(sampler)
     num_steps = default_num_steps(sampler, num_steps, diffusion.num_timesteps)
-    timestep_spacing = spec.default_spacing if timestep_spacing is None else timestep_spacing
+    timestep_spacing = timestep_spacing_of(sampler, timestep_spacing)
     context = make_context(
         model_fn, noise_fn, diffusion, num_steps, prediction_type, clip_denoised, thresholding, timestep_spacing,
     )

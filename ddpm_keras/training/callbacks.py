@@ -16,7 +16,7 @@ from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
 from ddpm_keras.metrics.distances import DISTANCES
 from ddpm_keras.samplers.options import DEFAULT_SAMPLING
-from ddpm_keras.samplers.registry import REGISTRY
+from ddpm_keras.samplers.registry import timestep_spacing_of
 from ddpm_keras.training.checkpoint import LOG_FILE
 from ddpm_keras.training.checkpoint import MODEL_FILE
 from ddpm_keras.training.checkpoint import QUALITY_LOG_FILE
@@ -245,7 +245,7 @@ class QualityMonitor(keras.callbacks.Callback):
 def describe_sampling(sampling):
     """`"ddim, 50 steps"` (`"..., karras spacing"` when not trailing): a `generate_images` sampling dict in words."""
     steps, sampler = sampling.get("num_steps"), sampling.get("sampler", "ddpm")
-    spacing = sampling.get("timestep_spacing") or getattr(REGISTRY.get(sampler), "default_spacing", "trailing")
+    spacing = timestep_spacing_of(sampler, sampling.get("timestep_spacing"))
     return (f"{sampler}, {'all' if steps is None else steps} steps"
             + ("" if spacing == "trailing" else f", {spacing} spacing"))
 
