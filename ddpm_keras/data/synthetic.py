@@ -93,13 +93,28 @@ def synthetic_flowers(
     if labels is not None:
         labels = _check_labels(labels, num_images)
         flowers = _class_flower_params(rng, flowers, labels)
+    images = draw_flowers(flowers, (height, width))
+    return (images, flowers) if return_params else images
+
+
+def draw_flowers(params, img_size):
+    """Draws flowers from their parameters (as `synthetic_flowers(..., return_params=True)` returns them).
+
+    Args:
+        params: Dict of per-image arrays: `"num_petals"`, `"radius"`,
+            `"centre_x"`, ... (any may be changed, e.g. the petal counts).
+        img_size: Integer, or tuple of 2 integers `(height, width)`.
+
+    Returns:
+        A float32 NumPy array `(num_images, height, width, 3)` in `[-1, 1]`.
+    """
+    height, width = image_size(img_size)
+    num_images = len(params["num_petals"])
     images = np.empty((num_images, height, width, 3), dtype=np.float32)
     for start in range(0, num_images, _CHUNK):
         chunk = slice(start, start + _CHUNK)
-        part = {name: values[chunk] for name, values in flowers.items()}
-        images[chunk] = _draw_flowers(part, height, width)
-    images = images * 2.0 - 1.0
-    return (images, flowers) if return_params else images
+        images[chunk] = _draw_flowers({name: values[chunk] for name, values in params.items()}, height, width)
+    return images * 2.0 - 1.0
 
 
 def synthetic_class_of(images):

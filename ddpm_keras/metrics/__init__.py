@@ -22,6 +22,7 @@ from ddpm_keras.metrics.features import extractor_id
 from ddpm_keras.metrics.features import inception_classifier
 from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.fid import FrechetInceptionDistance
+from ddpm_keras.metrics.flowers import flower_features
 from ddpm_keras.metrics.fid import frechet_distance
 from ddpm_keras.metrics.inception_score import InceptionScore
 from ddpm_keras.metrics.inception_score import inception_score
@@ -42,6 +43,7 @@ __all__ = [
     "WeightsUnavailableError",
     "extract_features",
     "extractor_id",
+    "flower_features",
     "fingerprint",
     "frechet_distance",
     "inception_classifier",
