@@ -1,5 +1,6 @@
 """ddpm_keras: denoising diffusion probabilistic models in Keras 3."""
 
+from ddpm_keras import convert as _convert  # noqa: F401 - registers the keras_io_flowers64 preset
 from ddpm_keras.classifier import NoisyClassifier
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.model import DiffusionModel

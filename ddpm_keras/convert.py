@@ -32,9 +32,11 @@ import zipfile
 import keras
 import numpy as np
 
+from ddpm_keras import hub
 from ddpm_keras.model import DiffusionModel
 from ddpm_keras.presets import get_preset
 from ddpm_keras.utils import files
+from ddpm_keras.utils.download import keras_home
 from ddpm_keras.utils.download import one_line
 from ddpm_keras.utils.download import probe_host
 
@@ -42,6 +44,20 @@ KERAS_IO_CHECKPOINT_URL = "https://github.com/AakashKumarNain/ddpms/releases/dow
 NETWORKS = ("network", "ema_network")  # The example's DiffusionModel attributes.
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 _SHOWN = 4  # Names shown per kind of mismatch in the error.
+
+
+# The keras.io example's published weights as a preset (`DiffusionModel.from_preset("keras_io_flowers64")`).
+KERAS_IO_PRESET = "keras_io_flowers64"
+KERAS_IO_PRESET_METADATA = {
+    "description": "The keras.io DDPM example's published EMA network: Oxford Flowers 102 at 64 px, 63.2 M parameters",
+    "trained_on": "oxford_flowers102 (train split), by the example's author",
+    "img_size": [64, 64],
+    "num_classes": None,
+    "parameter_count": 63200387,
+    "training": {"preset": "flowers64", "source": KERAS_IO_CHECKPOINT_URL,
+                 "download": "on first use, converted once into <KERAS_HOME>/ddpm_keras/presets/"},
+    "sampling": {"sampler": "dpmpp_2m_sde", "num_steps": 20},
+}
 
 
 class CheckpointMismatchError(ValueError):
@@ -131,11 +147,11 @@ def convert_keras_io_checkpoint(source, out_path, preset="flowers64", unet=None,
 def _import(source, preset, config):
     """The uncompiled `DiffusionModel` of a checkpoint, for a preset dict `config`."""
     _check_example_layout(config["unet"])
-    # The example's network: its attention, no dropout.
-    model = DiffusionModel.from_preset(
-        preset, compile=False, **{**config["unet"], "dropout": 0.0}, attention_residual="normalized"
-    )
-    with _checkpoint_prefix(source) as prefix:
+    with _checkpoint_prefix(source) as prefix:  # the download first: offline fails before the network is built
+        # The example's network: its attention, no dropout.
+        model = DiffusionModel.from_preset(
+            preset, compile=False, **{**config["unet"], "dropout": 0.0}, attention_residual="normalized"
+        )
         reader = _reader(prefix)
         shapes = reader.get_variable_to_shape_map()
         names = _network_prefixes(shapes)
@@ -295,17 +311,20 @@ def _download(url):
     if not name.lower().endswith(".zip"):
         raise ValueError(f"A checkpoint URL must name a .zip file of the checkpoint. Received: {url}")
     filename = f"keras-io-{hashlib.sha256(url.encode()).hexdigest()[:10]}-{name}"
-    keras_home = os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
-    cached = os.path.join(keras_home, "models", filename)
+    cached = os.path.join(keras_home(), "models", filename)
     if os.path.isfile(cached):
         return cached
     reason = probe_host(url)
     if reason is None:
         try:
-            return keras.utils.get_file(filename, url, cache_dir=keras_home, cache_subdir="models")
+            return keras.utils.get_file(filename, url, cache_dir=keras_home(), cache_subdir="models")
         except Exception as error:  # noqa: BLE001 - any download failure becomes the one-line error
             reason = one_line(error)
     raise CheckpointUnavailableError(
         f"Could not download {url} ({reason}). Download it on a machine with internet access and pass the "
         "zip's path (or the unzipped checkpoint's) instead."
     )
+
+
+hub.register_converted_preset(KERAS_IO_PRESET, KERAS_IO_PRESET_METADATA,
+                              lambda: load_keras_io_checkpoint(KERAS_IO_CHECKPOINT_URL))

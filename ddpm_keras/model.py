@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ddpm_keras import hub
 from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import check_prediction_type
 from ddpm_keras.diffusion import objectives
@@ -28,7 +29,6 @@ from ddpm_keras.inference.runner import ChainRunner
 from ddpm_keras.nn.unet import network_is_inpainting
 from ddpm_keras.nn.unet import network_num_classes
 from ddpm_keras.options import TRAINING_OPTIONS
-from ddpm_keras.preset_builder import build_model
 from ddpm_keras.preset_builder import inpainting_model
 from ddpm_keras.training import labels as training_labels
 from ddpm_keras.training import masks as training_masks
@@ -142,6 +142,9 @@ class DiffusionModel(keras.Model):
     >>> conditional.compile(optimizer=keras.optimizers.Adam(2e-4))
     >>> conditional.fit(images, labels, batch_size=64, epochs=10)
     """
+
+    # name -> metadata of the pretrained presets `from_preset` takes by name (keras-hub's `presets`).
+    presets = hub.PresetsProperty()
 
     def __init__(
         self,
@@ -387,24 +390,24 @@ class DiffusionModel(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, compile=True, **overrides):
-        """A new model of the configuration named `preset` (`ddpm_keras.presets`), keras-hub's way.
+        """A model from a preset, keras-hub's way: pretrained weights, or a configuration to train.
 
-        Args:
-            preset: String, a name of `presets.PRESETS`: `"flowers64"` (the
-                keras.io example), `"tiny"`, `"quick"`, `"flowers64_cond"`,
-                `"tiny_cond"`.
-            compile: Boolean, compile with Adam at the preset's learning
-                rate. Defaults to `True`.
-            **overrides: Any argument of `build_unet`, `GaussianDiffusion`
-                or `DiffusionModel`, or `learning_rate`, replacing the
-                preset's (`preset_builder.build_model`).
+        `preset`: a pretrained preset (`DiffusionModel.presets`), a preset
+        folder, `"hf://owner/name"`, `"kaggle://owner/model/keras/variant"`,
+        or a configuration of `ddpm_keras.presets` (untrained). `overrides`:
+        a configuration's constructor arguments, or a weights preset's
+        options and `learning_rate` (`hub.from_preset`).
 
         Example:
 
+        >>> images = DiffusionModel.from_preset("synthetic_flowers32").generate_images(16, seed=0)
         >>> model = DiffusionModel.from_preset("tiny", img_size=16, prediction_type="v", seed=0)
-        >>> model.fit(images, epochs=10)
         """
-        return build_model(cls, preset, compile=compile, **overrides)
+        return hub.from_preset(cls, preset, compile=compile, **overrides)
+
+    def save_to_preset(self, preset_dir, **description):
+        """Writes a keras-hub preset folder (config, EMA weights, metadata) that `from_preset` reads: `hub.save_to_preset`."""
+        return hub.save_to_preset(self, preset_dir, **description)
 
     @classmethod
     def from_config(cls, config):

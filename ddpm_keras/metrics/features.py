@@ -22,6 +22,7 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras.utils.checks import check_positive_int
+from ddpm_keras.utils.download import keras_home
 from ddpm_keras.utils.download import one_line
 from ddpm_keras.utils.download import probe_host
 from ddpm_keras.utils.progress import progress_bar
@@ -127,7 +128,7 @@ def resolve_inception_weights(weights, include_top=False):
                 "(or weights='imagenet' to download it)."
             )
         return path
-    cache_dir = os.path.join(_keras_home(), "models")
+    cache_dir = os.path.join(keras_home(), "models")
     cached = os.path.join(cache_dir, filename)
     if os.path.isfile(cached):
         return cached
@@ -142,10 +143,6 @@ def resolve_inception_weights(weights, include_top=False):
         f"({reason}). Copy the file there from a machine with internet access ({_WEIGHTS_URL}{filename}), "
         "or pass its path: weights='/path/to/" + filename + "' (command line: --inception-weights PATH)."
     )
-
-
-def _keras_home():
-    return os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
 
 
 def extractor_id(model):

@@ -4,6 +4,7 @@ Download helpers (tfds, `keras.utils.get_file`) retry for minutes when there
 is no network. A HEAD request with a few-second timeout tells at once.
 """
 
+import os
 import ssl
 import urllib.error
 import urllib.parse
@@ -39,3 +40,8 @@ def one_line(error):
     lines = str(error).strip().splitlines() or [type(error).__name__]
     line = lines[0]
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+def keras_home():
+    """Keras's cache folder: `$KERAS_HOME`, or `~/.keras`."""
+    return os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
