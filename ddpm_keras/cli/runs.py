@@ -1,13 +1,13 @@
 """A run directory of `ddpm-keras train`: what a fresh run refuses, what a resumed run keeps, and its record.
 
 A run directory holds `model.keras` (the whole training state of the last
-finished epoch), `log.csv`, `run.json`, `samples/` and, with
-`--fid-every`, `quality.csv` and `quality.png`. A fresh run never writes
-into a folder that holds any of them; a resumed run takes the model and its
-data shape from the folder and refuses an option that would change them,
-while the options that may change (epochs, learning rate, batch size, plot
-cadence, ...) take effect and are recorded: `run.json` keeps, beside the
-options in force, the list of every launch.
+finished epoch), `log.csv`, `run.json`, `samples/`, with `--fid-every`
+`quality.csv` and `quality.png`, and with `--tensorboard` `tensorboard/`.
+A fresh run never writes into a folder that holds any of them; a resumed
+run takes the model and its data shape from the folder and refuses an
+option that would change them, while the options that may change (epochs,
+learning rate, batch size, plot cadence, ...) take effect and are recorded:
+`run.json` keeps, beside the options in force, the list of every launch.
 """
 
 import datetime
@@ -25,8 +25,10 @@ from ddpm_keras.training.checkpoint import resume_log
 from ddpm_keras.utils import files
 
 RUN_RECORD = "run.json"
+# The folder of the TensorBoard events of `--tensorboard`.
+TENSORBOARD_DIR = "tensorboard"
 # The files of a run directory: a fresh run refuses a folder holding any of them.
-RUN_FILES = (MODEL_FILE, LOG_FILE, RUN_RECORD, QUALITY_LOG_FILE, QUALITY_PLOT_FILE, SAMPLES_DIR)
+RUN_FILES = (MODEL_FILE, LOG_FILE, RUN_RECORD, QUALITY_LOG_FILE, QUALITY_PLOT_FILE, SAMPLES_DIR, TENSORBOARD_DIR)
 # Files written through a temporary (`.tmp-PID-NAME`) that a kill can leave behind.
 ATOMIC_FILES = (MODEL_FILE, LOG_FILE, RUN_RECORD, QUALITY_LOG_FILE, QUALITY_PLOT_FILE)
 # The options a resumed run takes from run.json when they are not given: the run goes on as it was.
@@ -34,7 +36,7 @@ RESUMED_OPTIONS = ("dataset", "split", "data_dir", "batch_size", "epochs", "step
                    "precision")
 # The options a launch may change, recorded for each launch.
 LAUNCH_OPTIONS = ("epochs", "learning_rate", "batch_size", "steps_per_epoch", "plot_every", "dataset", "split",
-                  "seed", "fid_every", "jit_compile")
+                  "seed", "fid_every", "jit_compile", "tensorboard")
 
 _ADVICE = "Drop the option, or start a new run with --out DIR."
 

@@ -2,8 +2,9 @@
 
 `SamplePlotter` and `QualityMonitor` are here; `RunCheckpoint` and the run's
 CSV logs are in `checkpoint.py`, `StallWatchdog` in `watchdog.py`,
-`NonFiniteGuard` in `finite.py`; every callback of `fit` is importable from
-this module (`ddpm_keras.callbacks`).
+`NonFiniteGuard` in `finite.py`, `TensorBoardLogger` in `tensorboard.py`;
+every callback of `fit` is importable from this module
+(`ddpm_keras.callbacks`).
 """
 
 import os
@@ -29,6 +30,7 @@ from ddpm_keras.training.checkpoint import read_rows
 from ddpm_keras.training.checkpoint import resume_log
 from ddpm_keras.training.checkpoint import save_atomically
 from ddpm_keras.training.finite import NonFiniteGuard
+from ddpm_keras.training.tensorboard import TensorBoardLogger
 from ddpm_keras.training.watchdog import StallWatchdog
 from ddpm_keras.utils.checks import check_positive_int
 from ddpm_keras.utils.progress import in_notebook
@@ -38,8 +40,8 @@ from ddpm_keras.visualize import save_image_grid
 
 __all__ = [
     "LOG_FILE", "MODEL_FILE", "QUALITY_LOG_FILE", "QUALITY_PLOT_FILE", "SAMPLES_DIR", "NonFiniteGuard",
-    "QualityMonitor", "RunCheckpoint", "SamplePlotter", "StallWatchdog", "WorkerShare", "class_rows",
-    "describe_sampling", "read_rows", "resume_log", "save_atomically",
+    "QualityMonitor", "RunCheckpoint", "SamplePlotter", "StallWatchdog", "TensorBoardLogger", "WorkerShare",
+    "class_rows", "describe_sampling", "read_rows", "resume_log", "save_atomically",
 ]
 
 
@@ -52,7 +54,9 @@ class SamplePlotter(keras.callbacks.Callback):
     with `num_images // len(classes)` samples of it. Files are
     `<run_dir>/samples/epoch_0001.png`, ... (1-based epoch numbers). No
     display is needed: grids are written with Pillow; in a Jupyter/Colab
-    kernel each grid is also displayed inline.
+    kernel each grid is also displayed inline. With `tensorboard`, each
+    grid is also written as an image summary `"samples"` at step
+    `epoch + 1`.
 
     Args:
         run_dir: String, the run directory.
@@ -70,6 +74,8 @@ class SamplePlotter(keras.callbacks.Callback):
             `[0, num_classes)`.
         guidance_scale: Float, the classifier-free guidance of a
             conditional model's rows. Defaults to `1.0`.
+        tensorboard: A `TensorBoardLogger` that also receives each grid
+            (its `log_images`), or `None`. Defaults to `None`.
 
     Example:
 
@@ -78,11 +84,13 @@ class SamplePlotter(keras.callbacks.Callback):
 
     def __init__(
         self, run_dir, every=1, num_images=16, seed=0, sampling=None, scale=None, show=None, classes=None,
-        guidance_scale=1.0,
+        guidance_scale=1.0, tensorboard=None,
     ):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer. Received: every={every!r}")
+        if tensorboard is not None and not callable(getattr(tensorboard, "log_images", None)):
+            raise TypeError(f"tensorboard must be a TensorBoardLogger or None. Received: tensorboard={tensorboard!r}")
         self.run_dir = os.fspath(run_dir)
         self.every = every
         self.num_images = num_images
@@ -92,6 +100,7 @@ class SamplePlotter(keras.callbacks.Callback):
         self.show = in_notebook() if show is None else show
         self.classes = classes
         self.guidance_scale = guidance_scale
+        self.tensorboard = tensorboard
         self.last_path = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -106,6 +115,8 @@ class SamplePlotter(keras.callbacks.Callback):
         scale = self.scale or display_scale(images)
         path = os.path.join(self.run_dir, SAMPLES_DIR, f"epoch_{epoch + 1:04d}.png")
         self.last_path = save_image_grid(images, path, ncols=ncols, scale=scale)
+        if self.tensorboard is not None:
+            self.tensorboard.log_images("samples", images, epoch + 1, ncols=ncols, scale=scale)
         if self.show:
             from IPython.display import Image
             from IPython.display import display
