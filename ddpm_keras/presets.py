@@ -44,6 +44,8 @@ PRESETS = {
         "training": {
             "batch_size": 32, "learning_rate": 2e-4, "ema": 0.999, "epochs": 800,
             "dataset": "oxford_flowers102", "plot_every": 10,
+            # A class-conditional model's grids: one row per class, under this classifier-free guidance.
+            "plot_guidance": 1.0,
             # Ho et al. 2020: the noise, every timestep alike, a constant EMA decay.
             "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False,
             # Class-conditional models (unet num_classes): the labels replaced by the null label (Ho & Salimans).
@@ -69,7 +71,7 @@ PRESETS = {
         },
         "training": {
             "batch_size": 32, "learning_rate": 1e-3, "ema": 0.995, "epochs": 20,
-            "dataset": "synthetic", "plot_every": 5,
+            "dataset": "synthetic", "plot_every": 5, "plot_guidance": 1.0,
             "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False,
             "cond_drop_prob": 0.1, "mask_rates": dict(DEFAULT_MASK_RATES),
         },
@@ -94,7 +96,18 @@ PRESETS["flowers64_cond"] = copy.deepcopy(PRESETS["flowers64"])
 PRESETS["flowers64_cond"]["unet"]["num_classes"] = 102
 PRESETS["tiny_cond"] = copy.deepcopy(PRESETS["quick"])
 PRESETS["tiny_cond"]["unet"]["num_classes"] = 4
-PRESETS["tiny_cond"]["training"].update(epochs=40, plot_every=5)
+PRESETS["tiny_cond"]["training"].update(epochs=40, plot_every=5, plot_guidance=3.0)
+
+# The recipes of the pretrained models shipped with the package (`ddpm_keras.pretrained`): quick's
+# recipe at 32 px, an EMA of 0.999 behind its warm-up, on 16,384 synthetic flowers (one epoch = 512
+# steps), unconditional and on the 4 synthetic classes. `ddpm-keras train --preset NAME` retrains
+# one; examples/train_pretrained.sh holds the commands that made the shipped weights.
+PRESETS["synthetic_flowers32"] = copy.deepcopy(PRESETS["quick"])
+PRESETS["synthetic_flowers32"]["unet"]["img_size"] = 32
+PRESETS["synthetic_flowers32"]["training"].update(epochs=24, plot_every=2, ema=0.999, synthetic_images=16384)
+PRESETS["synthetic_flowers32_cond"] = copy.deepcopy(PRESETS["synthetic_flowers32"])
+PRESETS["synthetic_flowers32_cond"]["unet"]["num_classes"] = 4
+PRESETS["synthetic_flowers32_cond"]["training"]["plot_guidance"] = 1.5
 
 
 def get_preset(name):

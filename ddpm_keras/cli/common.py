@@ -51,8 +51,17 @@ def register(name, add_parser, run):
     COMMANDS[name] = Command(name, add_parser, run)
 
 
-def add_checkpoint_args(parser):
-    parser.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
+def add_checkpoint_args(parser, preset=False):
+    """--checkpoint (or, with `preset`, one of --checkpoint and --preset), --seed, --out and --overwrite."""
+    if preset:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="a model.keras file, or a run directory holding one")
+        source.add_argument("--preset", help="a pretrained preset, no training needed: a shipped name (see "
+                            "DiffusionModel.presets: synthetic_flowers32, synthetic_flowers32_cond, keras_io_flowers64), "
+                            "a preset folder, hf://owner/name or kaggle://owner/model/keras/variant; sampled with its "
+                            "recommended sampler and guidance unless given")
+    else:
+        parser.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
     parser.add_argument("--seed", type=seed_type, default=0, help="the same seed gives the same images")
     parser.add_argument("--out", required=True, help="output PNG file")
     add_overwrite_arg(parser)

@@ -1,5 +1,6 @@
 """`ddpm-keras sample`: a PNG grid of samples, by class and guidance on a class-conditional model.
 
+    ddpm-keras sample --preset synthetic_flowers32_cond --out flowers.png --class blue-6-petals
     ddpm-keras sample --checkpoint RUN_DIR --out samples.png --gif denoise.gif
     ddpm-keras sample --checkpoint RUN_DIR --out roses.png --class "pink primrose" --guidance-scale 3
     ddpm-keras sample --checkpoint RUN_DIR --out sweep.png --labels 3,17,40 --guidance-sweep 1,2,4,8
@@ -30,7 +31,7 @@ def add_sample_parser(commands, formatter):
         "any model with a noise-aware classifier (ddpm-keras train-classifier) towards --labels; the sweep then "
         "varies --classifier-scale.",
     )
-    add_checkpoint_args(sample)
+    add_checkpoint_args(sample, preset=True)
     sample.add_argument("--num-images", type=positive_int, default=None,
                         help="number of images. Default: one per label given, else 16")
     add_sampler_arguments(sample)
@@ -47,9 +48,9 @@ def add_conditioning_args(parser):
                         help="classes (integers or names), one for all images or one per image")
     parser.add_argument("--class", dest="class_names", action="append", default=None, metavar="NAME",
                         help="a class by name, for all images (repeat for one row per class)")
-    parser.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=None,
                         help="classifier-free guidance s (s = 1 + w): 1 the conditional model, larger values "
-                        "closer to the class and less varied")
+                        "closer to the class and less varied. Default: 1 (a --preset's own with labels)")
     parser.add_argument("--guidance-rescale", type=probability, default=0.0,
                         help="Lin et al.'s rescale of the guided output's std, in [0, 1], against over-saturation")
     parser.add_argument("--guidance-sweep", default=None, metavar="S,S,...",
@@ -108,6 +109,20 @@ def load_classifier(path):
     return classifier
 
 
+def load_preset(args):
+    """The model of `--preset` and its recommended sampling (`generate_images` arguments), or a CLIError."""
+    from ddpm_keras import DiffusionModel
+    from ddpm_keras import hub
+    from ddpm_keras.cli.common import CLIError
+
+    try:
+        model = DiffusionModel.from_preset(args.preset, compile=False)
+        metadata = hub.read_metadata(args.preset)
+    except (ValueError, OSError) as error:
+        raise CLIError(f"--preset {args.preset}: {error}") from None
+    return model, dict(metadata.get("sampling") or {})
+
+
 def sample(args):
     """`ddpm-keras sample`: a PNG grid of samples from a checkpoint (and a GIF of their trajectory)."""
     import numpy as np
@@ -126,10 +141,14 @@ def sample(args):
     if args.gif and args.guidance_sweep:
         raise CLIError("--gif draws one trajectory: use it without --guidance-sweep.")
     scales = sweep_scales(args.guidance_sweep) if args.guidance_sweep else None
-    model = load_model(args.checkpoint)
+    model, recommended = load_preset(args) if args.preset else (load_model(args.checkpoint), {})
     classifier = load_classifier(args.classifier) if args.classifier else None
     options = sampling_options(args, model.diffusion.num_timesteps)
     labels = requested_labels(args)
+    if labels is None and args.preset and model.num_classes and classifier is None:
+        labels = [i % model.num_classes for i in range(args.num_images or 16)]  # every class, in turn
+    if args.guidance_scale is None:
+        args.guidance_scale = recommended.get("guidance_scale", 1.0) if labels is not None and model.num_classes else 1.0
     ncols = None
     if args.class_names and len(args.class_names) > 1:
         per_class = max(1, (args.num_images or 16) // len(labels))

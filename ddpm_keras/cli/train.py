@@ -100,6 +100,10 @@ def add_train_parser(commands, formatter):
                        help="epochs between FID/KID measurements of EMA samples against the training images "
                        "(0: never); they go into log.csv, quality.csv and quality.png")
     train.add_argument("--fid-samples", type=positive_int, default=1000, help="samples per FID/KID measurement")
+    train.add_argument("--tensorboard", action="store_true",
+                       help="also write TensorBoard events to RUN_DIR/tensorboard/: the loss of each epoch, the "
+                       "quality metrics of --fid-every and the sample grids; view them with: "
+                       "tensorboard --logdir RUN_DIR")
     add_extractor_args(train)
 
 
@@ -192,6 +196,7 @@ def train(args):
     import keras
 
     from ddpm_keras.data import load_dataset
+    from ddpm_keras.data.by_name import SYNTHETIC_IMAGES
     from ddpm_keras.utils.distribute import is_chief
     from ddpm_keras.utils.distribute import set_precision
     from ddpm_keras.utils.distribute import strategy_scope
@@ -217,6 +222,7 @@ def train(args):
         dataset = load_dataset(
             dataset_name, split=args.split, img_size=(height, width), batch_size=batch_size,
             data_dir=args.data_dir, seed=args.seed, with_labels=model.num_classes is not None,
+            num_synthetic=training.get("synthetic_images", SYNTHETIC_IMAGES),
         )
         if args.steps_per_epoch:
             dataset = dataset.repeat()
@@ -225,7 +231,8 @@ def train(args):
         if write_dir == run_dir:
             _write_record(args, run_dir, record, model, completed, preset=preset, epochs=epochs,
                           batch_size=batch_size, plot_every=plot_every, preset_config=config)
-        callbacks, plotter, watchdog = _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker, workers)
+        callbacks, plotter, watchdog = _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker, workers,
+                                                  guidance=training.get("plot_guidance", 1.0))
         classes = (f", {model.num_classes} classes" if model.num_classes else "") + (
             ", inpainting" if model.inpainting else "")
         where = f"worker {worker} of {workers}, " if workers > 1 else ""
@@ -265,25 +272,33 @@ def _write_record(args, run_dir, record, model, completed, preset_config, **reso
     )
 
 
-def _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker, workers):
+def _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker, workers, guidance=1.0):
     """The callbacks of `fit`, in order; returns `(callbacks, plotter or None, watchdog)`."""
     import keras
 
+    from ddpm_keras.cli.runs import TENSORBOARD_DIR
     from ddpm_keras.training.callbacks import NonFiniteGuard
     from ddpm_keras.training.callbacks import RunCheckpoint
     from ddpm_keras.training.callbacks import SamplePlotter
     from ddpm_keras.training.callbacks import StallWatchdog
+    from ddpm_keras.training.callbacks import TensorBoardLogger
     from ddpm_keras.training.callbacks import WorkerShare
 
     # The guard first: a non-finite loss stops the epoch before any callback saves it. The quality
-    # monitor before the checkpoint: the checkpoint's log.csv then records its figures.
+    # monitor before the checkpoint: the checkpoint's log.csv then records its figures. TensorBoard after
+    # both: it logs the figures too, and only epochs that were saved (a resumed run does not repeat one).
     callbacks = [NonFiniteGuard()]
     if args.fid_every:
         from ddpm_keras.cli.evaluate import quality_monitor
 
         callbacks.append(quality_monitor(args, dataset_name, model.image_shape[:2], write_dir))
     callbacks.append(RunCheckpoint(write_dir))
-    plotter = SamplePlotter(write_dir, every=plot_every, seed=args.seed) if plot_every else None
+    tensorboard = None
+    if args.tensorboard and write_dir == run_dir:  # under several workers, the chief's events only
+        tensorboard = TensorBoardLogger(os.path.join(run_dir, TENSORBOARD_DIR))
+        callbacks.append(tensorboard)
+    plotter = SamplePlotter(write_dir, every=plot_every, seed=args.seed, guidance_scale=guidance,
+                            tensorboard=tensorboard) if plot_every else None
     callbacks += [plotter] if plotter else []
     if workers > 1 and keras.backend.backend() == "tensorflow":
         callbacks.append(WorkerShare(worker, workers))

@@ -11,6 +11,8 @@ from ddpm_keras.data.synthetic import SYNTHETIC_CLASS_NAMES
 from ddpm_keras.data.synthetic import load_synthetic
 
 SYNTHETIC_NAME = "synthetic"
+# The distinct images of `"synthetic"` unless a preset says otherwise (its training key `synthetic_images`).
+SYNTHETIC_IMAGES = 1024
 DATASET_NAMES = (FLOWERS_NAME, SYNTHETIC_NAME)
 
 
@@ -23,7 +25,7 @@ def load_dataset(
     shuffle=True,
     augment=True,
     seed=None,
-    num_synthetic=1024,
+    num_synthetic=SYNTHETIC_IMAGES,
     with_labels=False,
 ):
     """Loads a dataset by name, or a folder of images, as image batches.

@@ -1,0 +1,138 @@
+"""The shipped presets' quality, its spread over sampling seeds, and what breaks it.
+
+Usage: python bench/pretrained.py [--num-samples 256] [--seeds 0,1,2,3,4] [--presets NAME,...]
+       [--raw NAME=RUN_DIR ...] [--breaks]
+
+For each preset (default: every shipped one), with its recommended sampling
+(`metadata.json`'s `sampling`, `DEFAULT_SAMPLING` otherwise), in the shipped
+flower features (`metrics.flower_features`):
+
+- FD of `--num-samples` samples against 4,096 real synthetic flowers (for a
+  conditional preset: labelled ones, the samples a quarter per class), mean
+  and spread over `--seeds`, beside the floor: as many other real flowers;
+- for a conditional preset, the class accuracy (`synthetic_class_of`);
+- seconds per sample.
+
+With `--breaks`, the same figures for deliberate faults, which the quality
+test (tests/test_pretrained.py) must catch: each coefficient of
+DPM-Solver++(2M) SDE (`a`, `c0`, `noise`) 10% off; guidance off (s = 1)
+for a conditional preset; and with `--raw NAME=RUN_DIR`, the run's raw
+(not EMA) network in place of the EMA one.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ddpm_keras import DiffusionModel  # noqa: E402
+from ddpm_keras import hub  # noqa: E402
+from ddpm_keras.data import synthetic_class_of  # noqa: E402
+from ddpm_keras.data import synthetic_flowers  # noqa: E402
+from ddpm_keras.metrics import flower_features  # noqa: E402
+from ddpm_keras.metrics import reference_statistics  # noqa: E402
+from ddpm_keras.metrics import sample_distances  # noqa: E402
+from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
+from ddpm_keras.samplers import dpm_solver  # noqa: E402
+
+REFERENCE_SEED, FLOOR_SEED = 9001, 9002
+
+
+def balanced_labels(num_images, num_classes):
+    return np.arange(num_images) % num_classes
+
+
+def real_flowers(num_images, size, num_classes, seed):
+    labels = None if num_classes is None else balanced_labels(num_images, num_classes)
+    return synthetic_flowers(num_images, size, seed=seed, labels=labels)
+
+
+def sampling_of(name):
+    return {**DEFAULT_SAMPLING, **hub.read_metadata(name).get("sampling", {})}
+
+
+def measure(model, sampling, reference, extractor, num_samples, seeds):
+    """FDs over seeds, class accuracies (conditional) and seconds per sample."""
+    fds, accuracies, seconds = [], [], []
+    sampling = dict(sampling)
+    guidance = sampling.pop("guidance_scale", 1.0)
+    for seed in seeds:
+        conditioning = {}
+        if model.num_classes:
+            labels = balanced_labels(num_samples, model.num_classes)
+            conditioning = {"labels": labels, "guidance_scale": guidance}
+        start = time.perf_counter()
+        images = np.asarray(model.generate_images(num_samples, seed=seed, verbose=0, **sampling, **conditioning))
+        seconds.append((time.perf_counter() - start) / num_samples)
+        fds.append(sample_distances(images, reference, extractor, metrics=("fid",))["fid"])
+        if model.num_classes:
+            accuracies.append(float(np.mean(synthetic_class_of(images) == labels)))
+    return fds, accuracies, seconds
+
+
+def row(label, fds, accuracies, seconds):
+    accuracy = f"{np.mean(accuracies):.3f} +- {np.std(accuracies):.3f}" if accuracies else "-"
+    print(f"| {label} | {np.mean(fds):.2f} +- {np.std(fds):.2f} ({', '.join(f'{f:.1f}' for f in fds)}) | {accuracy} | "
+          f"{1000 * np.median(seconds):.1f} |", flush=True)
+
+
+def with_coefficient_off(name, factor):
+    original = dpm_solver.dpmpp_coefficients
+
+    def broken(*args, **kwargs):
+        table = original(*args, **kwargs)
+        table[name] = table[name] * factor
+        return table
+
+    return original, broken
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--presets", default=None)
+    parser.add_argument("--raw", action="append", default=[], metavar="NAME=RUN_DIR")
+    parser.add_argument("--breaks", action="store_true")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.presets.split(",") if args.presets else sorted(hub.shipped_presets())
+    raw = dict(item.split("=", 1) for item in args.raw)
+    extractor = flower_features()
+    for name in names:
+        model = DiffusionModel.from_preset(name, compile=False)
+        metadata, sampling = hub.read_metadata(name), sampling_of(name)
+        size, classes = model.image_shape[0], model.num_classes
+        reference = reference_statistics(real_flowers(4096, size, classes, REFERENCE_SEED), extractor,
+                                         cache_dir=False, verbose=0)
+        floor = sample_distances(real_flowers(args.num_samples, size, classes, FLOOR_SEED), reference, extractor,
+                                 metrics=("fid",))["fid"]
+        print(f"\n{name}: {metadata['parameter_count']:,} parameters, {size} px, classes {model.class_names}, "
+              f"sampling {sampling}; real-data floor FD {floor:.2f} ({args.num_samples} vs 4,096)")
+        print("| configuration | FD | class accuracy | ms per sample |\n|---|---|---|---|")
+        row("as shipped", *measure(model, sampling, reference, extractor, args.num_samples, seeds))
+        if not args.breaks:
+            continue
+        for coefficient in ("a", "c0", "noise"):
+            original, broken = with_coefficient_off(coefficient, 1.1)
+            dpm_solver.dpmpp_coefficients = broken
+            try:
+                fresh = DiffusionModel.from_preset(name, compile=False)  # no compiled chain of the right one
+                row(f"{coefficient} x 1.1", *measure(fresh, sampling, reference, extractor, args.num_samples, seeds))
+            finally:
+                dpm_solver.dpmpp_coefficients = original
+        if classes:
+            row("guidance off (s = 1)", *measure(model, {**sampling, "guidance_scale": 1.0}, reference, extractor,
+                                                 args.num_samples, seeds))
+        if name in raw:
+            run = keras.saving.load_model(os.path.join(raw[name], "model.keras"), compile=False)
+            model.ema_network.set_weights(run.network.get_weights())
+            row("raw weights, not the EMA", *measure(model, sampling, reference, extractor, args.num_samples, seeds))
+
+
+if __name__ == "__main__":
+    main()
