@@ -61,14 +61,14 @@ class PresetsProperty:
 
 def from_preset(model_class, preset, compile=True, **overrides):
     """`DiffusionModel.from_preset`: weights presets through `load_preset`, configurations through `build_model`."""
-    if not is_weights_handle(preset) and preset in PRESETS:
+    if is_weights_handle(preset):
+        return load_preset(model_class, preset, compile=compile, **overrides)
+    if preset in PRESETS:
         return build_model(model_class, preset, compile=compile, **overrides)
-    if not is_weights_handle(preset):
-        raise ValueError(
-            f"Unknown preset: {preset!r}. Pretrained: {sorted(available_presets())}; configurations (untrained): "
-            f"{sorted(PRESETS)}; or a preset folder, hf://owner/name or kaggle://owner/model/keras/variant."
-        )
-    return load_preset(model_class, preset, compile=compile, **overrides)
+    raise ValueError(
+        f"Unknown preset: {preset!r}. Pretrained: {sorted(available_presets())}; configurations (untrained): "
+        f"{sorted(PRESETS)}; or a preset folder, hf://owner/name or kaggle://owner/model/keras/variant."
+    )
 
 
 def register_converted_preset(name, metadata, build):
