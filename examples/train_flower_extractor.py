@@ -34,6 +34,7 @@ from ddpm_keras.metrics import frechet_distance  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.metrics.flowers import FLOWER_FEATURES_PATH  # noqa: E402
 from ddpm_keras.metrics.flowers import FLOWER_FEATURES_SIZE  # noqa: E402
+from ddpm_keras.utils.files import check_output  # noqa: E402
 
 FAULTS = ("clean", "noise", "grain", "blur", "colour")
 SEVERITY = {"noise": (0.02, 0.4), "grain": (0.02, 0.4), "blur": (0.3, 1.5), "colour": (0.03, 0.3)}
@@ -123,7 +124,9 @@ def main():
     parser.add_argument("--images", type=int, default=16384)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if ddpm_keras did not write it")
     args = parser.parse_args()
+    check_output(args.out, "--out", overwrite=args.overwrite or args.out == FLOWER_FEATURES_PATH)  # before the work
     keras.utils.set_random_seed(args.seed)
     images, petals, regressed, fault = training_set(args.images + 2048, args.seed)
     train, test = slice(0, args.images), slice(args.images, None)

@@ -1,6 +1,7 @@
 """Presets in keras-hub's layout: save_to_preset and from_preset round trips, and every way a handle fails."""
 
 import builtins
+import hashlib
 import json
 import os
 
@@ -55,9 +56,11 @@ def test_save_to_preset_replaces_its_own_preset_and_refuses_other_folders(traine
     model, folder = trained
     model.save_to_preset(folder)  # its own: replaced
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="notes.txt.*left alone"):
+    (tmp_path / "config.json").write_text("{}")  # a name a preset also uses
+    before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()}
+    with pytest.raises(OutputExistsError, match="left alone"):
         model.save_to_preset(tmp_path)
-    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()} == before
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputExistsError, match="is a file"):
         model.save_to_preset(tmp_path / "file")
