@@ -19,6 +19,7 @@ from ddpm_keras.metrics import features as features_module
 from ddpm_keras.metrics import frechet_distance
 from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import inception_score
+from ddpm_keras.metrics import intra_class_frechet_distance
 from ddpm_keras.metrics import kernel_distance
 from ddpm_keras.metrics import mmd2_unbiased
 from ddpm_keras.metrics import reference as reference_module
@@ -58,6 +59,31 @@ def test_frechet_distance_matches_scipy_sqrtm_and_is_zero_for_identical_gaussian
     reference = np.sum((mean1 - mean2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2)).real
     assert frechet_distance(mean1, c1, mean2, c2) == pytest.approx(reference, rel=1e-9)
     assert frechet_distance(mean1, c1, mean1, c1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_intra_class_fid_is_the_mean_of_the_per_class_distances():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(300, 4))
+    reference_labels = np.arange(300) % 3
+    # Class 0 drawn exactly as its real images, class 1 shifted by d (FD |d|^2), class 2 scaled by 2 (FD Tr(C)).
+    shift = np.array([1.0, -2.0, 0.5, 0.0])
+    features = reference.copy()
+    features[reference_labels == 1] += shift
+    features[reference_labels == 2] = 2 * features[reference_labels == 2] - reference[reference_labels == 2].mean(0)
+    trace = np.trace(np.cov(reference[reference_labels == 2], rowvar=False))
+    expected = (0.0 + shift @ shift + trace) / 3
+    got = intra_class_frechet_distance(features, reference_labels, reference, reference_labels)
+    assert got == pytest.approx(expected, rel=1e-9)
+    # The plain FD of the pooled images cannot see a class drawn as another: here it is 0, the intra-class FD is not.
+    distinct = reference + 3.0 * np.eye(4)[reference_labels]  # the class means 3 apart in their own axis
+    swapped = np.where(reference_labels == 0, 1, np.where(reference_labels == 1, 0, reference_labels))
+    pooled = frechet_distance(distinct.mean(0), np.cov(distinct, rowvar=False), distinct.mean(0),
+                              np.cov(distinct, rowvar=False))
+    assert pooled == pytest.approx(0.0, abs=1e-9)
+    assert intra_class_frechet_distance(distinct, swapped, distinct, reference_labels) == pytest.approx(
+        2 * 18.0 / 3, rel=0.1)  # |3 e0 - 3 e1|^2 = 18 for two of the three classes
+    with pytest.raises(ValueError, match="Class 5 has 1 generated"):
+        intra_class_frechet_distance(reference[:4], [0, 0, 5, 0], reference, reference_labels)
 
 
 @pytest.mark.parametrize("batch_size", [3, 16, 100])

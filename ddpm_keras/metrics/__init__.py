@@ -24,6 +24,7 @@ from ddpm_keras.metrics.features import inception_features
 from ddpm_keras.metrics.fid import FrechetInceptionDistance
 from ddpm_keras.metrics.flowers import flower_features
 from ddpm_keras.metrics.fid import frechet_distance
+from ddpm_keras.metrics.fid import intra_class_frechet_distance
 from ddpm_keras.metrics.inception_score import InceptionScore
 from ddpm_keras.metrics.inception_score import inception_score
 from ddpm_keras.metrics.kid import KernelInceptionDistance
@@ -49,6 +50,7 @@ __all__ = [
     "inception_classifier",
     "inception_features",
     "inception_score",
+    "intra_class_frechet_distance",
     "kernel_distance",
     "mmd2_unbiased",
     "reference_statistics",
