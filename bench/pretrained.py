@@ -10,7 +10,10 @@ flower features (`metrics.flower_features`):
 - FD of `--num-samples` samples against 4,096 real synthetic flowers (for a
   conditional preset: labelled ones, the samples a quarter per class), mean
   and spread over `--seeds`, beside the floor: as many other real flowers;
-- for a conditional preset, the class accuracy (`synthetic_class_of`);
+- for a conditional preset, the class accuracy (`synthetic_class_of`), the
+  intra-class FD (each class against its own real flowers) and its ratio to
+  the intra-class FD of the same noise sampled without guidance: what the
+  recommended guidance gains, 1.0 exactly when guidance does nothing;
 - seconds per sample.
 
 With `--breaks`, the same figures for deliberate faults, which the quality
@@ -33,7 +36,9 @@ from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras import hub  # noqa: E402
 from ddpm_keras.data import synthetic_class_of  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
+from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.metrics import flower_features  # noqa: E402
+from ddpm_keras.metrics import intra_class_frechet_distance  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
 from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
@@ -55,9 +60,13 @@ def sampling_of(name):
     return {**DEFAULT_SAMPLING, **hub.read_metadata(name).get("sampling", {})}
 
 
-def measure(model, sampling, reference, extractor, num_samples, seeds):
-    """FDs over seeds, class accuracies (conditional) and seconds per sample."""
-    fds, accuracies, seconds = [], [], []
+def measure(model, sampling, reference, extractor, num_samples, seeds, real=None):
+    """FDs over seeds and seconds per sample; for a conditional model, class accuracies and intra-class FDs.
+
+    `real`: `(features, labels)` of labelled real flowers, for the intra-class
+    FD and its ratio to the unguided one (the same seed at guidance 1).
+    """
+    fds, seconds, accuracies, intra, ratios = [], [], [], [], []
     sampling = dict(sampling)
     guidance = sampling.pop("guidance_scale", 1.0)
     for seed in seeds:
@@ -71,13 +80,23 @@ def measure(model, sampling, reference, extractor, num_samples, seeds):
         fds.append(sample_distances(images, reference, extractor, metrics=("fid",))["fid"])
         if model.num_classes:
             accuracies.append(float(np.mean(synthetic_class_of(images) == labels)))
-    return fds, accuracies, seconds
+            unguided = images if guidance == 1.0 else np.asarray(model.generate_images(
+                num_samples, seed=seed, verbose=0, **sampling, labels=labels, guidance_scale=1.0))
+            guided_fd, unguided_fd = (intra_class_frechet_distance(extract_features(extractor, x), labels, *real)
+                                      for x in (images, unguided))
+            intra.append(guided_fd)
+            ratios.append(guided_fd / unguided_fd)
+    return fds, seconds, accuracies, intra, ratios
 
 
-def row(label, fds, accuracies, seconds):
-    accuracy = f"{np.mean(accuracies):.3f} +- {np.std(accuracies):.3f}" if accuracies else "-"
-    print(f"| {label} | {np.mean(fds):.2f} +- {np.std(fds):.2f} ({', '.join(f'{f:.1f}' for f in fds)}) | {accuracy} | "
-          f"{1000 * np.median(seconds):.1f} |", flush=True)
+def spread(values, digits=2):
+    return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f} ({', '.join(f'{v:.{digits}f}' for v in values)})"
+
+
+def row(label, fds, seconds, accuracies, intra, ratios):
+    conditional = (f" {np.mean(accuracies):.3f} +- {np.std(accuracies):.3f} | {spread(intra, 1)} | {spread(ratios, 3)} |"
+                   if accuracies else "")
+    print(f"| {label} | {spread(fds, 1)} |{conditional} {1000 * np.median(seconds):.1f} |", flush=True)
 
 
 def with_coefficient_off(name, factor):
@@ -107,14 +126,16 @@ def main():
         model = DiffusionModel.from_preset(name, compile=False)
         metadata, sampling = hub.read_metadata(name), sampling_of(name)
         size, classes = model.image_shape[0], model.num_classes
-        reference = reference_statistics(real_flowers(4096, size, classes, REFERENCE_SEED), extractor,
-                                         cache_dir=False, verbose=0)
+        real_images = real_flowers(4096, size, classes, REFERENCE_SEED)
+        reference = reference_statistics(real_images, extractor, cache_dir=False, verbose=0)
+        real = None if classes is None else (extract_features(extractor, real_images), balanced_labels(4096, classes))
         floor = sample_distances(real_flowers(args.num_samples, size, classes, FLOOR_SEED), reference, extractor,
                                  metrics=("fid",))["fid"]
         print(f"\n{name}: {metadata['parameter_count']:,} parameters, {size} px, classes {model.class_names}, "
               f"sampling {sampling}; real-data floor FD {floor:.2f} ({args.num_samples} vs 4,096)")
-        print("| configuration | FD | class accuracy | ms per sample |\n|---|---|---|---|")
-        row("as shipped", *measure(model, sampling, reference, extractor, args.num_samples, seeds))
+        print("| configuration | FD | class accuracy | intra-class FD | its ratio to unguided | ms per sample |\n"
+              "|---|---|---|---|---|---|" if classes else "| configuration | FD | ms per sample |\n|---|---|---|")
+        row("as shipped", *measure(model, sampling, reference, extractor, args.num_samples, seeds, real))
         if not args.breaks:
             continue
         for coefficient in ("a", "c0", "noise"):
@@ -122,16 +143,16 @@ def main():
             dpm_solver.dpmpp_coefficients = broken
             try:
                 fresh = DiffusionModel.from_preset(name, compile=False)  # no compiled chain of the right one
-                row(f"{coefficient} x 1.1", *measure(fresh, sampling, reference, extractor, args.num_samples, seeds))
+                row(f"{coefficient} x 1.1", *measure(fresh, sampling, reference, extractor, args.num_samples, seeds, real))
             finally:
                 dpm_solver.dpmpp_coefficients = original
         if classes:
             row("guidance off (s = 1)", *measure(model, {**sampling, "guidance_scale": 1.0}, reference, extractor,
-                                                 args.num_samples, seeds))
+                                                 args.num_samples, seeds, real))
         if name in raw:
             run = keras.saving.load_model(os.path.join(raw[name], "model.keras"), compile=False)
             model.ema_network.set_weights(run.network.get_weights())
-            row("raw weights, not the EMA", *measure(model, sampling, reference, extractor, args.num_samples, seeds))
+            row("raw weights, not the EMA", *measure(model, sampling, reference, extractor, args.num_samples, seeds, real))
 
 
 if __name__ == "__main__":

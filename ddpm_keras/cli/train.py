@@ -122,7 +122,8 @@ def _add_objective_arguments(train):
                            **kind)
     train.add_argument("--class-conditional", action="store_true",
                        help="train on the dataset's labels (sub-folders, tfds labels, synthetic classes) with a "
-                       "class embedding, for classifier-free guidance. Conditional presets: flowers64_cond, tiny_cond")
+                       "class embedding, for classifier-free guidance. Conditional presets: flowers64_cond, "
+                       "tiny_cond, quickstart, synthetic_flowers32_cond")
     add_inpainting_arguments(train)
 
 
