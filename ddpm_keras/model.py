@@ -276,6 +276,7 @@ class DiffusionModel(keras.Model):
         """`keras.Model.fit`, with the labels (`y`, `validation_data`'s, a dataset's) checked first."""
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y  # A list of classes, not one target per output.
         training_labels.check_fit_arguments(self.num_classes, x, y, kwargs.get("validation_data"))
+        train_steps.build_optimizer(self)  # before fit traces its step, which would otherwise be traced twice
         return super().fit(x, y, *args, **kwargs)
 
     # The denoising objective: functions of `ddpm_keras.training.objective`.

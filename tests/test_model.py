@@ -60,6 +60,18 @@ def test_ema_update_is_exact_for_one_step():
         np.testing.assert_allclose(ops.convert_to_numpy(e), expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a tf.function's traces")
+def test_fit_traces_its_training_step_once(monkeypatch):
+    # The optimizer's variables exist before the first trace; made inside it, TensorFlow would trace the step again.
+    traces = []
+    train_step = DiffusionModel.train_step
+    monkeypatch.setattr(DiffusionModel, "train_step", lambda self, data: traces.append(1) or train_step(self, data))
+    model = tiny_model()
+    model.fit(tiny_images(8), batch_size=8, epochs=1, verbose=0)
+    assert len(traces) == 1
+    assert model.optimizer.built and int(model.optimizer.iterations) == 1
+
+
 def test_ema_network_is_frozen_and_not_optimized():
     model = tiny_model()
     assert model.ema_network.trainable_variables == []

@@ -34,6 +34,22 @@ from ddpm_keras.utils.distribute import num_replicas_in_sync
 from ddpm_keras.utils.seeds import DrawnSeed
 
 
+def build_optimizer(model):
+    """Creates the optimizer's variables (Adam's moments, ...) before `fit` traces the training step.
+
+    Without a distribution strategy Keras's TensorFlow trainer leaves them to
+    the first trace of the step, and a `tf.function` that creates variables
+    is traced again: the first `fit` paid for two traces of the whole step
+    (about half of a tiny model's first epoch on a CPU). Under a strategy
+    they are built in its scope, as Keras builds them there. The other
+    backends build them before tracing already.
+    """
+    if keras.backend.backend() != "tensorflow" or model.optimizer is None or model.optimizer.built:
+        return
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+
+
 def batch_data(model, data):
     """`(images, labels)` of a training or validation batch; `labels` int32 `(batch,)` or `None`.
 
