@@ -38,6 +38,7 @@ from ddpm_keras.data import synthetic_class_of  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.metrics import flower_features  # noqa: E402
+from ddpm_keras.metrics import frechet_distance  # noqa: E402
 from ddpm_keras.metrics import intra_class_frechet_distance  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
@@ -77,13 +78,14 @@ def measure(model, sampling, reference, extractor, num_samples, seeds, real=None
         start = time.perf_counter()
         images = np.asarray(model.generate_images(num_samples, seed=seed, verbose=0, **sampling, **conditioning))
         seconds.append((time.perf_counter() - start) / num_samples)
-        fds.append(sample_distances(images, reference, extractor, metrics=("fid",))["fid"])
+        features = np.asarray(extract_features(extractor, images), np.float64)
+        fds.append(frechet_distance(features.mean(0), np.cov(features, rowvar=False), reference.mean,
+                                    reference.covariance))
         if model.num_classes:
             accuracies.append(float(np.mean(synthetic_class_of(images) == labels)))
-            unguided = images if guidance == 1.0 else np.asarray(model.generate_images(
+            unguided = features if guidance == 1.0 else extract_features(extractor, model.generate_images(
                 num_samples, seed=seed, verbose=0, **sampling, labels=labels, guidance_scale=1.0))
-            guided_fd, unguided_fd = (intra_class_frechet_distance(extract_features(extractor, x), labels, *real)
-                                      for x in (images, unguided))
+            guided_fd, unguided_fd = (intra_class_frechet_distance(x, labels, *real) for x in (features, unguided))
             intra.append(guided_fd)
             ratios.append(guided_fd / unguided_fd)
     return fds, seconds, accuracies, intra, ratios

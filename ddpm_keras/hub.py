@@ -100,7 +100,7 @@ def cache_dir():
 def is_weights_handle(handle):
     """Whether `handle` names a weights preset (not one of `ddpm_keras.presets`' configurations)."""
     handle = os.fspath(handle)
-    return (handle in available_presets() or handle.startswith(HUB_SCHEMES) or os.path.isdir(handle)
+    return (_is_shipped(handle) or handle in _CONVERTED or handle.startswith(HUB_SCHEMES) or os.path.isdir(handle)
             or os.sep in handle)
 
 
@@ -109,9 +109,8 @@ def preset_folder(handle):
     handle = os.fspath(handle)
     if handle.startswith(HUB_SCHEMES):
         return _download(handle)
-    shipped = os.path.join(PRETRAINED_DIR, handle)
-    if handle in shipped_presets():
-        return shipped
+    if _is_shipped(handle):
+        return os.path.join(PRETRAINED_DIR, handle)
     if handle in _CONVERTED:
         folder = os.path.join(cache_dir(), handle)
         if not os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
@@ -222,6 +221,11 @@ def save_to_preset(model, folder, description=None, trained_on=None, training=No
     files.atomic_write(os.path.join(folder, WEIGHTS_FILE), model.ema_network.save_weights, mode=None)
     files.atomic_write(os.path.join(folder, METADATA_FILE), lambda f: json.dump(metadata, f, indent=2), mode="w")
     return folder
+
+
+def _is_shipped(name):
+    """Whether `name` is a preset of the package's `pretrained/` folder (as `shipped_presets` lists them)."""
+    return os.sep not in name and os.path.isfile(os.path.join(PRETRAINED_DIR, name, METADATA_FILE))
 
 
 def _written_here(folder):

@@ -22,18 +22,24 @@ def to_uint8(images, value_range=(-1.0, 1.0)):
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def image_grid(images, ncols=None, padding=2, value_range=(-1.0, 1.0)):
-    """Tiles a batch `(N, H, W, C)` into one uint8 image, `ncols` per row.
+def image_grid(images, ncols=None, padding=2, value_range=(-1.0, 1.0), scale=1):
+    """Tiles a batch `(N, H, W, C)` into one uint8 image, `ncols` per row, enlarged `scale` times.
 
     Args:
         images: Array `(N, H, W, C)` with C = 1 or 3, values in `value_range`.
         ncols: Integer, images per row. Defaults to `ceil(sqrt(N))`.
         padding: Integer, white pixels between images. Defaults to `2`.
         value_range: `(low, high)` of the input values. Defaults to `(-1, 1)`.
+        scale: Integer, the enlargement of the whole grid (nearest
+            neighbour: each pixel becomes a `scale` x `scale` block).
+            Defaults to `1`.
 
     Returns:
-        A uint8 array `(rows * (H + padding) + padding, ncols * (W + padding) + padding, C)`.
+        A uint8 array `(rows * (H + padding) + padding, ncols * (W + padding) + padding, C)`, times `scale`
+        in height and width.
     """
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer. Received: scale={scale!r}")
     images = to_uint8(images, value_range)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(
@@ -50,7 +56,7 @@ def image_grid(images, ncols=None, padding=2, value_range=(-1.0, 1.0)):
         top = padding + (i // ncols) * (h + padding)
         left = padding + (i % ncols) * (w + padding)
         grid[top : top + h, left : left + w] = image
-    return grid
+    return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1) if scale > 1 else grid
 
 
 def _to_pil(array):
@@ -70,9 +76,7 @@ def save_image_grid(images, path, ncols=None, padding=2, scale=1, value_range=(-
     marked as written by ddpm_keras (a PNG text chunk), so that a later
     command may replace it.
     """
-    picture = _to_pil(image_grid(images, ncols, padding, value_range))
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture = _to_pil(image_grid(images, ncols, padding, value_range, scale))
     atomic_write(path, lambda f: picture.save(f, format="PNG", pnginfo=_png_mark()))
     return path
 
@@ -88,9 +92,7 @@ def save_gif(frames, path, ncols=None, duration_ms=80, hold_last_ms=1500, scale=
         raise ValueError(
             f"frames must have shape (T, N, H, W, C). Received: shape={frames.shape}"
         )
-    pictures = [_to_pil(image_grid(f, ncols, value_range=value_range)) for f in frames]
-    if scale > 1:
-        pictures = [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pictures]
+    pictures = [_to_pil(image_grid(f, ncols, value_range=value_range, scale=scale)) for f in frames]
     durations = [duration_ms] * (len(pictures) - 1) + [max(hold_last_ms, duration_ms)]
     atomic_write(
         path,

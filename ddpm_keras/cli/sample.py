@@ -116,8 +116,10 @@ def load_preset(args):
     from ddpm_keras.cli.common import CLIError
 
     try:
-        model = DiffusionModel.from_preset(args.preset, compile=False)
-        metadata = hub.read_metadata(args.preset)
+        # A hub or converted preset is fetched or made once, then read from its local folder.
+        source = hub.preset_folder(args.preset) if hub.is_weights_handle(args.preset) else args.preset
+        model = DiffusionModel.from_preset(source, compile=False)
+        metadata = hub.read_metadata(source)
     except (ValueError, OSError) as error:
         raise CLIError(f"--preset {args.preset}: {error}") from None
     return model, dict(metadata.get("sampling") or {})

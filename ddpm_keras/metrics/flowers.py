@@ -19,6 +19,8 @@ import os
 
 import keras
 
+from ddpm_keras.utils.download import one_line
+
 FLOWER_FEATURES_SIZE = 32
 FLOWER_FEATURES_PATH = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained", "flower_features.keras"
@@ -53,5 +55,5 @@ def flower_features(path=None):
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - a corrupt file is one line naming it
         raise ValueError(f"Cannot load the flower feature extractor {path}: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0][:200]}") from None
+                         f"{one_line(error)}") from None
     return model

@@ -91,10 +91,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
             scale: Integer, the enlargement of the grid (nearest
                 neighbour). Defaults to `1`.
         """
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise ValueError(f"scale must be a positive integer. Received: scale={scale!r}")
-        grid = image_grid(keras.ops.convert_to_numpy(images), ncols=ncols)
-        grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+        grid = image_grid(keras.ops.convert_to_numpy(images), ncols=ncols, scale=scale)
         height, width = grid.shape[:2]
         with self._writing(step) as tf:
             # The image plugin's tensor: the width and height as strings, then the encoded images.
