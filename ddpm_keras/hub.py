@@ -23,6 +23,7 @@ name of a configuration (`ddpm_keras.presets`: an untrained model).
 `DiffusionModel.save_to_preset(folder)` writes the layout.
 """
 
+import dataclasses
 import datetime
 import json
 import os
@@ -31,6 +32,7 @@ import keras
 
 from ddpm_keras.preset_builder import build_model
 from ddpm_keras.presets import PRESETS
+from ddpm_keras.samplers.options import SamplerOptions
 from ddpm_keras.utils import files
 from ddpm_keras.utils.download import keras_home
 from ddpm_keras.utils.download import one_line
@@ -152,6 +154,8 @@ def load_preset(model_class, handle, compile=True, **overrides):
     config = serialized.get("config")
     if not isinstance(config, dict) or "network" not in config:
         raise ValueError(f"{os.path.join(folder, CONFIG_FILE)} is not a DiffusionModel's config.json.")
+    # A preset written before models kept their sampling samples, as its metadata says, with no arguments.
+    config.setdefault("default_sampling", metadata_sampling(metadata))
     unknown = sorted(set(overrides) - set(config) - {"name"})
     fixed = sorted(set(overrides) & {"network", "ema_network", "diffusion"})
     if unknown or fixed:
@@ -173,6 +177,15 @@ def load_preset(model_class, handle, compile=True, **overrides):
     if compile:
         model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     return model
+
+
+SAMPLER_FIELDS = tuple(field.name for field in dataclasses.fields(SamplerOptions))
+
+
+def metadata_sampling(metadata):
+    """The sampler and its options in a preset's `metadata.json` (`sampling` less `generate_images`' other arguments), or `None`."""
+    sampling = {k: v for k, v in metadata.get("sampling", {}).items() if k in SAMPLER_FIELDS}
+    return sampling if "sampler" in sampling else None
 
 
 def save_to_preset(model, folder, description=None, trained_on=None, training=None, sampling=None):

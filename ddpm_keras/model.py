@@ -12,7 +12,6 @@ import functools
 
 import keras
 import numpy as np
-from keras import ops
 
 from ddpm_keras import hub
 from ddpm_keras.diffusion import GaussianDiffusion
@@ -30,12 +29,12 @@ from ddpm_keras.nn.unet import network_is_inpainting
 from ddpm_keras.nn.unet import network_num_classes
 from ddpm_keras.options import TRAINING_OPTIONS
 from ddpm_keras.preset_builder import inpainting_model
+from ddpm_keras.samplers.options import check_default_sampling
 from ddpm_keras.training import labels as training_labels
 from ddpm_keras.training import masks as training_masks
 from ddpm_keras.training import objective
 from ddpm_keras.training import steps as train_steps
 from ddpm_keras.utils.checks import is_int
-from ddpm_keras.utils.distribute import num_replicas_in_sync
 from ddpm_keras.utils.seeds import reset_seed
 
 
@@ -121,6 +120,13 @@ class DiffusionModel(keras.Model):
             from the mask kinds `"box"`, `"half"`, `"stroke"`, `"all"` to
             their probabilities in training, summing to 1; for an
             inpainting network. Defaults to `None`.
+        default_sampling: `None` or a dict of `generate_images`'s sampler
+            and its options (`{"sampler": "ddim", "num_steps": 4}`, fields
+            of `samplers.SamplerOptions`): what `generate_images` samples
+            with when it is given no `sampler`; saved with the model (a
+            distilled student keeps its sampler and step count there, a
+            pretrained preset the sampling of its metadata). `None`:
+            `"ddpm"` over every timestep. Defaults to `None`.
 
     Call arguments:
         inputs: `[x_t, t]`, or `[x_t, t, labels]` for a conditional
@@ -160,6 +166,7 @@ class DiffusionModel(keras.Model):
         cond_drop_prob=0.1,
         class_names=None,
         mask_rates=None,
+        default_sampling=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -190,6 +197,7 @@ class DiffusionModel(keras.Model):
         self.mask_rates = training_masks.check_mask_rates(
             training_masks.DEFAULT_MASK_RATES if mask_rates is None else mask_rates
         )
+        self.default_sampling = check_default_sampling(default_sampling)
         self.network = network
         self.ema_network = ema_network
         objective.freeze(self.ema_network)
@@ -289,74 +297,12 @@ class DiffusionModel(keras.Model):
     update_ema = _calls(objective.update_ema)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The loss between the training target and the network's output, each example weighted.
-
-        Prediction and target are cast to float32 first (mixed precision).
-        With no compiled loss: `mean_i(w_i * mean_pixels((y_i - y_pred_i)^2))`
-        (`w_i = 1` without `sample_weight`), plus the layers' added losses.
-        With a compiled Keras loss: that loss, given `sample_weight` reshaped
-        to `(batch, 1, 1, 1)`, which broadcasts against the values of a loss
-        per pixel (every built-in regression loss: MSE, MAE, Huber, ...).
-        Under a `tf.distribute` strategy both are this replica's share of
-        the global mean, as Keras's compiled losses are.
-
-        Args:
-            x: Unused.
-            y: The target, `diffusion.prediction_target(...)`; in Keras's
-                symbolic build `None` or the data's labels (zeros are used).
-            y_pred: The network's output.
-            sample_weight: `None` or a float tensor `(batch,)`, the weight
-                of each example (see `training_batch`).
-            training: Boolean.
-
-        Returns:
-            A float32 scalar tensor.
-        """
-        if y is None or len(y.shape) != len(y_pred.shape):
-            # Keras's symbolic build of a compiled loss passes the data's y:
-            # none, or a conditional model's labels. The target of the
-            # denoising loss is shaped as y_pred.
-            y = ops.zeros_like(y_pred)
-        y, y_pred = ops.cast(y, "float32"), ops.cast(y_pred, "float32")
-        if self.loss is None:
-            per_example = ops.mean(ops.square(y - y_pred), axis=tuple(range(1, len(y_pred.shape))))
-            if sample_weight is not None:
-                per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-            loss = ops.mean(per_example)
-            for extra in self.losses:
-                loss = loss + ops.cast(ops.sum(extra), "float32")
-            # As Keras's compiled losses: this replica's share of the global
-            # mean under a tf.distribute strategy (the gradients are summed).
-            return loss / float(num_replicas_in_sync())
-        objective.check_compiled_loss(self.loss)
-        if sample_weight is not None:
-            # A (batch,) weight would broadcast against the last axis of the per-pixel values.
-            sample_weight = ops.reshape(
-                ops.cast(sample_weight, "float32"), (-1,) + (1,) * (len(y_pred.shape) - 1)
-            )
-        return super().compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-        )
+        """The loss between the training target and the network's output, each example weighted: `objective.compute_loss`."""
+        return objective.compute_loss(self, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
 
     def timestep_weights(self, t):
-        """The loss weight of each example from its timestep, or `None` without `loss_weighting`.
-
-        Args:
-            t: Int tensor `(batch,)` of timesteps in `[0, T)`.
-
-        Returns:
-            `None`, or a float32 tensor `(batch,)`: the float64 table of
-            `objectives.timestep_weights` (rounded to float32) gathered at
-            `t`.
-
-        Example:
-
-        >>> model = DiffusionModel(network, diffusion, prediction_type="v", loss_weighting="min_snr")
-        >>> model.timestep_weights(ops.convert_to_tensor([0, 999]))
-        """
-        if self._timestep_weights is None:
-            return None
-        return ops.take(ops.convert_to_tensor(self._timestep_weights), ops.cast(t, "int32"), axis=0)
+        """The loss weight of each example from its timestep, or `None` without `loss_weighting` (`objective.timestep_weights`)."""
+        return objective.timestep_weights(self, t)
 
     def train_step(self, *args):
         """One optimizer step of the network, then the EMA update.
@@ -386,6 +332,7 @@ class DiffusionModel(keras.Model):
             "diffusion": self.diffusion.get_config(),
             "seed": self.seed,
             "class_names": self.class_names,
+            "default_sampling": self.default_sampling,
             **{name: getattr(self, name) for name in TRAINING_OPTIONS},
         }
 

@@ -39,10 +39,19 @@ def test_a_preset_folder_loads_back_with_the_ema_network_and_gives_the_same_imag
     np.testing.assert_array_equal(model.generate_images(4, seed=1, labels=[0, 1, 2, 3], guidance_scale=3.0, **SAMPLING),
                                   loaded.generate_images(4, seed=1, labels=[0, 1, 2, 3], guidance_scale=3.0, **SAMPLING))
     assert loaded.class_names == model.class_names and loaded.prediction_type == "v"
+    assert loaded.default_sampling is None  # its metadata names no sampler
     assert float(np.asarray(loaded.optimizer.learning_rate)) == pytest.approx(3e-4)
     metadata = hub.read_metadata(folder)
     assert metadata["sampling"] == {"guidance_scale": 3.0} and metadata["parameter_count"] == model.network.count_params()
     assert metadata["img_size"] == [8, 8] and metadata["num_classes"] == 4
+
+
+def test_a_shipped_preset_samples_as_its_metadata_says_with_no_arguments():
+    model = DiffusionModel.from_preset("synthetic_flowers32_cond", compile=False)
+    sampling = hub.read_metadata("synthetic_flowers32_cond")["sampling"]
+    assert sampling["sampler"] == "dpmpp_2m_sde"  # not the 1,000-call chain of a model without default_sampling
+    assert model.default_sampling == {k: v for k, v in sampling.items() if k != "guidance_scale"}
+    assert DiffusionModel.from_preset("synthetic_flowers32_cond", compile=False, default_sampling=None).default_sampling is None
 
 
 def test_options_may_change_but_not_the_network(trained):

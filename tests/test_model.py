@@ -114,9 +114,30 @@ def test_keras_round_trip_keeps_optimizer_ema_and_samples(trained, tmp_path):
     )
 
 
+def test_default_sampling_is_what_generate_images_runs_and_is_saved(trained, tmp_path):
+    model, _ = trained
+    ddim4 = model.generate_images(num_images=2, seed=3, sampler="ddim", num_steps=4)
+    ddim8 = model.generate_images(num_images=2, seed=3, sampler="ddim", num_steps=8)
+    assert np.abs(ddim4 - ddim8).mean() > 1e-3  # the comparisons below can tell the step counts apart
+    sampling = DiffusionModel.from_config({**model.get_config(), "default_sampling": {"sampler": "ddim", "num_steps": 4}})
+    sampling.ema_network.set_weights(model.ema_network.get_weights())
+    np.testing.assert_array_equal(sampling.generate_images(num_images=2, seed=3), ddim4)
+    np.testing.assert_array_equal(sampling.generate_images(num_images=2, seed=3, num_steps=8), ddim8)
+    sampling.save(tmp_path / "student.keras")
+    loaded = keras.saving.load_model(tmp_path / "student.keras")
+    assert loaded.default_sampling == {"sampler": "ddim", "num_steps": 4}
+    np.testing.assert_array_equal(loaded.generate_images(num_images=2, seed=3), ddim4)
+    assert model.default_sampling is None  # without one, the chain over every timestep, as before
+    np.testing.assert_array_equal(
+        model.generate_images(num_images=2, seed=3), model.generate_images(num_images=2, seed=3, sampler="ddpm")
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
+        ({"default_sampling": {"sampler": "ddim", "num_step": 4}}, ValueError, "num_step"),
+        ({"default_sampling": "ddim"}, ValueError, "default_sampling='ddim'"),
         ({"ema": 1.5}, ValueError, "ema=1.5"),
         ({"diffusion": "linear"}, TypeError, "diffusion"),
         ({"ema_network": "other"}, ValueError, "same weights"),

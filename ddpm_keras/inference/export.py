@@ -34,6 +34,7 @@ from ddpm_keras.inference.masked import with_free_inputs
 from ddpm_keras.inference.compiled import weight_values
 from ddpm_keras.inference.generate import generation_chain
 from ddpm_keras.inference.generate import resolved_options
+from ddpm_keras.inference.generate import with_default_sampling
 from ddpm_keras.inference.precision import check_inference_dtype
 from ddpm_keras.samplers.options import DEFAULT_SAMPLING
 from ddpm_keras.utils import files
@@ -42,7 +43,7 @@ METADATA_FILE = files.EXPORT_METADATA_FILE
 
 
 def export_generator(
-    model, path, sampler=DEFAULT_SAMPLING["sampler"], *, dtype=None, guidance_rescale=0.0, overwrite=False,
+    model, path, sampler=None, *, dtype=None, guidance_rescale=0.0, overwrite=False,
     **sampler_options,
 ):
     """Writes `model`'s generator as a TensorFlow SavedModel at `path`.
@@ -66,8 +67,10 @@ def export_generator(
             else (which is replaced); anything else is an error unless
             `overwrite`.
         sampler: A sampler's name or a `samplers.SamplerOptions`, as in
-            `DiffusionModel.generate_images`. Defaults to
-            `samplers.DEFAULT_SAMPLING`'s, `"dpmpp_2m_sde"`.
+            `DiffusionModel.generate_images`, or `None`: the model's
+            `default_sampling`, else `samplers.DEFAULT_SAMPLING`
+            (`"dpmpp_2m_sde"`, 20 steps on the `"karras"` grid), the
+            options given overriding theirs. Defaults to `None`.
         dtype: `None`, `"float32"`, `"bfloat16"` or `"float16"`, the
             precision the network computes in, as in `generate_images`.
             Defaults to `None`.
@@ -78,8 +81,7 @@ def export_generator(
             are not an export of ddpm_keras. Nothing beside `path` is ever
             touched. Defaults to `False`.
         **sampler_options: The sampler's options (`samplers.SamplerOptions`),
-            as in `generate_images`. The options `samplers.DEFAULT_SAMPLING`
-            names default to its values: 20 steps on the `"karras"` grid.
+            as in `generate_images`.
 
     Returns:
         `path`.
@@ -98,8 +100,7 @@ def export_generator(
 
     # Checked before the compilation: a folder of the user's is never replaced.
     files.check_output(path, "path", overwrite=overwrite, kind="dir")
-    if not isinstance(sampler, samplers.SamplerOptions):
-        sampler_options = {**{k: v for k, v in DEFAULT_SAMPLING.items() if k != "sampler"}, **sampler_options}
+    sampler, sampler_options = with_default_sampling(model, sampler, sampler_options, fallback=DEFAULT_SAMPLING)
     options = resolved_options(model, sampler, **sampler_options)
     dtype = check_inference_dtype(dtype)
     rescale = conditioning.check_float("guidance_rescale", guidance_rescale, low=0.0, high=1.0)

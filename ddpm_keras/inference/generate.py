@@ -28,7 +28,7 @@ def generate_images(
     model,
     num_images=None,
     seed=None,
-    sampler="ddpm",
+    sampler=None,
     *,
     batch_size=None,
     return_trajectory=False,
@@ -65,7 +65,11 @@ def generate_images(
             `"unipc"` (Zhao et al. 2023) or `"heun"` (EDM's Heun sampler,
             Karras et al. 2022); or a `samplers.SamplerOptions`
             holding the sampler and its options (then pass none of them
-            beside it). Defaults to `"ddpm"`.
+            beside it); or `None`: the model's `default_sampling` (a
+            distilled student's sampler and step count, a preset's
+            sampling), the options given here overriding its own, and
+            `"ddpm"` over every timestep for a model without one.
+            Defaults to `None`.
         batch_size: Integer or `None`, images per compiled call. Larger
             requests run in chunks of this size (the last padded). Chunk
             `k` draws its noise from a seed derived from `(seed, k)`, so
@@ -162,6 +166,7 @@ def generate_images(
     request = conditioning.request(
         model, labels, num_images, guidance_scale, guidance_rescale, classifier, classifier_scale
     )
+    sampler, sampler_options = with_default_sampling(model, sampler, sampler_options)
     options = resolved_options(model, sampler, **sampler_options)
     dtype = check_inference_dtype(dtype)
     num_steps = options.num_steps
@@ -198,6 +203,19 @@ def generate_images(
         return images
     trajectory = to_images(np.concatenate([c[1] for c in chunks], axis=1)[:, :num_images], model.diffusion)
     return images, trajectory
+
+
+def with_default_sampling(model, sampler, options, fallback=None):
+    """`(sampler, options)` as given; with `sampler=None`, the model's `default_sampling` under `options`.
+
+    A model without `default_sampling` gets `fallback` (a dict naming a
+    sampler and its options; `None`: `"ddpm"`). The options given win
+    over the default's own.
+    """
+    if sampler is not None:
+        return sampler, options
+    default = dict(model.default_sampling or fallback or {"sampler": "ddpm"})
+    return default.pop("sampler"), {**default, **options}
 
 
 def resolved_options(model, sampler="ddpm", samplers_allowed=None, **options):

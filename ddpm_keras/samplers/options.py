@@ -155,6 +155,29 @@ def sampler_options(sampler="ddpm", **options):
     return SamplerOptions(sampler, **options)
 
 
+def check_default_sampling(sampling):
+    """`sampling` (a model's `default_sampling`) checked: `None`, or a dict naming a sampler and its options.
+
+    Returns a new dict, or `None`; raises a one-line `ValueError` for an
+    unknown sampler or option, or a value out of its range.
+
+    Example:
+
+    >>> check_default_sampling({"sampler": "ddim", "num_steps": 4})
+    {'sampler': 'ddim', 'num_steps': 4}
+    """
+    if sampling is None:
+        return None
+    if not isinstance(sampling, dict) or "sampler" not in sampling:
+        raise ValueError(
+            "default_sampling must be None or a dict naming a sampler and its options, e.g. "
+            f'{{"sampler": "ddim", "num_steps": 4}}. Received: default_sampling={sampling!r}'
+        )
+    sampling = dict(sampling)
+    sampler_options(**sampling)
+    return sampling
+
+
 def option_fields(inpainting=False):
     """The fields of `SamplerOptions` that have a command-line flag (inpainting's only, with `inpainting`)."""
     return tuple(

@@ -1,12 +1,13 @@
 """The denoising objective of `DiffusionModel`, shared by every backend's training step: the draws, the labels, the EMA.
 
 Each function is the body of the `DiffusionModel` method of its name and
-takes the model; `compute_loss` (a Keras override) stays on the model, the
-backend-specific steps are in `steps.py`.
+takes the model; the backend-specific steps are in `steps.py`.
 """
 
 import keras
 from keras import ops
+
+from ddpm_keras.utils.distribute import num_replicas_in_sync
 
 from ddpm_keras.training import labels as training_labels
 from ddpm_keras.training import masks as training_masks
@@ -174,6 +175,79 @@ def freeze(model):
         layer.trainable = False
     for variable in model.weights:
         variable.trainable = False
+
+
+
+def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    """The loss between the training target and the network's output, each example weighted.
+
+    Prediction and target are cast to float32 first (mixed precision).
+    With no compiled loss: `mean_i(w_i * mean_pixels((y_i - y_pred_i)^2))`
+    (`w_i = 1` without `sample_weight`), plus the layers' added losses.
+    With a compiled Keras loss: that loss, given `sample_weight` reshaped
+    to `(batch, 1, 1, 1)`, which broadcasts against the values of a loss
+    per pixel (every built-in regression loss: MSE, MAE, Huber, ...).
+    Under a `tf.distribute` strategy both are this replica's share of
+    the global mean, as Keras's compiled losses are.
+
+    Args:
+        x: Unused.
+        y: The target, `diffusion.prediction_target(...)`; in Keras's
+            symbolic build `None` or the data's labels (zeros are used).
+        y_pred: The network's output.
+        sample_weight: `None` or a float tensor `(batch,)`, the weight
+            of each example (see `training_batch`).
+        training: Boolean.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    if y is None or len(y.shape) != len(y_pred.shape):
+        # Keras's symbolic build of a compiled loss passes the data's y:
+        # none, or a conditional model's labels. The target of the
+        # denoising loss is shaped as y_pred.
+        y = ops.zeros_like(y_pred)
+    y, y_pred = ops.cast(y, "float32"), ops.cast(y_pred, "float32")
+    if model.loss is None:
+        per_example = ops.mean(ops.square(y - y_pred), axis=tuple(range(1, len(y_pred.shape))))
+        if sample_weight is not None:
+            per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        loss = ops.mean(per_example)
+        for extra in model.losses:
+            loss = loss + ops.cast(ops.sum(extra), "float32")
+        # As Keras's compiled losses: this replica's share of the global
+        # mean under a tf.distribute strategy (the gradients are summed).
+        return loss / float(num_replicas_in_sync())
+    check_compiled_loss(model.loss)
+    if sample_weight is not None:
+        # A (batch,) weight would broadcast against the last axis of the per-pixel values.
+        sample_weight = ops.reshape(
+            ops.cast(sample_weight, "float32"), (-1,) + (1,) * (len(y_pred.shape) - 1)
+        )
+    return keras.Model.compute_loss(
+        model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+    )
+
+
+def timestep_weights(model, t):
+    """The loss weight of each example from its timestep, or `None` without `loss_weighting`.
+
+    Args:
+        t: Int tensor `(batch,)` of timesteps in `[0, T)`.
+
+    Returns:
+        `None`, or a float32 tensor `(batch,)`: the float64 table of
+        `objectives.timestep_weights` (rounded to float32, kept by the
+        model) gathered at `t`.
+
+    Example:
+
+    >>> model = DiffusionModel(network, diffusion, prediction_type="v", loss_weighting="min_snr")
+    >>> model.timestep_weights(ops.convert_to_tensor([0, 999]))
+    """
+    if model._timestep_weights is None:
+        return None
+    return ops.take(ops.convert_to_tensor(model._timestep_weights), ops.cast(t, "int32"), axis=0)
 
 
 def check_compiled_loss(loss):
