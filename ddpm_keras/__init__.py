@@ -3,6 +3,7 @@
 from ddpm_keras import convert as _convert  # noqa: F401 - registers the keras_io_flowers64 preset
 from ddpm_keras.classifier import NoisyClassifier
 from ddpm_keras.diffusion import GaussianDiffusion
+from ddpm_keras.distillation import ProgressiveDistillation
 from ddpm_keras.model import DiffusionModel
 from ddpm_keras.nn.classifier import build_classifier
 from ddpm_keras.nn.layers import AttentionBlock
@@ -17,6 +18,7 @@ __all__ = [
     "DiffusionModel",
     "GaussianDiffusion",
     "NoisyClassifier",
+    "ProgressiveDistillation",
     "SamplerOptions",
     "TimeEmbedding",
     "build_classifier",

@@ -75,6 +75,23 @@ def trailing_kept(diffusion, num_steps):
     return diffusion.terms_float64["alphas_cumprod"][samplers.spaced_timesteps(diffusion.num_timesteps, num_steps)]
 
 
+@keras.saving.register_keras_serializable(package="ddpm_keras_tests")
+class Affine(keras.layers.Layer):
+    """`a * x + b` with `a` and `b` one number per image, `(batch, 1)`."""
+
+    def call(self, inputs):
+        x, a, b = inputs
+        return x * a[:, :, None, None] + b[:, :, None, None]
+
+
+def affine_student(shape=(4, 4, 1), timesteps=T):
+    """An x_0 network `a[t] x + b[t]`: it can be the one-step map of two DDIM steps of a Gaussian, exactly."""
+    x, t = keras.Input(shape), keras.Input((), dtype="int32")
+    a = keras.layers.Embedding(timesteps, 1, embeddings_initializer="zeros")(t)
+    b = keras.layers.Embedding(timesteps, 1, embeddings_initializer="zeros")(t)
+    return keras.Model([x, t], Affine()([x, a, b]))
+
+
 # ------------------------------------------------------------ Gaussian classes
 
 CLASS_MEANS = (-0.3, 0.4, 0.1)  # Class k: N(CLASS_MEANS[k], S^2) per pixel.

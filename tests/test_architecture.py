@@ -21,7 +21,7 @@ LAYERS = {
     "metrics": ("metrics",),
     "inference": ("inference",),
     "training": ("training",),
-    "model": ("options", "presets", "preset_builder", "hub", "model", "classifier", "convert"),
+    "model": ("options", "presets", "preset_builder", "hub", "model", "classifier", "convert", "distillation"),
     "app": ("", "__main__", "cli"),
     # Former module names that keep working for users; nothing in the package imports them.
     "aliases": ("callbacks", "distribute", "finite", "layers", "precision", "sampling"),

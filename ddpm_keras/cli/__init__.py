@@ -9,6 +9,7 @@
     ddpm-keras interpolate --checkpoint RUN_DIR --out path.png
     ddpm-keras train-classifier --checkpoint RUN_DIR --out clf.keras     # then sample --classifier clf.keras
     ddpm-keras export --checkpoint RUN_DIR --out generator    # TensorFlow SavedModel
+    ddpm-keras distill --teacher RUN_DIR --target-steps 4 --out RUN_DIR2  # a student of 4 sampling steps
 
 Every default comes from `ddpm_keras.presets`; the options of `train` are in
 `ddpm_keras.cli.train`.
@@ -20,6 +21,7 @@ import sys
 from ddpm_keras.cli import train  # noqa: F401 - each command module registers its command, in this order
 from ddpm_keras.cli import sample  # noqa: F401
 from ddpm_keras.cli import train_classifier  # noqa: F401
+from ddpm_keras.cli import distill  # noqa: F401
 from ddpm_keras.cli import evaluate  # noqa: F401
 from ddpm_keras.cli import edit  # noqa: F401
 from ddpm_keras.cli import export  # noqa: F401

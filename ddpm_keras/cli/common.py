@@ -85,20 +85,25 @@ def add_sampler_arguments(parser, inpainting=False):
 
     # Inpainting: the replacement method's samplers (INPAINT_SAMPLERS), or any on an inpainting model.
     choices = samplers.SAMPLERS
-    default = "ddpm" if inpainting else DEFAULT_SAMPLING["sampler"]
+    default = "ddpm" if inpainting else None
     own = f"ddpm, pc: all T; ddim: {samplers.DEFAULT_DDIM_STEPS}; the solvers: {samplers.DEFAULT_SOLVER_STEPS}"
     default_steps = own if inpainting else (
-        f"{DEFAULT_SAMPLING['num_steps']} for the default sampler, else the sampler's own ({own})"
+        f"the default sampler's (the model's own, else {DEFAULT_SAMPLING['num_steps']}), else the sampler's own ({own})"
+    )
+    model_default = "" if inpainting else (
+        f"; default: the model's own (a distilled student's, a preset's: its default_sampling), else "
+        f"{DEFAULT_SAMPLING['sampler']}"
     )
     parser.add_argument("--sampler", default=default, choices=choices,
                         help="ddpm: ancestral; ddim: Song et al. 2021 (deterministic with --eta 0); "
                         "pc: DDPM predictor + Langevin corrector; dpmpp_2m, dpmpp_3m: DPM-Solver++ (deterministic); "
                         "dpmpp_2m_sde: its stochastic form; unipc: UniPC (deterministic); heun: EDM's Heun sampler "
-                        "(Karras et al. 2022; 2 calls a step, deterministic unless --s-churn)")
+                        f"(Karras et al. 2022; 2 calls a step, deterministic unless --s-churn){model_default}")
     parser.add_argument("--steps", type=positive_int, default=None, help=f"reverse steps. Default: {default_steps}")
     own_spacing = "the sampler's own (karras for heun, else trailing)"
     default_spacing = own_spacing if inpainting else (
-        f"{DEFAULT_SAMPLING.get('timestep_spacing', 'trailing')} for the default sampler, else {own_spacing}"
+        f"the default sampler's (the model's own, else {DEFAULT_SAMPLING.get('timestep_spacing', 'trailing')}), "
+        f"else {own_spacing}"
     )
     parser.add_argument("--timestep-spacing", default=None, choices=samplers.TIMESTEP_SPACINGS,
                         help=f"which training timesteps the steps visit. Default: {default_spacing}")
@@ -120,23 +125,30 @@ def value_type(spec):
     return number(**limits)
 
 
-def sampling_options(args, num_timesteps=None):
+def sampling_options(args, num_timesteps=None, default_sampling=None):
     """The `generate_images` options of a command's sampler arguments; the default sampler gets its default steps.
 
-    With the model's `num_timesteps`, the default sampler's default step
-    count is capped at it, and a larger `--steps` is a `CLIError`.
+    The default is the model's `default_sampling` (a distilled student's
+    sampler and steps, a preset's), else `presets.DEFAULT_SAMPLING`: with
+    no `--sampler` its sampler, and for its sampler its steps and spacing
+    where those flags are not given. With the model's `num_timesteps`, the
+    default step count is capped at it, and a larger `--steps` is a
+    `CLIError`.
     """
     from ddpm_keras.presets import DEFAULT_SAMPLING
 
-    default = args.sampler == DEFAULT_SAMPLING["sampler"]
+    default_sampling = default_sampling or DEFAULT_SAMPLING
+    if args.sampler is None:
+        args.sampler = default_sampling["sampler"]
+    default = args.sampler == default_sampling["sampler"]
     if num_timesteps is not None:
         check_steps(args.steps, num_timesteps)
-    steps = DEFAULT_SAMPLING["num_steps"] if args.steps is None and default else args.steps
+    steps = default_sampling.get("num_steps") if args.steps is None and default else args.steps
     if num_timesteps is not None and steps is not None:
         steps = min(steps, num_timesteps)
     from ddpm_keras import samplers
 
-    spacing = args.timestep_spacing or (DEFAULT_SAMPLING.get("timestep_spacing") if default else None)
+    spacing = args.timestep_spacing or (default_sampling.get("timestep_spacing") if default else None)
     spacing = samplers.timestep_spacing_of(args.sampler, spacing)
     options = {"sampler": args.sampler, "num_steps": steps, "timestep_spacing": spacing}
     for name in [field.name for field in samplers.option_fields()] + ["dtype"]:

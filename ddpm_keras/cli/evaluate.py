@@ -119,7 +119,7 @@ def evaluate(args):
     if needs_real and dataset_name is None:
         raise CLIError("Pass --dataset: the checkpoint has no run.json saying what it was trained on.")
     real = _real_images(dataset_name, split, model.image_shape[:2], args.data_dir, run.get("seed", 0)) if needs_real else None
-    sampling = sampling_options(args, model.diffusion.num_timesteps)
+    sampling = sampling_options(args, model.diffusion.num_timesteps, model.default_sampling)
     results, seconds = {}, {}
     start = time.perf_counter()
     # The extractors first: a missing weights file fails before minutes of sampling.

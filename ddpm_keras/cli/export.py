@@ -40,7 +40,7 @@ def export(args):
 
     check_output(args.out, "--out", overwrite=args.overwrite, kind="dir")
     model = load_model(args.checkpoint)
-    options = sampling_options(args, model.diffusion.num_timesteps)
+    options = sampling_options(args, model.diffusion.num_timesteps, model.default_sampling)
     start = time.perf_counter()
     model.export_generator(args.out, overwrite=args.overwrite, **options)
     steps = options["num_steps"] or "default"

@@ -145,7 +145,7 @@ def sample(args):
     scales = sweep_scales(args.guidance_sweep) if args.guidance_sweep else None
     model, recommended = load_preset(args) if args.preset else (load_model(args.checkpoint), {})
     classifier = load_classifier(args.classifier) if args.classifier else None
-    options = sampling_options(args, model.diffusion.num_timesteps)
+    options = sampling_options(args, model.diffusion.num_timesteps, model.default_sampling)
     labels = requested_labels(args)
     if labels is None and args.preset and model.num_classes and classifier is None:
         labels = [i % model.num_classes for i in range(args.num_images or 16)]  # every class, in turn

@@ -151,16 +151,31 @@ def ema_decay(model):
     n = ops.cast(model.optimizer.iterations, "float32")
     return ops.minimum(model.ema, (1.0 + n) / (10.0 + n))
 
-def update_ema(model, decay=None):
+def update_ema(model, decay=None, assign=None):
     """Moves every EMA weight towards the network's: `decay * ema_w + (1 - decay) * w`.
 
     Args:
         decay: `None` (`ema_decay()`) or a float (or a scalar tensor)
             in `[0, 1]`. Defaults to `None`.
+        assign: `None`, or a callable `assign(variable, update, source)`
+            that writes `update(variable, source)` to `variable`: how the
+            training step writes mirrored variables under a
+            `tf.distribute` strategy (`steps._tf_update_ema`). Defaults
+            to `None`: `variable.assign(update(variable, source))`.
     """
     decay = ema_decay(model) if decay is None else decay
+    assign = assign_variable if assign is None else assign
+
+    def moved(ema_weight, weight):
+        return decay * ema_weight + (1.0 - decay) * ops.cast(weight, ema_weight.dtype)
+
     for weight, ema_weight in zip(model.network.weights, model.ema_network.weights):
-        ema_weight.assign(decay * ema_weight + (1.0 - decay) * ops.cast(weight, ema_weight.dtype))
+        assign(ema_weight, moved, weight)
+
+
+def assign_variable(variable, update, source):
+    """`variable.assign(update(variable, source))`: `update_ema`'s write outside a strategy's merge."""
+    variable.assign(update(variable, source))
 
 
 def freeze(model):

@@ -180,8 +180,8 @@ def _tf_update_ema(model):
 
     In replica context a plain `assign` would write each device's copy from
     that replica alone; `strategy.extended.update` writes every copy of each
-    mirrored EMA weight from the (synchronised) network weight on its device,
-    with the decay of `model.ema_decay()`.
+    mirrored variable from the (synchronised) source variable's copy on its
+    device: `model.update_ema(assign=...)` with that write.
     """
     import tensorflow as tf
 
@@ -193,13 +193,13 @@ def _tf_update_ema(model):
     def update(strategy):
         # The step count was advanced by the optimizer update before this
         # merge: the same decay as `model.update_ema()`.
-        decay = model.ema_decay()
+        def assign(variable, update, source):
+            strategy.extended.update(
+                variable.value, lambda copy, value: copy.assign(update(copy, value)), args=(source.value,),
+                group=False,
+            )
 
-        def assign(ema_weight, weight):
-            return ema_weight.assign(decay * ema_weight + (1.0 - decay) * tf.cast(weight, ema_weight.dtype))
-
-        for weight, ema_weight in zip(model.network.weights, model.ema_network.weights):
-            strategy.extended.update(ema_weight.value, assign, args=(weight.value,), group=False)
+        model.update_ema(assign=assign)
 
     context.merge_call(update)
 

@@ -1,0 +1,163 @@
+"""Progressive distillation of a shipped preset: FD of its students at 1-8 calls against the teacher's samplers.
+
+Usage: python bench/distill.py --out DIR [--teacher synthetic_flowers32_cond] [--steps-per-round 500]
+       [--start-steps 64] [--batch-size 32] [--learning-rate 2e-4] [--num-samples 256] [--seeds 0,1,2]
+       [--grid docs/distillation.png] [--skip-ddpm]
+
+Distils the preset (its EMA network, v-prediction) with `ProgressiveDistillation`
+from `--start-steps` DDIM steps down to 1, one round per epoch of
+`--steps-per-round` optimizer steps on as many fresh synthetic flowers (labelled
+for a conditional preset), and writes each round's student to
+`DIR/student_N.keras` (N: its DDIM steps). `--load DIR` measures the students
+a previous run wrote. Then, in the shipped flower features
+(`metrics.flower_features`), against 4,096 real flowers, at the preset's
+recommended guidance: FD (mean +- std over `--seeds`, `--num-samples` samples
+each), class accuracy for a conditional preset, and seconds per 1,000 images,
+for the teacher's DDPM-1000, its ODE (DDIM-50, DPM-Solver++(2M)-20), its best
+few-call solvers, and the students. `--grid` writes the teacher at 1,000
+calls beside the students at 4, 2 and 1 call(s), from the same noise.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ddpm_keras import DiffusionModel  # noqa: E402
+from ddpm_keras import ProgressiveDistillation  # noqa: E402
+from ddpm_keras import hub  # noqa: E402
+from ddpm_keras.data import synthetic_class_of  # noqa: E402
+from ddpm_keras.data import synthetic_flowers  # noqa: E402
+from ddpm_keras.metrics import extract_features  # noqa: E402
+from ddpm_keras.metrics import flower_features  # noqa: E402
+from ddpm_keras.metrics import frechet_distance  # noqa: E402
+from ddpm_keras.metrics import reference_statistics  # noqa: E402
+from ddpm_keras.visualize import save_image_grid  # noqa: E402
+
+REFERENCE_SEED, DATA_SEED = 9001, 7000
+
+TEACHER_ROWS = (
+    ("DDPM", {"sampler": "ddpm"}),
+    ("DDIM", {"sampler": "ddim", "num_steps": 50}),
+    ("DPM-Solver++(2M)", {"sampler": "dpmpp_2m", "num_steps": 20}),
+    ("DPM-Solver++(2M) SDE, Karras", {"sampler": "dpmpp_2m_sde", "num_steps": 20, "timestep_spacing": "karras"}),
+    ("DDIM", {"sampler": "ddim", "num_steps": 4}),
+    ("DPM-Solver++(2M)", {"sampler": "dpmpp_2m", "num_steps": 4}),
+    ("DPM-Solver++(2M) SDE, Karras", {"sampler": "dpmpp_2m_sde", "num_steps": 4, "timestep_spacing": "karras"}),
+    ("UniPC", {"sampler": "unipc", "num_steps": 4}),
+)
+
+
+class SaveStudent(keras.callbacks.Callback):
+    """Writes the round's student after each epoch (one epoch is one round): `DIR/student_N.keras`."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def on_epoch_end(self, epoch, logs=None):
+        student = self.model.student
+        path = os.path.join(self.out, f"student_{self.model.student_steps}.keras")
+        student.save(path)
+        print(f"round {epoch + 1}: loss {logs['loss']:.4f}, {path}", flush=True)
+
+
+def distil(args, teacher):
+    """Runs every round; returns the seconds it took."""
+    distiller = ProgressiveDistillation(teacher, target_steps=1, start_steps=args.start_steps,
+                                        steps_per_round=args.steps_per_round, seed=0)
+    distiller.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+    per_round = args.steps_per_round * args.batch_size
+    size = teacher.image_shape[0]
+    start = time.perf_counter()
+    for r in range(distiller.num_rounds):  # fresh flowers each round, one epoch of steps_per_round steps
+        labels = None if teacher.num_classes is None else np.arange(per_round) % teacher.num_classes
+        images = synthetic_flowers(per_round, size, seed=DATA_SEED + r, labels=labels)
+        distiller.fit(images, labels, batch_size=args.batch_size, epochs=r + 1, initial_epoch=r, verbose=0,
+                      callbacks=[SaveStudent(args.out)])
+    return time.perf_counter() - start
+
+
+def measure(model, sampling, reference, extractor, args, guidance):
+    fds, accuracies, seconds = [], [], []
+    for seed in args.seeds:
+        conditioning = {}
+        if model.num_classes:
+            labels = np.arange(args.num_samples) % model.num_classes
+            conditioning = {"labels": labels, "guidance_scale": guidance}
+        start = time.perf_counter()
+        images = np.asarray(model.generate_images(args.num_samples, seed=seed, verbose=0, **sampling, **conditioning))
+        seconds.append((time.perf_counter() - start) / args.num_samples * 1000)
+        features = np.asarray(extract_features(extractor, images), np.float64)
+        fds.append(frechet_distance(features.mean(0), np.cov(features, rowvar=False), reference.mean,
+                                    reference.covariance))
+        if model.num_classes:
+            accuracies.append(float(np.mean(synthetic_class_of(images) == labels)))
+    return fds, accuracies, seconds
+
+
+def row(label, calls, fds, accuracies, seconds):
+    accuracy = f" {np.mean(accuracies):.3f} |" if accuracies else " - |"
+    print(f"| {label} | {calls} | {np.mean(fds):.1f} +- {np.std(fds):.1f} ({', '.join(f'{v:.1f}' for v in fds)}) |"
+          f"{accuracy} {np.median(seconds[1:] or seconds):.0f} |", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="synthetic_flowers32_cond")
+    parser.add_argument("--out", required=True, help="folder of the students (new, or --load)")
+    parser.add_argument("--load", action="store_true", help="measure the students already in --out")
+    parser.add_argument("--steps-per-round", type=int, default=500)
+    parser.add_argument("--start-steps", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--grid", default=None, help="PNG: teacher DDPM-1000 beside the students at 4, 2, 1")
+    parser.add_argument("--skip-ddpm", action="store_true", help="leave out the teacher's 1,000-call row")
+    args = parser.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    teacher = DiffusionModel.from_preset(args.teacher, compile=False)
+    guidance = hub.read_metadata(args.teacher).get("sampling", {}).get("guidance_scale", 1.0)
+    if not args.load:
+        if os.path.exists(args.out) and os.listdir(args.out):
+            parser.error(f"--out {args.out} is not empty: name a new folder, or pass --load to measure it")
+        os.makedirs(args.out, exist_ok=True)
+        seconds = distil(args, teacher)
+        print(f"distillation: {seconds / 60:.1f} min for {args.steps_per_round} steps per round, batch "
+              f"{args.batch_size}, from {args.start_steps} steps to 1", flush=True)
+    students = {int(name[len("student_"):-len(".keras")]): os.path.join(args.out, name)
+                for name in os.listdir(args.out) if name.startswith("student_") and name.endswith(".keras")}
+    extractor = flower_features()
+    size, classes = teacher.image_shape[0], teacher.num_classes
+    real_labels = None if classes is None else np.arange(4096) % classes
+    reference = reference_statistics(synthetic_flowers(4096, size, seed=REFERENCE_SEED, labels=real_labels),
+                                     extractor, cache_dir=False, verbose=0)
+    print(f"\n{args.teacher}, guidance {guidance}, {args.num_samples} samples, seeds {args.seeds}")
+    print("| sampler | network calls | FD | class accuracy | ms per image |\n|---|---|---|---|---|")
+    for label, sampling in TEACHER_ROWS:
+        if args.skip_ddpm and sampling["sampler"] == "ddpm":
+            continue
+        calls = sampling.get("num_steps", teacher.diffusion.num_timesteps)
+        row(f"teacher, {label}", calls, *measure(teacher, sampling, reference, extractor, args, guidance))
+    for steps in sorted(students, reverse=True):
+        student = keras.saving.load_model(students[steps], compile=False)
+        row("student, DDIM (its default_sampling)", steps, *measure(student, {}, reference, extractor, args, guidance))
+    if args.grid:
+        noise = np.random.default_rng(0).standard_normal((8,) + teacher.image_shape).astype("float32")
+        labels = None if classes is None else np.arange(8) % classes
+        conditioning = {} if classes is None else {"labels": labels, "guidance_scale": guidance}
+        rows = [teacher.generate_images(initial_noise=noise, seed=0, sampler="ddpm", verbose=0, **conditioning)]
+        for steps in (4, 2, 1):
+            student = keras.saving.load_model(students[steps], compile=False)
+            rows.append(student.generate_images(initial_noise=noise, verbose=0, **conditioning))
+        save_image_grid(np.concatenate(rows), args.grid, ncols=8, scale=3)
+        print(f"grid: {args.grid} (rows: teacher DDPM-1000, students at 4, 2, 1 calls)")
+
+
+if __name__ == "__main__":
+    main()
