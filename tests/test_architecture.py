@@ -21,7 +21,7 @@ LAYERS = {
     "metrics": ("metrics",),
     "inference": ("inference",),
     "training": ("training",),
-    "model": ("options", "presets", "preset_builder", "hub", "model", "classifier", "convert", "distillation"),
+    "model": ("options", "presets", "preset_builder", "hub", "model", "classifier", "convert", "posthoc_ema", "distillation"),
     "app": ("", "__main__", "cli"),
     # Former module names that keep working for users; nothing in the package imports them.
     "aliases": ("callbacks", "distribute", "finite", "layers", "precision", "sampling"),

@@ -10,6 +10,7 @@
     ddpm-keras train-classifier --checkpoint RUN_DIR --out clf.keras     # then sample --classifier clf.keras
     ddpm-keras export --checkpoint RUN_DIR --out generator    # TensorFlow SavedModel
     ddpm-keras distill --teacher RUN_DIR --target-steps 4 --out RUN_DIR2  # a student of 4 sampling steps
+    ddpm-keras ema --checkpoint RUN_DIR --std 0.05,0.1,0.15 --out emas   # post-hoc EMA (train --posthoc-ema-every)
 
 Every default comes from `ddpm_keras.presets`; the options of `train` are in
 `ddpm_keras.cli.train`.
@@ -25,6 +26,7 @@ from ddpm_keras.cli import distill  # noqa: F401
 from ddpm_keras.cli import evaluate  # noqa: F401
 from ddpm_keras.cli import edit  # noqa: F401
 from ddpm_keras.cli import export  # noqa: F401
+from ddpm_keras.cli import ema  # noqa: F401
 from ddpm_keras.cli import convert  # noqa: F401
 from ddpm_keras.cli.common import COMMANDS
 from ddpm_keras.cli.common import EXIT_INTERRUPTED

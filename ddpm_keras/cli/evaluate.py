@@ -49,7 +49,9 @@ def add_evaluate_parser(commands, formatter):
         "ODE, with its number of network evaluations). Prints a table; --out writes JSON. The real images' features are "
         "cached (--cache-dir) and recomputed when the images change.",
     )
-    evaluate.add_argument("--checkpoint", required=True, help="a model.keras file, or a run directory holding one")
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="a model.keras file, a run directory holding one, or a folder of .keras files (the "
+                          "output of `ema`): each is evaluated and the best by FID named")
     evaluate.add_argument("--dataset", default=None,
                           help="oxford_flowers102, synthetic or PATH to a folder of images. Default: the run's "
                           "(its run.json)")
@@ -95,7 +97,39 @@ def _metric_list(text):
 
 
 def evaluate(args):
-    """`ddpm-keras evaluate`: FID, KID, Inception Score of samples and bits/dim of real images; a table and JSON."""
+    """`ddpm-keras evaluate`: FID, KID, Inception Score of samples and bits/dim of real images; a table and JSON.
+
+    A `--checkpoint` folder of `.keras` files without a `model.keras` (the
+    output of `ddpm-keras ema`) has each file evaluated in turn, with the
+    same samples' seed, and the one of lowest FID named.
+    """
+    folder = args.checkpoint
+    if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, "model.keras")):
+        return _evaluate_one(args)
+    paths = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".keras"))
+    if not paths:
+        return _evaluate_one(args)  # its one-line error: no model.keras
+    if args.strategy == "multiworker":
+        raise CLIError(f"--strategy multiworker evaluates one checkpoint at a time: pass one of the files of {folder}.")
+    if args.out:  # before any computation
+        check_output(args.out, "--out", ".json", args.overwrite)
+    results = {}
+    for path in paths:
+        print(f"== {path}")
+        results[path] = _evaluate_one(argparse.Namespace(**{**vars(args), "checkpoint": path, "out": None}))
+    best = min(paths, key=lambda path: results[path]["fid"]) if "fid" in args.metrics else None
+    for path in paths:
+        print(f"{path}: " + ", ".join(f"{key} {value:.5g}" for key, value in results[path].items())
+              + ("  <- best by FID" if path == best else ""))
+    if args.out:
+        files.write_json(args.out, {"checkpoints": results, "best_by_fid": best, "num_samples": args.num_samples,
+                                    "seed": args.seed})
+        print(f"Wrote {args.out}")
+    return results
+
+
+def _evaluate_one(args):
+    """Evaluates the one checkpoint `args.checkpoint`; returns its metrics as a dict."""
     metrics = args.metrics
     for name, needed in (("fid", 2), ("kid", 2), ("is", args.is_splits)):
         if name in metrics and args.num_samples < needed:
@@ -187,6 +221,7 @@ def evaluate(args):
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
         })
         print(f"Wrote {args.out}")
+    return results
 
 
 def _ode_options(args):

@@ -33,10 +33,10 @@ RUN_FILES = (MODEL_FILE, LOG_FILE, RUN_RECORD, QUALITY_LOG_FILE, QUALITY_PLOT_FI
 ATOMIC_FILES = (MODEL_FILE, LOG_FILE, RUN_RECORD, QUALITY_LOG_FILE, QUALITY_PLOT_FILE)
 # The options a resumed run takes from run.json when they are not given: the run goes on as it was.
 RESUMED_OPTIONS = ("dataset", "split", "data_dir", "batch_size", "epochs", "steps_per_epoch", "plot_every", "seed",
-                   "precision")
+                   "precision", "posthoc_ema_every")
 # The options a launch may change, recorded for each launch.
 LAUNCH_OPTIONS = ("epochs", "learning_rate", "batch_size", "steps_per_epoch", "plot_every", "dataset", "split",
-                  "seed", "fid_every", "jit_compile", "tensorboard")
+                  "seed", "fid_every", "jit_compile", "tensorboard", "posthoc_ema_every")
 
 _ADVICE = "Drop the option, or start a new run with --out DIR."
 

@@ -104,6 +104,9 @@ def add_train_parser(commands, formatter):
                        help="also write TensorBoard events to RUN_DIR/tensorboard/: the loss of each epoch, the "
                        "quality metrics of --fid-every and the sample grids; view them with: "
                        "tensorboard --logdir RUN_DIR")
+    train.add_argument("--posthoc-ema-every", type=non_negative_int, default=None, metavar="STEPS",
+                       help="optimizer steps between snapshots of power-function EMAs (EDM2; stds 0.05, 0.10) "
+                       "in RUN_DIR/posthoc_ema/, for `ema` to make the EMA of any std. Default: 0 (never); the run's")
     add_extractor_args(train)
 
 
@@ -293,6 +296,9 @@ def _callbacks(args, model, write_dir, run_dir, dataset_name, plot_every, worker
         from ddpm_keras.cli.evaluate import quality_monitor
 
         callbacks.append(quality_monitor(args, dataset_name, model.image_shape[:2], write_dir))
+    if args.posthoc_ema_every:  # before the checkpoint: each checkpoint then has the profiles' state
+        from ddpm_keras.training.posthoc_ema import PostHocEMA
+        callbacks.append(PostHocEMA(write_dir, args.posthoc_ema_every))
     callbacks.append(RunCheckpoint(write_dir))
     tensorboard = None
     if args.tensorboard and write_dir == run_dir:  # under several workers, the chief's events only

@@ -2,7 +2,8 @@
 
 `SamplePlotter` and `QualityMonitor` are here; `RunCheckpoint` and the run's
 CSV logs are in `checkpoint.py`, `StallWatchdog` in `watchdog.py`,
-`NonFiniteGuard` in `finite.py`, `TensorBoardLogger` in `tensorboard.py`;
+`NonFiniteGuard` in `finite.py`, `TensorBoardLogger` in `tensorboard.py`,
+`PostHocEMA` in `posthoc_ema.py`;
 every callback of `fit` is importable from this module
 (`ddpm_keras.callbacks`).
 """
@@ -30,6 +31,7 @@ from ddpm_keras.training.checkpoint import read_rows
 from ddpm_keras.training.checkpoint import resume_log
 from ddpm_keras.training.checkpoint import save_atomically
 from ddpm_keras.training.finite import NonFiniteGuard
+from ddpm_keras.training.posthoc_ema import PostHocEMA
 from ddpm_keras.training.tensorboard import TensorBoardLogger
 from ddpm_keras.training.watchdog import StallWatchdog
 from ddpm_keras.utils.checks import check_positive_int
@@ -40,8 +42,8 @@ from ddpm_keras.visualize import save_image_grid
 
 __all__ = [
     "LOG_FILE", "MODEL_FILE", "QUALITY_LOG_FILE", "QUALITY_PLOT_FILE", "SAMPLES_DIR", "NonFiniteGuard",
-    "QualityMonitor", "RunCheckpoint", "SamplePlotter", "StallWatchdog", "TensorBoardLogger", "WorkerShare",
-    "class_rows", "describe_sampling", "read_rows", "resume_log", "save_atomically",
+    "PostHocEMA", "QualityMonitor", "RunCheckpoint", "SamplePlotter", "StallWatchdog", "TensorBoardLogger",
+    "WorkerShare", "class_rows", "describe_sampling", "read_rows", "resume_log", "save_atomically",
 ]
 
 
