@@ -17,6 +17,9 @@ from keras import ops
 from ddpm_keras import samplers
 
 STEPS = {"ddpm": 50, "pc": 25, "ddim": 50}  # The solvers take 20.
+# Consistency sampling of a diffusion model (not a consistency function) under-disperses at any step count:
+# its x_0 is the posterior mean, re-noised; std 0.113 for 20 steps here in closed form (0.13 for all 100).
+SPREAD = {"consistency": 0.113}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def test_every_sampler_draws_the_requested_class_and_the_guided_mixture(model, s
     options = {"sampler": sampler, "num_steps": STEPS.get(sampler, 20), "seed": 0, "verbose": 0}
     own = model.generate_images(labels=[1] * 128, **options)
     assert own.mean() == pytest.approx(CLASS_MEANS[1], abs=0.02)
-    assert own.std() == pytest.approx(S, rel=0.25)
+    assert own.std() == pytest.approx(SPREAD.get(sampler, S), rel=0.25)
     for labels, scale, mean in [
         ([0] * 128, 1.0, CLASS_MEANS[0]),
         (None, 1.0, UNCONDITIONAL_MEAN),

@@ -86,7 +86,8 @@ def add_sampler_arguments(parser, inpainting=False):
     # Inpainting: the replacement method's samplers (INPAINT_SAMPLERS), or any on an inpainting model.
     choices = samplers.SAMPLERS
     default = "ddpm" if inpainting else None
-    own = f"ddpm, pc: all T; ddim: {samplers.DEFAULT_DDIM_STEPS}; the solvers: {samplers.DEFAULT_SOLVER_STEPS}"
+    own = (f"ddpm, pc: all T; ddim: {samplers.DEFAULT_DDIM_STEPS}; the solvers: {samplers.DEFAULT_SOLVER_STEPS}; "
+           f"consistency: {samplers.DEFAULT_CONSISTENCY_STEPS}")
     default_steps = own if inpainting else (
         f"the default sampler's (the model's own, else {DEFAULT_SAMPLING['num_steps']}), else the sampler's own ({own})"
     )
@@ -97,7 +98,8 @@ def add_sampler_arguments(parser, inpainting=False):
     parser.add_argument("--sampler", default=default, choices=choices,
                         help="ddpm: ancestral; ddim: Song et al. 2021 (deterministic with --eta 0); "
                         "pc: DDPM predictor + Langevin corrector; dpmpp_2m, dpmpp_3m: DPM-Solver++ (deterministic); "
-                        "dpmpp_2m_sde: its stochastic form; unipc: UniPC (deterministic); heun: EDM's Heun sampler "
+                        "dpmpp_2m_sde: its stochastic form; unipc: UniPC (deterministic); consistency: multistep "
+                        "consistency sampling (a consistency-distilled student's); heun: EDM's Heun sampler "
                         f"(Karras et al. 2022; 2 calls a step, deterministic unless --s-churn){model_default}")
     parser.add_argument("--steps", type=positive_int, default=None, help=f"reverse steps. Default: {default_steps}")
     own_spacing = "the sampler's own (karras for heun, else trailing)"

@@ -8,6 +8,9 @@
 - `likelihood`: the terms of the variational bound in bits per dimension.
 - `ode`: the probability-flow ODE, its solvers and trace estimators, and
   the likelihood it gives.
+- `distillation`: progressive distillation's grids, two-step target and weights.
+- `consistency`: the consistency function's parameterisation and the
+  consistency-distillation target.
 """
 
 from ddpm_keras.diffusion.gaussian import PREDICTION_TYPES

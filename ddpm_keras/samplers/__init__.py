@@ -24,6 +24,12 @@ Samplers (`SAMPLERS`; network calls = `num_steps` unless said):
   stochastic second-order solver of diffusers' `sde-dpmsolver++`.
 - `"unipc"` (`unipc.py`): UniPC (Zhao et al. 2023), `bh2`,
   predictor-corrector multistep.
+- `"consistency"` (`consistency.py`): multistep consistency sampling
+  (Song et al. 2023, Algorithm 1), for a consistency model (an `"x0"`
+  network that maps any `x_t` to its trajectory's start, such as
+  `ConsistencyDistillation`'s student): each step takes the model's `x_0`
+  and re-noises it to the next kept level with fresh noise; 1 step by
+  default, deterministic only then.
 - `"heun"` (`heun.py`): EDM's second-order Heun sampler (Karras et al.
   2022, Algorithm 2) on their `rho = 7` grid (its default spacing,
   `"karras"`), deterministic unless `s_churn > 0` re-adds noise
@@ -33,9 +39,9 @@ Samplers (`SAMPLERS`; network calls = `num_steps` unless said):
 All walk the kept timesteps `s_0 < ... < s_{n-1}` of
 `sampling_timesteps(diffusion, n, timestep_spacing)` from `s_{n-1} = T - 1`
 down (the respaced diffusion of `respaced`), and their last step returns
-the predicted `x_0` at `s_0` (DDIM and the ODE solvers) or the posterior
-mean (DDPM); `"heun"`'s churn also calls the network at the training
-timesteps between them (`SamplingContext.training_diffusion`).
+the predicted `x_0` at `s_0` (DDIM, the ODE solvers and `"consistency"`) or
+the posterior mean (DDPM); `"heun"`'s churn also calls the network at the
+training timesteps between them (`SamplingContext.training_diffusion`).
 `inpaint.py` adds the replacement method and RePaint resampling;
 `ddim.ddim_encode_chain` runs DDIM backwards (x_0 -> x_T).
 `guidance.guided_model_fn` turns a conditional network into the
@@ -71,6 +77,7 @@ from ddpm_keras.samplers.options import DEFAULT_SAMPLING
 from ddpm_keras.samplers.options import SamplerOptions
 from ddpm_keras.samplers.options import option_fields
 from ddpm_keras.samplers.options import sampler_options
+from ddpm_keras.samplers.registry import DEFAULT_CONSISTENCY_STEPS
 from ddpm_keras.samplers.registry import DEFAULT_DDIM_STEPS
 from ddpm_keras.samplers.registry import DEFAULT_SOLVER_STEPS
 from ddpm_keras.samplers.registry import REGISTRY
@@ -90,7 +97,8 @@ from ddpm_keras.samplers.timesteps import spaced_timesteps
 from ddpm_keras.samplers.unipc import unipc_coefficients
 
 __all__ = [
-    "Chain", "DEFAULT_DDIM_STEPS", "DEFAULT_SAMPLING", "DEFAULT_SOLVER_STEPS", "INPAINT_SAMPLERS", "REGISTRY", "SAMPLERS",
+    "Chain", "DEFAULT_CONSISTENCY_STEPS", "DEFAULT_DDIM_STEPS", "DEFAULT_SAMPLING", "DEFAULT_SOLVER_STEPS",
+    "INPAINT_SAMPLERS", "REGISTRY", "SAMPLERS",
     "SamplerOptions", "SamplerSpec", "SamplingContext", "TIMESTEP_SPACINGS", "advance", "build_chain", "check_num_steps",
     "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_chain",
     "classifier_guided_model_fn", "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish",

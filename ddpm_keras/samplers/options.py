@@ -52,7 +52,8 @@ class SamplerOptions:
     Args:
         sampler: One of `SAMPLERS`. Defaults to `"ddpm"`.
         num_steps: Integer >= 1, or `None`: the sampler's default (`T` for
-            `"ddpm"` and `"pc"`, `50` for `"ddim"`, `20` for the solvers).
+            `"ddpm"` and `"pc"`, `50` for `"ddim"`, `20` for the solvers,
+            `1` for `"consistency"`).
             `resolved(T)` checks it against the diffusion's `T`. Defaults
             to `None`.
         timestep_spacing: One of `TIMESTEP_SPACINGS`, or `None`: the

@@ -8,6 +8,7 @@ import functools
 from typing import Callable
 from typing import NamedTuple
 
+from ddpm_keras.samplers.consistency import consistency_chain
 from ddpm_keras.samplers.context import SamplingContext
 from ddpm_keras.samplers.ddim import ddim_chain
 from ddpm_keras.samplers.ddpm import ddpm_chain
@@ -20,6 +21,7 @@ from ddpm_keras.samplers.unipc import unipc_chain
 
 DEFAULT_DDIM_STEPS = 50
 DEFAULT_SOLVER_STEPS = 20
+DEFAULT_CONSISTENCY_STEPS = 1
 
 
 class SamplerSpec(NamedTuple):
@@ -45,6 +47,8 @@ REGISTRY = {
         for name, (order, stochastic) in DPMPP_SAMPLERS.items()
     },
     "unipc": SamplerSpec(functools.partial(unipc_chain, order=2), default_steps=DEFAULT_SOLVER_STEPS, min_steps=2),
+    # A consistency model's sampler: one step by default (a distilled student's `default_sampling` holds its own).
+    "consistency": SamplerSpec(consistency_chain, default_steps=DEFAULT_CONSISTENCY_STEPS, stochastic=True),
     "heun": SamplerSpec(
         heun_chain, ("s_churn", "s_tmin", "s_tmax", "s_noise"), DEFAULT_SOLVER_STEPS, default_spacing="karras",
     ),
@@ -53,7 +57,8 @@ SAMPLERS = tuple(REGISTRY)
 
 
 def default_num_steps(sampler, num_steps, num_timesteps):
-    """`num_steps`, or the sampler's default (`50` for DDIM, `20` for the solvers, `T` for the chains), at most `T`."""
+    """`num_steps`, or the sampler's default (`50` for DDIM, `20` for the solvers, `1` for `"consistency"`, `T` for
+    the chains), at most `T`."""
     if num_steps is not None:
         return int(num_steps)
     default = REGISTRY[sampler].default_steps
