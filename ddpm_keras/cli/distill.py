@@ -220,9 +220,8 @@ def _callbacks(args, model, teacher, run_dir):
 
     callbacks = [NonFiniteGuard(), RunCheckpoint(run_dir)]
     if args.plot_every:
-        teacher_sampling = model.teacher_sampling if args.method == "consistency" else None  # progressive: its start
         callbacks.append(TeacherStudentGrid(run_dir, teacher, seed=args.seed, every=args.plot_every,
-                                            teacher_sampling=teacher_sampling, guidance_scale=args.guidance_scale))
+                                            guidance_scale=args.guidance_scale))
     return callbacks
 
 

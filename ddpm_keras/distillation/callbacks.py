@@ -17,8 +17,8 @@ class TeacherStudentGrid(keras.callbacks.Callback):
     (the distiller's `generate_images`: deterministic DDIM over its
     round's steps) after each `every`-th epoch, to
     `<run_dir>/samples/epoch_0001.png`, ... A deterministic teacher
-    sampler (the default, DDIM over `start_steps`, what the first round
-    distils) makes the rows comparable image by image.
+    sampler (the default, the distiller's `teacher_sampling`: the DDIM
+    chain the student imitates) makes the rows comparable image by image.
 
     Args:
         run_dir: String, the run directory.
@@ -26,9 +26,9 @@ class TeacherStudentGrid(keras.callbacks.Callback):
         num_images: Integer, images per row. Defaults to `8`.
         seed: Integer, the seed of `x_T`. Defaults to `0`.
         every: Integer, epochs between grids. Defaults to `1`.
-        teacher_sampling: `None` (DDIM over the distiller's `start_steps`)
-            or a dict of `generate_images`' sampler options for the
-            teacher's row. Defaults to `None`.
+        teacher_sampling: `None` (the distiller's `teacher_sampling`) or a
+            dict of `generate_images`' sampler options for the teacher's
+            row. Defaults to `None`.
         guidance_scale: Float, classifier-free guidance of a conditional
             model's samples (labels `0, 1, ...` across each row). Defaults
             to `1.0`.
@@ -47,7 +47,7 @@ class TeacherStudentGrid(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.teacher_images is None:
-            sampling = self.teacher_sampling or {"sampler": "ddim", "num_steps": self.model.start_steps}
+            sampling = self.teacher_sampling or self.model.teacher_sampling
             self.teacher_images = self.teacher.generate_images(
                 initial_noise=self.noise, seed=0, verbose=0, **sampling, **self.conditioning
             )

@@ -15,20 +15,19 @@ import numpy as np
 from keras import ops
 
 from ddpm_keras import samplers
-from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import consistency as math_cd
 from ddpm_keras.diffusion import gather
+from ddpm_keras.distillation.base import Distiller
+from ddpm_keras.distillation.base import copy_network
 from ddpm_keras.distillation.consistency_network import consistency_network
 from ddpm_keras.distillation.consistency_network import is_consistency_network
-from ddpm_keras.model import DiffusionModel
-from ddpm_keras.training import objective
 from ddpm_keras.utils.checks import is_int
 
 DEFAULT_DISCRETIZATION_STEPS = 18  # Song et al. 2023's N for CD on CIFAR-10 (LPIPS): the grid's points
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
-class ConsistencyDistillation(DiffusionModel):
+class ConsistencyDistillation(Distiller):
     """Distils a trained model into a consistency model that samples in `target_steps` network calls.
 
     Consistency distillation (Song et al. 2023, Algorithm 2) on the grid
@@ -84,6 +83,8 @@ class ConsistencyDistillation(DiffusionModel):
     """
 
     method = "consistency"
+    # The student's output is f, an x_0: its prediction type is fixed.
+    FIXED_OPTIONS = Distiller.FIXED_OPTIONS + ("prediction_type",)
 
     def __init__(
         self,
@@ -99,66 +100,37 @@ class ConsistencyDistillation(DiffusionModel):
         teacher_network=None,
         **kwargs,
     ):
-        if not isinstance(teacher, DiffusionModel):
-            raise TypeError(f"teacher must be a trained DiffusionModel. Received: teacher={teacher!r}")
-        if teacher.inpainting:
-            raise ValueError("ConsistencyDistillation distils a generative model; the teacher is an inpainting "
-                             "network. Distil the model it was made from.")
-        kwargs.pop("default_sampling", None)  # the distiller's is its own (a property)
+        self.check_teacher(teacher, "ConsistencyDistillation")
         diffusion, num_timesteps = teacher.diffusion, teacher.diffusion.num_timesteps
         self.target_steps = _check_steps("target_steps", target_steps, 1, num_timesteps)
         self.num_discretization_steps = _check_steps("num_discretization_steps", num_discretization_steps, 2,
                                                      num_timesteps)
-        self.clip_denoised = bool(clip_denoised)
         self._grid = samplers.sampling_timesteps(diffusion, self.num_discretization_steps, "karras").astype(np.int32)
         if student_network is None:  # the trainable network's clone (the EMA network is frozen), with the EMA's weights
-            student_network, student_prediction_type = _copy(teacher.network, teacher.ema_network), None
+            student_network, student_prediction_type = copy_network(teacher.network, teacher.ema_network), None
         if not is_consistency_network(student_network):
             student_network = consistency_network(
                 student_network, diffusion.terms_float64["alphas_cumprod"],
                 student_prediction_type or teacher.prediction_type, int(self._grid[0]),
             )
-        if student_ema_network is None:
-            student_ema_network = _copy(student_network)
         super().__init__(
-            student_network, diffusion, ema_network=student_ema_network, ema=ema, seed=seed, prediction_type="x0",
-            cond_drop_prob=teacher.cond_drop_prob, class_names=teacher.class_names, **kwargs,
+            teacher, student_network, "x0", student_ema_network=student_ema_network, teacher_network=teacher_network,
+            clip_denoised=clip_denoised, ema=ema, seed=seed, **kwargs,
         )
-        if self.num_classes != teacher.num_classes:
-            raise ValueError(f"student_network must take the teacher's labels: the teacher has num_classes="
-                             f"{teacher.num_classes}. Received: a network with num_classes={self.num_classes}")
-        self.teacher_prediction_type = teacher.prediction_type
-        self.teacher_network = _copy(teacher.ema_network) if teacher_network is None else teacher_network
-        objective.freeze(self.teacher_network)
 
     @property
     def discretization(self):
         """The grid `t_0 < ... < t_{N-1}`: an int32 NumPy array `(num_discretization_steps,)`."""
         return self._grid.copy()
 
-    @property
-    def default_sampling(self):
+    def student_sampling(self):
         """The student's sampler: `target_steps` steps of multistep consistency sampling."""
         return {"sampler": "consistency", "num_steps": self.target_steps}
-
-    @default_sampling.setter
-    def default_sampling(self, value):
-        if value is not None:
-            raise ValueError(f"A distiller samples as its student. Received: default_sampling={value!r}")
 
     @property
     def teacher_sampling(self):
         """The teacher's sampler that the student distils: deterministic DDIM over the grid (`"karras"`, `N` steps)."""
         return {"sampler": "ddim", "num_steps": self.num_discretization_steps, "timestep_spacing": "karras"}
-
-    @property
-    def student(self):
-        """The distilled `DiffusionModel` (copies of the student's weights), sampling with `default_sampling`."""
-        return DiffusionModel(
-            _copy(self.network), self.diffusion, ema_network=_copy(self.ema_network), ema=self.ema, seed=self.seed,
-            prediction_type="x0", cond_drop_prob=self.cond_drop_prob, class_names=self.class_names,
-            default_sampling=self.default_sampling, name=f"{self.name}_student",
-        )
 
     def training_batch(self, images, seed, labels=None, training=True):
         """One batch: `([x_{t_{n+1}}, t_{n+1}(, labels)], f_{theta^-}(x_hat_{t_n}, t_n), None)`."""
@@ -178,48 +150,13 @@ class ConsistencyDistillation(DiffusionModel):
             return ops.cast(self.ema_network([x, t] + extra, training=False), x.dtype)
 
         target = math_cd.consistency_target(
-            self._teacher_denoiser(extra), target_function, x_next, t_next, t_n,
+            self.teacher_denoiser(extra), target_function, x_next, t_next, t_n,
             gather(self.diffusion.alphas_cumprod, t_n, images),
         )
         return [x_next, t_next] + extra, target, None
 
-    def _teacher_denoiser(self, extra):
-        """`denoise(x, t) -> (x_0, eps)` of the teacher network at training timesteps, clipped as its DDIM clips."""
-        return samplers.make_denoiser(
-            lambda x, t: ops.cast(self.teacher_network([x, t] + extra, training=False), x.dtype), self.diffusion,
-            np.arange(self.diffusion.num_timesteps), self.teacher_prediction_type, clip_denoised=self.clip_denoised,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        for name in ("default_sampling", "prediction_type", "loss_weighting", "snr_gamma", "cond_drop_prob",
-                     "mask_rates", "class_names"):
-            config.pop(name, None)  # the teacher's, or the distiller's own
-        return {
-            **config,
-            "teacher_network": keras.saving.serialize_keras_object(self.teacher_network),
-            "teacher_prediction_type": self.teacher_prediction_type,
-            "cond_drop_prob": self.cond_drop_prob,
-            "class_names": self.class_names,
-            "target_steps": self.target_steps,
-            "num_discretization_steps": self.num_discretization_steps,
-            "clip_denoised": self.clip_denoised,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        teacher_network = keras.saving.deserialize_keras_object(config.pop("teacher_network"))
-        network = keras.saving.deserialize_keras_object(config.pop("network"))
-        ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
-        diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
-        teacher = DiffusionModel(
-            teacher_network, diffusion, ema_network=teacher_network,
-            prediction_type=config.pop("teacher_prediction_type"), cond_drop_prob=config.pop("cond_drop_prob"),
-            class_names=config.pop("class_names"),
-        )
-        return cls(teacher, student_network=network, student_ema_network=ema_network,
-                   teacher_network=teacher_network, **config)
+    def distiller_config(self):
+        return {"target_steps": self.target_steps, "num_discretization_steps": self.num_discretization_steps}
 
 
 def _check_steps(name, value, low, num_timesteps):
@@ -227,10 +164,3 @@ def _check_steps(name, value, low, num_timesteps):
         raise ValueError(f"{name} must be an integer in [{low}, {num_timesteps}] (the diffusion's timesteps). "
                          f"Received: {name}={value!r}")
     return int(value)
-
-
-def _copy(network, weights_of=None):
-    """A clone of `network` holding the weights of `weights_of` (`None`: its own)."""
-    clone = keras.models.clone_model(network)
-    clone.set_weights((network if weights_of is None else weights_of).get_weights())
-    return clone

@@ -16,9 +16,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from ddpm_keras.diffusion import GaussianDiffusion
 from ddpm_keras.diffusion import distillation as math_pd
-from ddpm_keras.model import DiffusionModel
+from ddpm_keras.distillation.base import Distiller
+from ddpm_keras.distillation.base import copy_network
 from ddpm_keras.training import objective
 from ddpm_keras.utils.checks import check_positive_int
 
@@ -37,7 +37,7 @@ def default_start_steps(target_steps, num_timesteps):
 
 
 @keras.saving.register_keras_serializable(package="ddpm_keras")
-class ProgressiveDistillation(DiffusionModel):
+class ProgressiveDistillation(Distiller):
     """Distils a trained model into a student of `target_steps` deterministic DDIM steps.
 
     Round `r` teaches the student to take in one DDIM step what the
@@ -113,12 +113,7 @@ class ProgressiveDistillation(DiffusionModel):
         teacher_network=None,
         **kwargs,
     ):
-        if not isinstance(teacher, DiffusionModel):
-            raise TypeError(f"teacher must be a trained DiffusionModel. Received: teacher={teacher!r}")
-        if teacher.inpainting:
-            raise ValueError("ProgressiveDistillation distils a generative model; the teacher is an inpainting "
-                             "network. Distil the model it was made from.")
-        kwargs.pop("default_sampling", None)  # the distiller's is its round's (a property)
+        self.check_teacher(teacher, "ProgressiveDistillation")
         num_timesteps = teacher.diffusion.num_timesteps
         self.target_steps = check_positive_int("target_steps", target_steps)
         self.start_steps = default_start_steps(self.target_steps, num_timesteps) if start_steps is None else start_steps
@@ -133,22 +128,13 @@ class ProgressiveDistillation(DiffusionModel):
         self.steps_per_round = check_positive_int(
             "steps_per_round", DEFAULT_STEPS_PER_ROUND if steps_per_round is None else steps_per_round
         )
-        self.clip_denoised = bool(clip_denoised)
         if student_network is None:  # the trainable network's clone (the EMA network is frozen), with the EMA's weights
-            student_network = _copy(teacher.network, teacher.ema_network)
-        if student_ema_network is None:
-            student_ema_network = _copy(student_network)
+            student_network = copy_network(teacher.network, teacher.ema_network)
         super().__init__(
-            student_network, teacher.diffusion, ema_network=student_ema_network, ema=ema, seed=seed,
-            prediction_type=teacher.prediction_type if prediction_type is None else prediction_type,
-            cond_drop_prob=teacher.cond_drop_prob, class_names=teacher.class_names, **kwargs,
+            teacher, student_network, teacher.prediction_type if prediction_type is None else prediction_type,
+            student_ema_network=student_ema_network, teacher_network=teacher_network, clip_denoised=clip_denoised,
+            ema=ema, seed=seed, **kwargs,
         )
-        if self.num_classes != teacher.num_classes:
-            raise ValueError(f"student_network must take the teacher's labels: the teacher has num_classes="
-                             f"{teacher.num_classes}. Received: a network with num_classes={self.num_classes}")
-        self.teacher_prediction_type = teacher.prediction_type
-        self.teacher_network = _copy(teacher.ema_network) if teacher_network is None else teacher_network
-        objective.freeze(self.teacher_network)
         # Rounds finished: the teacher of round r is the student's EMA after r rounds.
         self.distill_round = keras.Variable(0, dtype="int32", trainable=False, name="distill_round")
         alphas_cumprod = self.diffusion.terms_float64["alphas_cumprod"]
@@ -171,25 +157,14 @@ class ProgressiveDistillation(DiffusionModel):
             return self.start_steps
         return int(self._round_steps[min((iterations - 1) // self.steps_per_round, self.num_rounds - 1)])
 
-    @property
-    def default_sampling(self):
+    def student_sampling(self):
         """The student's sampler: deterministic DDIM over `student_steps` trailing steps."""
         return {"sampler": "ddim", "num_steps": self.student_steps, "timestep_spacing": "trailing"}
 
-    @default_sampling.setter
-    def default_sampling(self, value):
-        if value is not None:
-            raise ValueError(f"A distiller samples as its round's student. Received: default_sampling={value!r}")
-
     @property
-    def student(self):
-        """The distilled `DiffusionModel` (copies of the student's weights), sampling with `default_sampling`."""
-        student = DiffusionModel(
-            _copy(self.network), self.diffusion, ema_network=_copy(self.ema_network), ema=self.ema, seed=self.seed,
-            prediction_type=self.prediction_type, cond_drop_prob=self.cond_drop_prob, class_names=self.class_names,
-            default_sampling=self.default_sampling, name=f"{self.name}_student",
-        )
-        return student
+    def teacher_sampling(self):
+        """The first round's teacher: deterministic DDIM over `start_steps` trailing steps."""
+        return {"sampler": "ddim", "num_steps": self.start_steps, "timestep_spacing": "trailing"}
 
     def training_batch(self, images, seed, labels=None, training=True):
         """One batch of round `distill_round`: `([x_t, t(, labels)], the student's target, truncated-SNR weights)`."""
@@ -208,27 +183,13 @@ class ProgressiveDistillation(DiffusionModel):
         extra = []
         if labels is not None:
             extra = [self.drop_labels(labels, seed) if training else ops.cast(labels, "int32")]
-        x_tilde = math_pd.two_step_target(self._teacher_denoiser(extra), x_t, t, u, (ab_t, ab_u, ab_s))
+        x_tilde = math_pd.two_step_target(self.teacher_denoiser(extra), x_t, t, u, (ab_t, ab_u, ab_s))
         target = math_pd.student_target(ops.stop_gradient(x_tilde), x_t, ab_t, self.prediction_type)
         return [x_t, t] + extra, target, self.timestep_weights(t)
 
     def _level(self, t, dtype):
         """`alpha_bar` at timesteps `t` (`-1`: the data), shaped `(batch, 1, 1, 1)`."""
         return ops.cast(ops.reshape(ops.take(ops.convert_to_tensor(self._levels), t + 1), (-1, 1, 1, 1)), dtype)
-
-    def _teacher_denoiser(self, extra):
-        """`denoise(x, t) -> (x_0, eps)` of the teacher network, `x_0` clipped as its DDIM sampler clips."""
-        diffusion = self.diffusion
-
-        def denoise(x, t):
-            output = ops.cast(self.teacher_network([x, t] + extra, training=False), x.dtype)
-            x_start, noise = diffusion.split_prediction(output, x, t, self.teacher_prediction_type)
-            if not self.clip_denoised:
-                return x_start, noise
-            x_start = ops.clip(x_start, diffusion.clip_min, diffusion.clip_max)
-            return x_start, diffusion.predict_noise_from_start(x, t, x_start)
-
-        return denoise
 
     def update_ema(self, decay=None, assign=None):
         """The EMA update; then, at the end of a round, the student's EMA becomes the teacher.
@@ -251,42 +212,6 @@ class ProgressiveDistillation(DiffusionModel):
             assign(teacher_weight, handed_over, ema_weight)
         assign(self.distill_round, lambda done, _: done + ops.cast(ends, "int32"), self.distill_round)
 
-    def get_config(self):
-        config = super().get_config()
-        for name in ("default_sampling", "loss_weighting", "snr_gamma", "cond_drop_prob",
-                     "mask_rates", "class_names"):
-            config.pop(name, None)  # the teacher's, or the distiller's own
-        return {
-            **config,
-            "teacher_network": keras.saving.serialize_keras_object(self.teacher_network),
-            "teacher_prediction_type": self.teacher_prediction_type,
-            "cond_drop_prob": self.cond_drop_prob,
-            "class_names": self.class_names,
-            "target_steps": self.target_steps,
-            "start_steps": self.start_steps,
-            "steps_per_round": self.steps_per_round,
-            "clip_denoised": self.clip_denoised,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        teacher_network = keras.saving.deserialize_keras_object(config.pop("teacher_network"))
-        network = keras.saving.deserialize_keras_object(config.pop("network"))
-        ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
-        diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
-        teacher = DiffusionModel(
-            teacher_network, diffusion, ema_network=teacher_network,
-            prediction_type=config.pop("teacher_prediction_type"), cond_drop_prob=config.pop("cond_drop_prob"),
-            class_names=config.pop("class_names"),
-        )
-        return cls(teacher, student_network=network, student_ema_network=ema_network,
-                   teacher_network=teacher_network, **config)
-
-
-def _copy(network, weights_of=None):
-    """A clone of `network` holding the weights of `weights_of` (`None`: its own)."""
-    clone = keras.models.clone_model(network)
-    clone.set_weights((network if weights_of is None else weights_of).get_weights())
-    return clone
-
+    def distiller_config(self):
+        return {"target_steps": self.target_steps, "start_steps": self.start_steps,
+                "steps_per_round": self.steps_per_round}
