@@ -62,8 +62,10 @@ def generate_images(
             (ancestral; respaced when `num_steps < T`), `"ddim"`, `"pc"`
             (DDPM predictor + Langevin corrector), `"dpmpp_2m"`,
             `"dpmpp_3m"`, `"dpmpp_2m_sde"` (DPM-Solver++, Lu et al. 2022),
-            `"unipc"` (Zhao et al. 2023) or `"heun"` (EDM's Heun sampler,
-            Karras et al. 2022); or a `samplers.SamplerOptions`
+            `"unipc"` (Zhao et al. 2023), `"heun"` (EDM's Heun sampler,
+            Karras et al. 2022) or `"consistency"` (multistep consistency
+            sampling, Song et al. 2023: a consistency distillation
+            student's); or a `samplers.SamplerOptions`
             holding the sampler and its options (then pass none of them
             beside it); or `None`: the model's `default_sampling` (a
             distilled student's sampler and step count, a preset's
@@ -125,7 +127,8 @@ def generate_images(
         **sampler_options: The sampler's options, fields of
             `samplers.SamplerOptions` (one table of them, checked there):
             `num_steps` (integer in `[1, T]`, or `None`: `T` for `"ddpm"`
-            and `"pc"`, `50` for `"ddim"`, `20` for the solvers; each step
+            and `"pc"`, `50` for `"ddim"`, `20` for the solvers, `1` for
+            `"consistency"`; each step
             is one network call, `1 + corrector_steps` for `"pc"`, two
             for `"heun"` but its last), `timestep_spacing` (`"trailing"`,
             `"logsnr"` or `"karras"`: which training timesteps the steps
