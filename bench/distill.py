@@ -1,15 +1,23 @@
-"""Progressive distillation of a shipped preset: FD of its students at 1-8 calls against the teacher's samplers.
+"""Distillation of a shipped preset: FD of its students at 1-8 calls against the teacher's samplers.
 
-Usage: python bench/distill.py --out DIR [--teacher synthetic_flowers32_cond] [--steps-per-round 500]
-       [--start-steps 64] [--batch-size 32] [--learning-rate 2e-4] [--num-samples 256] [--seeds 0,1,2]
-       [--grid docs/distillation.png] [--skip-ddpm]
+Usage: python bench/distill.py --out DIR [--method progressive|consistency] [--teacher synthetic_flowers32_cond]
+       [--steps-per-round 500] [--start-steps 64] [--steps 3000] [--num-discretization-steps 18]
+       [--batch-size 32] [--learning-rate 2e-4] [--num-samples 256] [--seeds 0,1,2]
+       [--grid docs/distillation.png] [--skip-ddpm] [--load]
 
-Distils the preset (its EMA network, v-prediction) with `ProgressiveDistillation`
-from `--start-steps` DDIM steps down to 1, one round per epoch of
-`--steps-per-round` optimizer steps on as many fresh synthetic flowers (labelled
-for a conditional preset), and writes each round's student to
-`DIR/student_N.keras` (N: its DDIM steps). `--load DIR` measures the students
-a previous run wrote. Then, in the shipped flower features
+Distils the preset (its EMA network, v-prediction), one epoch of
+`--steps-per-round` optimizer steps at a time on as many fresh synthetic
+flowers (labelled for a conditional preset):
+
+- progressive (`ProgressiveDistillation`): from `--start-steps` DDIM steps
+  down to 1, one round per epoch, each round's student written to
+  `DIR/student_N.keras` (N: its DDIM steps);
+- consistency (`ConsistencyDistillation`): `--steps` optimizer steps on a
+  grid of `--num-discretization-steps`, the student written to
+  `DIR/consistency.keras` after each epoch, and measured at 4, 2 and 1
+  consistency steps.
+
+`--load` measures the students a previous run wrote. Then, in the shipped flower features
 (`metrics.flower_features`), against 4,096 real flowers, at the preset's
 recommended guidance: FD (mean +- std over `--seeds`, `--num-samples` samples
 each), class accuracy for a conditional preset, and seconds per 1,000 images,
@@ -27,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ddpm_keras import ConsistencyDistillation  # noqa: E402
 from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras import ProgressiveDistillation  # noqa: E402
 from ddpm_keras import hub  # noqa: E402
@@ -53,7 +62,8 @@ TEACHER_ROWS = (
 
 
 class SaveStudent(keras.callbacks.Callback):
-    """Writes the round's student after each epoch (one epoch is one round): `DIR/student_N.keras`."""
+    """Writes the student after each epoch: `DIR/student_N.keras` (progressive: one epoch is one round), or
+    `DIR/consistency.keras`."""
 
     def __init__(self, out):
         super().__init__()
@@ -61,25 +71,43 @@ class SaveStudent(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         student = self.model.student
-        path = os.path.join(self.out, f"student_{self.model.student_steps}.keras")
+        name = "consistency" if self.model.method == "consistency" else f"student_{self.model.student_steps}"
+        path = os.path.join(self.out, f"{name}.keras")
         student.save(path)
-        print(f"round {epoch + 1}: loss {logs['loss']:.4f}, {path}", flush=True)
+        print(f"epoch {epoch + 1}: loss {logs['loss']:.4f}, {path}", flush=True)
 
 
 def distil(args, teacher):
-    """Runs every round; returns the seconds it took."""
-    distiller = ProgressiveDistillation(teacher, target_steps=1, start_steps=args.start_steps,
-                                        steps_per_round=args.steps_per_round, seed=0)
+    """Trains every epoch; returns the seconds it took."""
+    if args.method == "progressive":
+        distiller = ProgressiveDistillation(teacher, target_steps=1, start_steps=args.start_steps,
+                                            steps_per_round=args.steps_per_round, seed=0)
+        epochs = distiller.num_rounds
+    else:
+        distiller = ConsistencyDistillation(teacher, target_steps=1, seed=0,
+                                            num_discretization_steps=args.num_discretization_steps)
+        epochs = -(-args.steps // args.steps_per_round)
     distiller.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
-    per_round = args.steps_per_round * args.batch_size
+    per_epoch = args.steps_per_round * args.batch_size
     size = teacher.image_shape[0]
     start = time.perf_counter()
-    for r in range(distiller.num_rounds):  # fresh flowers each round, one epoch of steps_per_round steps
-        labels = None if teacher.num_classes is None else np.arange(per_round) % teacher.num_classes
-        images = synthetic_flowers(per_round, size, seed=DATA_SEED + r, labels=labels)
-        distiller.fit(images, labels, batch_size=args.batch_size, epochs=r + 1, initial_epoch=r, verbose=0,
+    for epoch in range(epochs):  # fresh flowers each epoch, of steps_per_round steps
+        labels = None if teacher.num_classes is None else np.arange(per_epoch) % teacher.num_classes
+        images = synthetic_flowers(per_epoch, size, seed=DATA_SEED + epoch, labels=labels)
+        distiller.fit(images, labels, batch_size=args.batch_size, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                       callbacks=[SaveStudent(args.out)])
     return time.perf_counter() - start
+
+
+def students_in(folder):
+    """`{calls: (path, sampling)}` of the students a run wrote."""
+    found = {}
+    for name in os.listdir(folder):
+        if name.startswith("student_") and name.endswith(".keras"):
+            found[int(name[len("student_"):-len(".keras")])] = (os.path.join(folder, name), {})
+        if name == "consistency.keras":
+            found.update({k: (os.path.join(folder, name), {"num_steps": k}) for k in (4, 2, 1)})
+    return found
 
 
 def measure(model, sampling, reference, extractor, args, guidance):
@@ -109,6 +137,9 @@ def row(label, calls, fds, accuracies, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="synthetic_flowers32_cond")
+    parser.add_argument("--method", default="progressive", choices=("progressive", "consistency"))
+    parser.add_argument("--steps", type=int, default=3000, help="consistency: optimizer steps")
+    parser.add_argument("--num-discretization-steps", type=int, default=18)
     parser.add_argument("--out", required=True, help="folder of the students (new, or --load)")
     parser.add_argument("--load", action="store_true", help="measure the students already in --out")
     parser.add_argument("--steps-per-round", type=int, default=500)
@@ -128,10 +159,9 @@ def main():
             parser.error(f"--out {args.out} is not empty: name a new folder, or pass --load to measure it")
         os.makedirs(args.out, exist_ok=True)
         seconds = distil(args, teacher)
-        print(f"distillation: {seconds / 60:.1f} min for {args.steps_per_round} steps per round, batch "
-              f"{args.batch_size}, from {args.start_steps} steps to 1", flush=True)
-    students = {int(name[len("student_"):-len(".keras")]): os.path.join(args.out, name)
-                for name in os.listdir(args.out) if name.startswith("student_") and name.endswith(".keras")}
+        print(f"{args.method} distillation: {seconds / 60:.1f} min, {args.steps_per_round} steps per epoch, batch "
+              f"{args.batch_size}", flush=True)
+    students = students_in(args.out)
     extractor = flower_features()
     size, classes = teacher.image_shape[0], teacher.num_classes
     real_labels = None if classes is None else np.arange(4096) % classes
@@ -145,16 +175,19 @@ def main():
         calls = sampling.get("num_steps", teacher.diffusion.num_timesteps)
         row(f"teacher, {label}", calls, *measure(teacher, sampling, reference, extractor, args, guidance))
     for steps in sorted(students, reverse=True):
-        student = keras.saving.load_model(students[steps], compile=False)
-        row("student, DDIM (its default_sampling)", steps, *measure(student, {}, reference, extractor, args, guidance))
+        path, sampling = students[steps]
+        student = keras.saving.load_model(path, compile=False)
+        label = f"{args.method} student, {student.default_sampling['sampler']}"
+        row(label, steps, *measure(student, sampling, reference, extractor, args, guidance))
     if args.grid:
         noise = np.random.default_rng(0).standard_normal((8,) + teacher.image_shape).astype("float32")
         labels = None if classes is None else np.arange(8) % classes
         conditioning = {} if classes is None else {"labels": labels, "guidance_scale": guidance}
         rows = [teacher.generate_images(initial_noise=noise, seed=0, sampler="ddpm", verbose=0, **conditioning)]
         for steps in (4, 2, 1):
-            student = keras.saving.load_model(students[steps], compile=False)
-            rows.append(student.generate_images(initial_noise=noise, verbose=0, **conditioning))
+            path, sampling = students[steps]
+            student = keras.saving.load_model(path, compile=False)
+            rows.append(student.generate_images(initial_noise=noise, seed=0, verbose=0, **sampling, **conditioning))
         save_image_grid(np.concatenate(rows), args.grid, ncols=8, scale=3)
         print(f"grid: {args.grid} (rows: teacher DDPM-1000, students at 4, 2, 1 calls)")
 

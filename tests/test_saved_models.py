@@ -1,4 +1,10 @@
-"""Files saved by an earlier version load and give the same images, bit for bit (`tests/fixtures/`)."""
+"""Files saved by an earlier version load and give the same images (`tests/fixtures/`).
+
+The same to float32 rounding: the images were drawn on a CPU with AVX-512,
+and another instruction set rounds the network's sums differently (up to
+5.4e-7 after DDPM's 1,000 steps, measured on an AVX2 CPU); a changed
+weight, sampler or schedule moves them by orders of magnitude more.
+"""
 
 import os
 
@@ -30,4 +36,4 @@ def test_a_file_of_version_0_1_gives_the_same_images(name):
         for sampling in samplings:
             options = SAMPLINGS[sampling]
             images = model.generate_images(2, seed=0, verbose=0, **options, **labels)
-            np.testing.assert_array_equal(images, expected[sampling], err_msg=f"{name}, {sampling}")
+            np.testing.assert_allclose(images, expected[sampling], rtol=0, atol=1e-5, err_msg=f"{name}, {sampling}")

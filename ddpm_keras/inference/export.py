@@ -70,7 +70,9 @@ def export_generator(
             `DiffusionModel.generate_images`, or `None`: the model's
             `default_sampling`, else `samplers.DEFAULT_SAMPLING`
             (`"dpmpp_2m_sde"`, 20 steps on the `"karras"` grid), the
-            options given overriding theirs. Defaults to `None`.
+            options given overriding theirs; that sampler named also
+            takes their options where none are given. Defaults to
+            `None`.
         dtype: `None`, `"float32"`, `"bfloat16"` or `"float16"`, the
             precision the network computes in, as in `generate_images`.
             Defaults to `None`.

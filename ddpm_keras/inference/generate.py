@@ -70,8 +70,9 @@ def generate_images(
             beside it); or `None`: the model's `default_sampling` (a
             distilled student's sampler and step count, a preset's
             sampling), the options given here overriding its own, and
-            `"ddpm"` over every timestep for a model without one.
-            Defaults to `None`.
+            `"ddpm"` over every timestep for a model without one. The
+            default's sampler named explicitly also takes its options
+            where none are given. Defaults to `None`.
         batch_size: Integer or `None`, images per compiled call. Larger
             requests run in chunks of this size (the last padded). Chunk
             `k` draws its noise from a seed derived from `(seed, k)`, so
@@ -209,16 +210,20 @@ def generate_images(
 
 
 def with_default_sampling(model, sampler, options, fallback=None):
-    """`(sampler, options)` as given; with `sampler=None`, the model's `default_sampling` under `options`.
+    """`(sampler, options)`: with `sampler=None` the model's `default_sampling`, the options given overriding its own.
 
     A model without `default_sampling` gets `fallback` (a dict naming a
-    sampler and its options; `None`: `"ddpm"`). The options given win
-    over the default's own.
+    sampler and its options; `None`: `"ddpm"`). A sampler named that is
+    the default's own also takes the default's options where none are
+    given (its steps, its spacing), as the command line does.
     """
-    if sampler is not None:
-        return sampler, options
     default = dict(model.default_sampling or fallback or {"sampler": "ddpm"})
-    return default.pop("sampler"), {**default, **options}
+    default_sampler = default.pop("sampler")
+    if sampler is None:
+        sampler = default_sampler
+    if sampler != default_sampler or isinstance(sampler, samplers.SamplerOptions):
+        return sampler, options
+    return sampler, {**default, **options}
 
 
 def resolved_options(model, sampler="ddpm", samplers_allowed=None, **options):
