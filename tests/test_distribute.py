@@ -137,7 +137,7 @@ emit(
 @pytest.fixture(scope="module")
 def mirrored():
     """The results of the MIRRORED snippet, run once in its own interpreter."""
-    return run_snippet(MIRRORED)
+    return run_snippet(MIRRORED, timeout=600)
 
 
 @pytest.mark.slow
