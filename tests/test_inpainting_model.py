@@ -1,5 +1,6 @@
 """An inpainting model trained for the task: its network, its training masks, `inpaint` with any sampler, the CLI."""
 
+import functools
 import os
 
 import keras
@@ -64,13 +65,16 @@ def test_the_zero_initialised_start_predicts_exactly_as_the_unconditional_networ
     labels = [] if num_classes is None else [np.array([0, 2, 3, 1], "int32")]
     x_t, t, masked, mask = random_inputs()
     expected = to_numpy(network([x_t, t, *labels]))
-    np.testing.assert_array_equal(to_numpy(inpainter([x_t, t, masked, mask, *labels])), expected)
+    # Zero weights on the new channels add exact zeros, but the 7-channel convolution may sum in another order
+    # than the 3-channel one (CPUs without AVX-512 do): equal to float32 rounding, 1e-6 of outputs of about 1.
+    same = functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-6)
+    same(to_numpy(inpainter([x_t, t, masked, mask, *labels])), expected)
     # The same through the model and its EMA network, and into a network built with inpainting=True.
     model = DiffusionModel(network, GaussianDiffusion(timesteps=20), seed=0).to_inpainting()
-    np.testing.assert_array_equal(to_numpy(model.ema_network([x_t, t, masked, mask, *labels])), expected)
+    same(to_numpy(model.ema_network([x_t, t, masked, mask, *labels])), expected)
     built = build_unet(8, 3, num_classes=num_classes, inpainting=True, **UNET)
     load_unconditional_weights(built, network)
-    np.testing.assert_array_equal(to_numpy(built([x_t, t, masked, mask, *labels])), expected)
+    same(to_numpy(built([x_t, t, masked, mask, *labels])), expected)
     # The mask's channels are read once trained: a kernel on them changes the prediction.
     kernel = inpainter.get_layer("inpainting_inputs").output
     assert kernel.shape[-1] == 7
