@@ -130,7 +130,7 @@ def runs(tmp_path_factory):
 def _train_and_load(backend, path, save=False):
     code = TRAIN + OBJECTIVE + RESULTS.replace("emit(", "trained = dict(") + (SAVE if save else "")
     code += LOAD.replace("emit(", "emit(trained=trained, ")
-    return run_snippet(code, backend, env={"DDPM_PATH": path})
+    return run_snippet(code, backend, env={"DDPM_PATH": path}, timeout=600)  # JAX: 264 s on a loaded 2-core CPU
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
