@@ -453,3 +453,22 @@ def test_train_posthoc_ema_every_adds_the_callback_before_the_checkpoint(tmp_pat
     kinds = [type(c) for c in callbacks]
     assert kinds.index(PostHocEMA) + 1 == kinds.index(RunCheckpoint)
     assert callbacks[kinds.index(PostHocEMA)].snapshot_every == 500
+
+
+def test_a_file_the_toolkit_did_not_write_is_never_removed(tmp_path):
+    # Resuming and the epoch-end clean-up remove only the files list_files returns; a user's file named like a
+    # snapshot or a state is an error naming it, and stays as it was.
+    import hashlib
+
+    folder = tmp_path / "posthoc_ema"
+    folder.mkdir()
+    paths = [folder / "snapshot_00000005.npz", folder / "state_00000007.npz"]
+    for path in paths:
+        np.savez(path, weights=np.arange(3.0))  # an .npz without ddpm_keras's mark
+    digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+    with pytest.raises(ValueError, match="not a post-hoc EMA snapshot written by ddpm_keras"):
+        list_files(str(folder))
+    callback = PostHocEMA(str(tmp_path), snapshot_every=2)
+    with pytest.raises(ValueError, match="not a post-hoc EMA snapshot written by ddpm_keras"):
+        callback._resume_state(9)  # what a resumed run at step 9 does first
+    assert [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths] == digests
