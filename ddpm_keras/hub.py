@@ -23,7 +23,6 @@ name of a configuration (`ddpm_keras.presets`: an untrained model).
 `DiffusionModel.save_to_preset(folder)` writes the layout.
 """
 
-import dataclasses
 import datetime
 import json
 import os
@@ -32,7 +31,7 @@ import keras
 
 from ddpm_keras.preset_builder import build_model
 from ddpm_keras.presets import PRESETS
-from ddpm_keras.samplers.options import SamplerOptions
+from ddpm_keras.samplers.options import option_names
 from ddpm_keras.utils import files
 from ddpm_keras.utils.download import keras_home
 from ddpm_keras.utils.download import one_line
@@ -179,12 +178,9 @@ def load_preset(model_class, handle, compile=True, **overrides):
     return model
 
 
-SAMPLER_FIELDS = tuple(field.name for field in dataclasses.fields(SamplerOptions))
-
-
 def metadata_sampling(metadata):
     """The sampler and its options in a preset's `metadata.json` (`sampling` less `generate_images`' other arguments), or `None`."""
-    sampling = {k: v for k, v in metadata.get("sampling", {}).items() if k in SAMPLER_FIELDS}
+    sampling = {k: v for k, v in metadata.get("sampling", {}).items() if k in option_names()}
     return sampling if "sampler" in sampling else None
 
 

@@ -140,6 +140,11 @@ class SamplerOptions:
         return dataclasses.asdict(self)
 
 
+def option_names():
+    """The names of every field of `SamplerOptions`: what a sampling dict may hold."""
+    return tuple(field.name for field in dataclasses.fields(SamplerOptions))
+
+
 def sampler_options(sampler="ddpm", **options):
     """`sampler` as `SamplerOptions`: a name with `options`, or `SamplerOptions` itself (then no `options`)."""
     if isinstance(sampler, SamplerOptions):
@@ -149,7 +154,7 @@ def sampler_options(sampler="ddpm", **options):
                 f"Received: {', '.join(sorted(options))} beside sampler={sampler!r}"
             )
         return sampler
-    known = {field.name for field in dataclasses.fields(SamplerOptions)}
+    known = set(option_names())
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"Unknown sampler option {unknown[0]!r}. Expected one of {sorted(known)}.")
