@@ -481,7 +481,7 @@ emit(start=start, losses=losses, same=bool((masks[0] == masks[1]).all()), other=
 def test_inpainting_model_trains_and_inpaints_on_other_backends(backend):
     skip_unless_installed(backend)
     result = run_snippet(BACKEND, backend)
-    assert result["start"] == 0.0
+    assert result["start"] < 1e-6  # float32 rounding: the zero-initialised channels sum in another order
     assert np.isfinite(result["losses"]).all()
     assert result["same"] and result["other"]
     assert result["known"] == 0.0 and result["finite"]
