@@ -100,7 +100,7 @@ PRESETS["tiny_cond"]["training"].update(epochs=40, plot_every=5, plot_guidance=3
 
 # The main job (the README's first command): tiny_cond on 4,096 labelled flowers (one epoch = 128
 # steps), 2,560 steps, its grids a row per class under guidance 3. About 4.5 minutes on a 2-core CPU
-# with AVX-512, 6.5 to 8.5 without.
+# with AVX-512, 6 to 8.5 without.
 PRESETS["quickstart"] = copy.deepcopy(PRESETS["tiny_cond"])
 PRESETS["quickstart"]["training"].update(epochs=20, plot_every=5, synthetic_images=4096)
 
