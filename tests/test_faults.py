@@ -212,18 +212,28 @@ def test_an_export_replaces_only_a_previous_export(world, capsys):
 
 
 def test_sample_replaces_its_own_grid_and_overwrite_a_users(world, capsys):
-    out = str(world / "grid.png")
+    out = str(world / "notes.png")  # a user's PNG, replaced only with --overwrite
     argv = ["sample", "--checkpoint", str(world / "run"), "--out", out, *FAST_SAMPLE]
-    assert run_cli(argv, capsys)[0] == 0 and files.written_by_toolkit(out)
-    assert run_cli([*argv, "--seed", "1"], capsys)[0] == 0  # its own grid: replaced
-    users = ["sample", "--checkpoint", str(world / "run"), "--out", str(world / "notes.png"), *FAST_SAMPLE]
-    assert run_cli([*users, "--overwrite"], capsys)[0] == 0 and files.written_by_toolkit(world / "notes.png")
+    assert run_cli([*argv, "--overwrite"], capsys)[0] == 0 and files.written_by_toolkit(out)
+    first = tree_hashes(world)[out]
+    assert run_cli([*argv, "--seed", "1"], capsys)[0] == 0  # now its own grid: replaced without it
+    assert files.written_by_toolkit(out) and tree_hashes(world)[out] != first
 
 
-def test_resume_honours_what_may_change_and_records_each_launch(world, capsys):
+def test_resume_honours_what_may_change_reconciles_the_log_and_removes_orphan_temporaries(world, capsys):
     run = str(world / "run")
+    orphan = os.path.join(run, ".tmp-999999999-model.keras")  # no such process
+    shutil.copy(os.path.join(run, "model.keras"), orphan)
+    with open(os.path.join(run, "log.csv")) as f:
+        header = f.readline()
+    with open(os.path.join(run, "log.csv"), "w") as f:  # the row of epoch 1 lost, one of a later epoch kept
+        f.write(header + "7,0.5,1.0\n")
     code, out, _ = run_cli(["train", "--epochs", "2", "--learning-rate", "5e-4", "--resume", "--out", run], capsys)
     assert code == 0, out
+    assert "Removed 1 temporary file" in out and not os.path.exists(orphan)
+    assert "no row for epoch(s) 1 " in out
+    with open(os.path.join(run, "log.csv")) as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["2"]
     model = keras.saving.load_model(os.path.join(run, "model.keras"))
     assert int(model.epoch) == 2 and model.image_shape == (16, 16, 3)  # the run's preset, size and data
     assert np.isclose(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)), 5e-4)
@@ -234,22 +244,6 @@ def test_resume_honours_what_may_change_and_records_each_launch(world, capsys):
     assert [launch["resume"] for launch in launches] == [False, True]
     assert [launch["learning_rate"] for launch in launches] == [1e-3, 5e-4]
     assert launches[1]["from_epoch"] == 1 and launches[1]["epochs"] == 2
-
-
-def test_resume_reconciles_the_log_and_removes_orphan_temporaries(world, capsys):
-    run = str(world / "run")
-    orphan = os.path.join(run, ".tmp-999999999-model.keras")  # no such process
-    shutil.copy(os.path.join(run, "model.keras"), orphan)
-    with open(os.path.join(run, "log.csv")) as f:
-        header = f.readline()
-    with open(os.path.join(run, "log.csv"), "w") as f:  # the row of epoch 1 lost, one of a later epoch kept
-        f.write(header + "7,0.5,1.0\n")
-    code, out, _ = run_cli(["train", "--epochs", "2", "--resume", "--out", run], capsys)
-    assert code == 0
-    assert "Removed 1 temporary file" in out and not os.path.exists(orphan)
-    assert "no row for epoch(s) 1 " in out
-    with open(os.path.join(run, "log.csv")) as f:
-        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["2"]
 
 
 def test_progress_is_plain_lines_where_the_output_is_not_a_terminal(world, capsys):
