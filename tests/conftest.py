@@ -22,10 +22,10 @@ SEED = 1234
 # CPU). pytest-xdist hands the files out in the order collected: the longest first, so that no long file
 # starts last while the other worker idles. Files not named here follow, in their usual order.
 FILE_SECONDS = {
-    "test_faults": (242, 191), "test_cli": (162, 257), "test_pretrained": (143, 0), "test_export": (107, 0),
-    "test_model": (102, 0), "test_cli_conditional": (80, 20), "test_inpainting_model": (74, 162),
+    "test_faults": (214, 191), "test_cli": (162, 211), "test_pretrained": (143, 0), "test_export": (95, 0),
+    "test_model": (77, 0), "test_cli_conditional": (80, 20), "test_inpainting_model": (74, 162),
     "test_conditional": (68, 0), "test_callbacks": (59, 0), "test_solvers": (44, 0),
-    "test_classifier_guidance": (42, 160), "test_likelihood_ode": (37, 123), "test_multiworker": (31, 453),
+    "test_classifier_guidance": (42, 160), "test_likelihood_ode": (37, 83), "test_multiworker": (31, 453),
     "test_backends": (0, 414), "test_main_job": (0, 366), "test_distribute": (0, 189), "test_notebook": (0, 175),
     "test_guidance": (25, 64), "test_tensorboard": (10, 60),
 }

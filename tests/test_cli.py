@@ -46,6 +46,14 @@ def run_dir(tmp_path_factory, extractors):
     return out
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A run of one epoch without grids: for the slow tests, which need a checkpoint and not `run_dir`'s epochs."""
+    out = str(tmp_path_factory.mktemp("one_epoch"))
+    assert main(["train", *FAST, "--epochs", "1", "--plot-every", "0", "--out", out]) == 0
+    return out
+
+
 def test_train_writes_model_log_and_sample_grids(run_dir):
     assert sorted(os.listdir(os.path.join(run_dir, "samples"))) == ["epoch_0001.png", "epoch_0002.png"]
     with Image.open(os.path.join(run_dir, "samples", "epoch_0002.png")) as picture:
@@ -119,10 +127,10 @@ def test_evaluate_prints_a_table_and_writes_json(run_dir, extractors, tmp_path, 
 
 
 @pytest.mark.slow  # a whole command, ~35 s; the ODE likelihood itself: tests/test_likelihood_ode.py
-def test_evaluate_bpd_ode_reports_the_likelihood_and_its_evaluations(run_dir, tmp_path, capsys):
+def test_evaluate_bpd_ode_reports_the_likelihood_and_its_evaluations(one_epoch_run, tmp_path, capsys):
     out = str(tmp_path / "ode.json")
-    argv = ["evaluate", "--checkpoint", run_dir, "--metrics", "bpd-ode", "--bpd-images", "2", "--batch-size", "2",
-            "--ode-solver", "rk4", "--ode-steps", "2", "--out", out]
+    argv = ["evaluate", "--checkpoint", one_epoch_run, "--metrics", "bpd-ode", "--bpd-images", "2",
+            "--batch-size", "2", "--ode-solver", "rk4", "--ode-steps", "2", "--out", out]
     assert main(argv) == 0
     with open(out) as f:
         report = json.load(f)
@@ -316,21 +324,21 @@ def test_help_explains_every_option_and_its_default(capsys):
 
 
 @pytest.mark.slow  # a whole command, ~35 s; guidance itself: tests/test_classifier_guidance.py
-def test_train_classifier_then_sample_with_classifier_guidance(run_dir, tmp_path, capsys):
+def test_train_classifier_then_sample_with_classifier_guidance(one_epoch_run, tmp_path, capsys):
     clf = str(tmp_path / "clf.keras")
-    argv = ["train-classifier", "--checkpoint", run_dir, "--dataset", "synthetic", "--steps-per-epoch", "2",
+    argv = ["train-classifier", "--checkpoint", one_epoch_run, "--dataset", "synthetic", "--steps-per-epoch", "2",
             "--batch-size", "4", "--epochs", "1", "--out", clf]
     assert main(argv) == 0
     assert "Accuracy on a batch of training images by timestep: t=0:" in capsys.readouterr().out
     classifier = keras.saving.load_model(clf)
     assert classifier.class_names[0] == "red-5-petals" and classifier.diffusion.num_timesteps == 1000
     out = str(tmp_path / "guided.png")
-    sample = ["sample", "--checkpoint", run_dir, "--classifier", clf, "--class", "red-5-petals", "--num-images", "2",
-              "--sampler", "ddim", "--steps", "3", "--out", out]
+    sample = ["sample", "--checkpoint", one_epoch_run, "--classifier", clf, "--class", "red-5-petals",
+              "--num-images", "2", "--sampler", "ddim", "--steps", "3", "--out", out]
     assert main([*sample, "--guidance-sweep", "0,4"]) == 0
     assert "the same noise under classifier guidance scales 0, 4" in capsys.readouterr().out
     with Image.open(out) as picture:
         assert picture.size == (4 * (2 * (32 + 2) + 2), 4 * (2 * (32 + 2) + 2))  # 2 rows of 2
     # The file is not a classifier: one line.
-    assert main([*sample[:4], os.path.join(run_dir, "model.keras"), *sample[5:], "--overwrite"]) == 2
+    assert main([*sample[:4], os.path.join(one_epoch_run, "model.keras"), *sample[5:], "--overwrite"]) == 2
     assert "holds a DiffusionModel, not a NoisyClassifier" in capsys.readouterr().err
