@@ -3,7 +3,7 @@
 Usage: python bench/distill.py --out DIR [--method progressive|consistency] [--teacher synthetic_flowers32_cond]
        [--steps-per-round 500] [--start-steps 64] [--steps 3000] [--num-discretization-steps 18]
        [--batch-size 32] [--learning-rate 2e-4] [--num-samples 256] [--seeds 0,1,2]
-       [--grid docs/distillation.png] [--skip-ddpm] [--load]
+       [--grid docs/distillation.png] [--skip-ddpm] [--skip-teacher] [--load]
 
 Distils the preset (its EMA network, v-prediction), one epoch of
 `--steps-per-round` optimizer steps at a time on as many fresh synthetic
@@ -150,6 +150,7 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--grid", default=None, help="PNG: teacher DDPM-1000 beside the students at 4, 2, 1")
     parser.add_argument("--skip-ddpm", action="store_true", help="leave out the teacher's 1,000-call row")
+    parser.add_argument("--skip-teacher", action="store_true", help="leave out every teacher row: the students only")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     teacher = DiffusionModel.from_preset(args.teacher, compile=False)
@@ -170,7 +171,7 @@ def main():
     print(f"\n{args.teacher}, guidance {guidance}, {args.num_samples} samples, seeds {args.seeds}")
     print("| sampler | network calls | FD | class accuracy | ms per image |\n|---|---|---|---|---|")
     for label, sampling in TEACHER_ROWS:
-        if args.skip_ddpm and sampling["sampler"] == "ddpm":
+        if args.skip_teacher or (args.skip_ddpm and sampling["sampler"] == "ddpm"):
             continue
         calls = sampling.get("num_steps", teacher.diffusion.num_timesteps)
         row(f"teacher, {label}", calls, *measure(teacher, sampling, reference, extractor, args, guidance))
