@@ -19,15 +19,18 @@ from ddpm_keras import build_unet  # noqa: E402
 SEED = 1234
 
 # Seconds each test file takes in the default run and in the slow one (two worker processes on a 2-core
-# CPU). pytest-xdist hands the files out in the order collected: the longest first, so that no long file
-# starts last while the other worker idles. Files not named here follow, in their usual order.
+# CPU). pytest-xdist hands the files out in the order collected (`--no-loadscope-reorder` in pyproject.toml;
+# by default it orders them by their number of tests, which put the one-test main job and notebook last):
+# the longest first, so that no long file starts last while the other worker idles. Files not named here
+# follow, in their usual order.
 FILE_SECONDS = {
-    "test_faults": (214, 191), "test_cli": (162, 211), "test_pretrained": (143, 0), "test_export": (95, 0),
-    "test_model": (77, 0), "test_cli_conditional": (80, 20), "test_inpainting_model": (74, 162),
+    "test_faults": (214, 142), "test_cli": (162, 201), "test_pretrained": (143, 0), "test_export": (95, 0),
+    "test_model": (77, 0), "test_cli_conditional": (80, 26), "test_inpainting_model": (74, 149),
     "test_conditional": (68, 0), "test_callbacks": (59, 0), "test_solvers": (44, 0),
-    "test_classifier_guidance": (42, 160), "test_likelihood_ode": (37, 83), "test_multiworker": (31, 453),
-    "test_backends": (0, 414), "test_main_job": (0, 366), "test_distribute": (0, 189), "test_notebook": (0, 175),
-    "test_guidance": (25, 64), "test_tensorboard": (10, 60),
+    "test_classifier_guidance": (42, 117), "test_likelihood_ode": (37, 112), "test_multiworker": (31, 496),
+    "test_backends": (0, 429), "test_main_job": (0, 367), "test_distribute": (0, 142), "test_notebook": (0, 201),
+    "test_guidance": (25, 53), "test_tensorboard": (10, 55), "test_metrics_backends": (0, 53),
+    "test_posthoc_ema": (24, 52), "test_precision": (31, 45),
 }
 
 
