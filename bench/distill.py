@@ -1,16 +1,18 @@
 """Distillation of a shipped preset: FD of its students at 1-8 calls against the teacher's samplers.
 
 Usage: python bench/distill.py --out DIR [--method progressive|consistency] [--teacher synthetic_flowers32_cond]
-       [--steps-per-round 500] [--start-steps 64] [--steps 3000] [--num-discretization-steps 18]
+       [--steps-per-round 500] [--start-steps 64] [--target-steps 1] [--steps 3000] [--num-discretization-steps 18]
        [--batch-size 32] [--learning-rate 2e-4] [--num-samples 256] [--seeds 0,1,2]
        [--grid docs/distillation.png] [--skip-ddpm] [--skip-teacher] [--load]
 
-Distils the preset (its EMA network, v-prediction), one epoch of
+Distils the preset (its EMA network, v-prediction), or a `.keras` model
+(`--teacher student_16.keras --start-steps 16`: more rounds from a student
+of an earlier run; `--guidance-scale` then defaults to 1.0), one epoch of
 `--steps-per-round` optimizer steps at a time on as many fresh synthetic
 flowers (labelled for a conditional preset):
 
 - progressive (`ProgressiveDistillation`): from `--start-steps` DDIM steps
-  down to 1, one round per epoch, each round's student written to
+  down to `--target-steps`, one round per epoch, each round's student written to
   `DIR/student_N.keras` (N: its DDIM steps);
 - consistency (`ConsistencyDistillation`): `--steps` optimizer steps on a
   grid of `--num-discretization-steps`, the student written to
@@ -80,7 +82,7 @@ class SaveStudent(keras.callbacks.Callback):
 def distil(args, teacher):
     """Trains every epoch; returns the seconds it took."""
     if args.method == "progressive":
-        distiller = ProgressiveDistillation(teacher, target_steps=1, start_steps=args.start_steps,
+        distiller = ProgressiveDistillation(teacher, target_steps=args.target_steps, start_steps=args.start_steps,
                                             steps_per_round=args.steps_per_round, seed=0)
         epochs = distiller.num_rounds
     else:
@@ -144,6 +146,9 @@ def main():
     parser.add_argument("--load", action="store_true", help="measure the students already in --out")
     parser.add_argument("--steps-per-round", type=int, default=500)
     parser.add_argument("--start-steps", type=int, default=64)
+    parser.add_argument("--target-steps", type=int, default=1, help="progressive: the last student's steps")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="of a conditional teacher's samples; defaults to the preset's recommended (1.0 for a file)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--num-samples", type=int, default=256)
@@ -153,8 +158,12 @@ def main():
     parser.add_argument("--skip-teacher", action="store_true", help="leave out every teacher row: the students only")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    teacher = DiffusionModel.from_preset(args.teacher, compile=False)
-    guidance = hub.read_metadata(args.teacher).get("sampling", {}).get("guidance_scale", 1.0)
+    if args.teacher.endswith(".keras"):
+        teacher, recommended = keras.saving.load_model(args.teacher, compile=False), 1.0
+    else:
+        teacher = DiffusionModel.from_preset(args.teacher, compile=False)
+        recommended = hub.read_metadata(args.teacher).get("sampling", {}).get("guidance_scale", 1.0)
+    guidance = recommended if args.guidance_scale is None else args.guidance_scale
     if not args.load:
         if os.path.exists(args.out) and os.listdir(args.out):
             parser.error(f"--out {args.out} is not empty: name a new folder, or pass --load to measure it")
@@ -185,12 +194,12 @@ def main():
         labels = None if classes is None else np.arange(8) % classes
         conditioning = {} if classes is None else {"labels": labels, "guidance_scale": guidance}
         rows = [teacher.generate_images(initial_noise=noise, seed=0, sampler="ddpm", verbose=0, **conditioning)]
-        for steps in (4, 2, 1):
+        for steps in [k for k in (4, 2, 1) if k in students]:
             path, sampling = students[steps]
             student = keras.saving.load_model(path, compile=False)
             rows.append(student.generate_images(initial_noise=noise, seed=0, verbose=0, **sampling, **conditioning))
         save_image_grid(np.concatenate(rows), args.grid, ncols=8, scale=3)
-        print(f"grid: {args.grid} (rows: teacher DDPM-1000, students at 4, 2, 1 calls)")
+        print(f"grid: {args.grid} (rows: teacher DDPM-1000, then the students at 4, 2, 1 calls that the run has)")
 
 
 if __name__ == "__main__":
