@@ -50,9 +50,9 @@ def tree_hashes(*folders):
     """Every file under `folders` (and the folders themselves) -> the SHA-256 of its bytes."""
     hashes = {}
     for folder in folders:
-        for root, dirs, files in os.walk(folder):
+        for root, _, names in os.walk(folder):
             hashes[root] = "dir"
-            for name in files:
+            for name in names:
                 path = os.path.join(root, name)
                 with open(path, "rb") as f:
                     hashes[path] = hashlib.sha256(f.read()).hexdigest()
