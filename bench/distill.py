@@ -3,7 +3,7 @@
 Usage: python bench/distill.py --out DIR [--method progressive|consistency] [--teacher synthetic_flowers32_cond]
        [--steps-per-round 500] [--start-steps 64] [--target-steps 1] [--steps 3000] [--num-discretization-steps 18]
        [--batch-size 32] [--learning-rate 2e-4] [--num-samples 256] [--seeds 0,1,2]
-       [--grid docs/distillation.png] [--skip-ddpm] [--skip-teacher] [--load]
+       [--grid docs/distillation.png] [--skip-ddpm] [--skip-teacher] [--teacher-rows ddpm:50,unipc] [--load]
 
 Distils the preset (its EMA network, v-prediction), or a `.keras` model
 (`--teacher student_16.keras --start-steps 16`: more rounds from a student
@@ -53,6 +53,8 @@ REFERENCE_SEED, DATA_SEED = 9001, 7000
 
 TEACHER_ROWS = (
     ("DDPM", {"sampler": "ddpm"}),
+    ("DDPM, respaced", {"sampler": "ddpm", "num_steps": 50}),
+    ("DPM-Solver++(2M) SDE, Karras", {"sampler": "dpmpp_2m_sde", "num_steps": 50, "timestep_spacing": "karras"}),
     ("DDIM", {"sampler": "ddim", "num_steps": 50}),
     ("DPM-Solver++(2M)", {"sampler": "dpmpp_2m", "num_steps": 20}),
     ("DPM-Solver++(2M) SDE, Karras", {"sampler": "dpmpp_2m_sde", "num_steps": 20, "timestep_spacing": "karras"}),
@@ -156,6 +158,8 @@ def main():
     parser.add_argument("--grid", default=None, help="PNG: teacher DDPM-1000 beside the students at 4, 2, 1")
     parser.add_argument("--skip-ddpm", action="store_true", help="leave out the teacher's 1,000-call row")
     parser.add_argument("--skip-teacher", action="store_true", help="leave out every teacher row: the students only")
+    parser.add_argument("--teacher-rows", default=None,
+                        help="comma-separated SAMPLER or SAMPLER:CALLS: only these teacher rows (ddpm:1000 is DDPM-1000)")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.teacher.endswith(".keras"):
@@ -183,6 +187,9 @@ def main():
         if args.skip_teacher or (args.skip_ddpm and sampling["sampler"] == "ddpm"):
             continue
         calls = sampling.get("num_steps", teacher.diffusion.num_timesteps)
+        if args.teacher_rows and not {sampling["sampler"], f"{sampling['sampler']}:{calls}"} & set(
+                args.teacher_rows.split(",")):
+            continue
         row(f"teacher, {label}", calls, *measure(teacher, sampling, reference, extractor, args, guidance))
     for steps in sorted(students, reverse=True):
         path, sampling = students[steps]
