@@ -184,9 +184,9 @@ def main():
     print(f"\n{args.teacher}, guidance {guidance}, {args.num_samples} samples, seeds {args.seeds}")
     print("| sampler | network calls | FD | class accuracy | ms per image |\n|---|---|---|---|---|")
     for label, sampling in TEACHER_ROWS:
-        if args.skip_teacher or (args.skip_ddpm and sampling["sampler"] == "ddpm"):
-            continue
         calls = sampling.get("num_steps", teacher.diffusion.num_timesteps)
+        if args.skip_teacher or (args.skip_ddpm and sampling["sampler"] == "ddpm" and "num_steps" not in sampling):
+            continue
         if args.teacher_rows and not {sampling["sampler"], f"{sampling['sampler']}:{calls}"} & set(
                 args.teacher_rows.split(",")):
             continue
