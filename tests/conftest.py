@@ -7,11 +7,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # not all of it at start.
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-# The tests' networks are tiny, so XLA's compilation takes most of a JAX test's time (and of TensorFlow's
-# jit_compile=True), and LLVM's optimisation of the CPU code half of that: without it the same programs
-# compile in half the time and give the same values to float32 rounding. The subprocesses inherit it.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from subprocess_json import PREAMBLE
 from subprocess_json import ROOT
+from subprocess_json import backend_env
 from subprocess_json import run_snippet
 
 from ddpm_keras.training.callbacks import StallWatchdog
@@ -65,7 +66,7 @@ def slurm_env(ports, index):
 
 def jax_env(ports, index):
     return {
-        "KERAS_BACKEND": "jax", "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{ports[0]}",
+        **backend_env("jax"), "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{ports[0]}",
         "KERAS_DISTRIBUTION_NUM_PROCESSES": str(len(ports)), "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
     }
 
@@ -257,7 +258,7 @@ def test_sampling_chunks_are_dealt_to_the_workers(tmp_path, backend, worker_env)
     pytest.importorskip(backend)
     script = tmp_path / "sample.py"
     script.write_text(PREAMBLE + SAMPLE)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=backend,
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **backend_env(backend),
                PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     env.pop("TF_CONFIG", None)
     subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, check=True, timeout=LAUNCH_TIMEOUT)
