@@ -3,7 +3,8 @@
 Usage: python bench/distill.py --out DIR [--method progressive|consistency] [--teacher synthetic_flowers32_cond]
        [--steps-per-round 500] [--start-steps 64] [--target-steps 1] [--steps 3000] [--num-discretization-steps 18]
        [--batch-size 32] [--learning-rate 2e-4] [--num-samples 256] [--seeds 0,1,2]
-       [--grid docs/distillation.png] [--skip-ddpm] [--skip-teacher] [--teacher-rows ddpm:50,unipc] [--load]
+       [--grid docs/distillation.png] [--skip-ddpm] [--skip-teacher] [--teacher-rows ddpm:50,unipc]
+       [--speed-batch 32] [--load]
 
 Distils the preset (its EMA network, v-prediction), or a `.keras` model
 (`--teacher student_16.keras --start-steps 16`: more rounds from a student
@@ -26,6 +27,8 @@ each), class accuracy for a conditional preset, and seconds per 1,000 images,
 for the teacher's DDPM-1000, its ODE (DDIM-50, DPM-Solver++(2M)-20), its best
 few-call solvers, and the students. `--grid` writes the teacher at 1,000
 calls beside the students at 4, 2 and 1 call(s), from the same noise.
+`--speed-batch N` times, side by side at one batch of N, the teacher's
+DDPM-1000, `DEFAULT_SAMPLING` and each student (seconds per 1,000 images).
 """
 
 import argparse
@@ -47,6 +50,7 @@ from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import frechet_distance  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
+from ddpm_keras.samplers import DEFAULT_SAMPLING  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402
 
 REFERENCE_SEED, DATA_SEED = 9001, 7000
@@ -132,6 +136,18 @@ def measure(model, sampling, reference, extractor, args, guidance):
     return fds, accuracies, seconds
 
 
+def seconds_per_1000(model, batch, sampling, guidance, warm=True):
+    """Seconds per 1,000 images of one `generate_images(batch)`, after a call that traces it (`warm`)."""
+    conditioning = {}
+    if model.num_classes:
+        conditioning = {"labels": np.arange(batch) % model.num_classes, "guidance_scale": guidance}
+    if warm:
+        model.generate_images(batch, seed=0, verbose=0, **sampling, **conditioning)
+    start = time.perf_counter()
+    model.generate_images(batch, seed=1, verbose=0, **sampling, **conditioning)
+    return (time.perf_counter() - start) / batch * 1000
+
+
 def row(label, calls, fds, accuracies, seconds):
     accuracy = f" {np.mean(accuracies):.3f} |" if accuracies else " - |"
     print(f"| {label} | {calls} | {np.mean(fds):.1f} +- {np.std(fds):.1f} ({', '.join(f'{v:.1f}' for v in fds)}) |"
@@ -158,6 +174,7 @@ def main():
     parser.add_argument("--grid", default=None, help="PNG: teacher DDPM-1000 beside the students at 4, 2, 1")
     parser.add_argument("--skip-ddpm", action="store_true", help="leave out the teacher's 1,000-call row")
     parser.add_argument("--skip-teacher", action="store_true", help="leave out every teacher row: the students only")
+    parser.add_argument("--speed-batch", type=int, default=None, help="time the samplers side by side at this batch")
     parser.add_argument("--teacher-rows", default=None,
                         help="comma-separated SAMPLER or SAMPLER:CALLS: only these teacher rows (ddpm:1000 is DDPM-1000)")
     args = parser.parse_args()
@@ -207,6 +224,19 @@ def main():
             rows.append(student.generate_images(initial_noise=noise, seed=0, verbose=0, **sampling, **conditioning))
         save_image_grid(np.concatenate(rows), args.grid, ncols=8, scale=3)
         print(f"grid: {args.grid} (rows: teacher DDPM-1000, then the students at 4, 2, 1 calls that the run has)")
+    if args.speed_batch:
+        timed = {"teacher, DDPM-1000": seconds_per_1000(teacher, args.speed_batch, {"sampler": "ddpm"}, guidance,
+                                                        warm=False),  # its trace: seconds of its minutes
+                 "teacher, DEFAULT_SAMPLING": seconds_per_1000(teacher, args.speed_batch, DEFAULT_SAMPLING, guidance)}
+        for steps in sorted(students, reverse=True):
+            path, sampling = students[steps]
+            student = keras.saving.load_model(path, compile=False)
+            timed[f"student, {steps} calls"] = seconds_per_1000(student, args.speed_batch, sampling, guidance)
+        chain = timed["teacher, DDPM-1000"]
+        print(f"\nbatch {args.speed_batch}, guidance {guidance}\n| sampler | s per 1,000 images | speed-up over DDPM-1000 |"
+              "\n|---|---|---|")
+        for label, seconds in timed.items():
+            print(f"| {label} | {seconds:.1f} | {chain / seconds:.0f}x |", flush=True)
 
 
 if __name__ == "__main__":
