@@ -17,10 +17,12 @@ flower features (`metrics.flower_features`):
 - seconds per sample.
 
 With `--breaks`, the same figures for deliberate faults, which the quality
-test (tests/test_pretrained.py) must catch: each coefficient of
-DPM-Solver++(2M) SDE (`a`, `c0`, `noise`) 10% off; guidance off (s = 1)
-for a conditional preset; and with `--raw NAME=RUN_DIR`, the run's raw
-(not EMA) network in place of the EMA one.
+test (tests/test_pretrained.py) must catch: each coefficient of the
+recommended sampler 10% off (the ancestral step's `x_0` and `x_t` weights
+in the posterior mean and its noise; DPM-Solver++(2M) SDE's `a`, `c0` and
+`noise`); guidance off (s = 1) for a conditional preset; and with
+`--raw NAME=RUN_DIR`, the run's raw (not EMA) network in place of the EMA
+one.
 """
 
 import argparse
@@ -36,6 +38,7 @@ from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras import hub  # noqa: E402
 from ddpm_keras.data import synthetic_class_of  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
+from ddpm_keras.diffusion import gaussian  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import frechet_distance  # noqa: E402
@@ -101,15 +104,28 @@ def row(label, fds, seconds, accuracies, intra, ratios):
     print(f"| {label} | {spread(fds, 1)} |{conditional} {1000 * np.median(seconds):.1f} |", flush=True)
 
 
-def with_coefficient_off(name, factor):
-    original = dpm_solver.dpmpp_coefficients
+# Per sampler: the function that makes its coefficient tables, and each coefficient's key in them.
+# The ancestral step's posterior mean is `coef1 x_0 + coef2 x_t`; its noise `exp(0.5 log_variance)`.
+COEFFICIENTS = {
+    "ddpm": (gaussian, "compute_terms", {"x_0": "posterior_mean_coef1", "x_t": "posterior_mean_coef2",
+                                         "noise": "posterior_log_variance_clipped"}),
+    "dpmpp_2m_sde": (dpm_solver, "dpmpp_coefficients", {"a": "a", "c0": "c0", "noise": "noise"}),
+}
+
+
+def with_coefficient_off(sampler, name, factor):
+    """Patches `sampler`'s coefficient `name` by `factor` in every table made until `restore()`; returns `restore`."""
+    module, function, keys = COEFFICIENTS[sampler]
+    original, key = getattr(module, function), keys[name]
 
     def broken(*args, **kwargs):
         table = original(*args, **kwargs)
-        table[name] = table[name] * factor
+        # A log-variance moves by log(factor^2) to scale the noise's standard deviation by `factor`.
+        table[key] = table[key] + 2 * np.log(factor) if key.startswith("posterior_log") else table[key] * factor
         return table
 
-    return original, broken
+    setattr(module, function, broken)
+    return lambda: setattr(module, function, original)
 
 
 def main():
@@ -140,14 +156,13 @@ def main():
         row("as shipped", *measure(model, sampling, reference, extractor, args.num_samples, seeds, real))
         if not args.breaks:
             continue
-        for coefficient in ("a", "c0", "noise"):
-            original, broken = with_coefficient_off(coefficient, 1.1)
-            dpm_solver.dpmpp_coefficients = broken
+        for coefficient in COEFFICIENTS[sampling["sampler"]][2]:
+            restore = with_coefficient_off(sampling["sampler"], coefficient, 1.1)
             try:
                 fresh = DiffusionModel.from_preset(name, compile=False)  # no compiled chain of the right one
                 row(f"{coefficient} x 1.1", *measure(fresh, sampling, reference, extractor, args.num_samples, seeds, real))
             finally:
-                dpm_solver.dpmpp_coefficients = original
+                restore()
         if classes:
             row("guidance off (s = 1)", *measure(model, {**sampling, "guidance_scale": 1.0}, reference, extractor,
                                                  args.num_samples, seeds, real))

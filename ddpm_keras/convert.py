@@ -34,6 +34,7 @@ import numpy as np
 
 from ddpm_keras import hub
 from ddpm_keras.model import DiffusionModel
+from ddpm_keras.presets import DEFAULT_SAMPLING
 from ddpm_keras.presets import get_preset
 from ddpm_keras.utils import files
 from ddpm_keras.utils.download import keras_home
@@ -56,7 +57,7 @@ KERAS_IO_PRESET_METADATA = {
     "parameter_count": 63200387,
     "training": {"preset": "flowers64", "source": KERAS_IO_CHECKPOINT_URL,
                  "download": "on first use, converted once into <KERAS_HOME>/ddpm_keras/presets/"},
-    "sampling": {"sampler": "dpmpp_2m_sde", "num_steps": 20},
+    "sampling": dict(DEFAULT_SAMPLING),
 }
 
 

@@ -199,7 +199,7 @@ def test_sample_writes_a_png_grid(run_dir, tmp_path, capsys):
     assert main(["sample", "--checkpoint", run_dir, "--num-images", "2", "--seed", "1", "--out", out]) == 0
     with Image.open(out) as picture:
         assert picture.size == (4 * (2 * (32 + 2) + 2), 4 * (32 + 2 + 2))
-    assert "Wrote 2 samples (dpmpp_2m_sde)" in capsys.readouterr().out  # presets.DEFAULT_SAMPLING
+    assert "Wrote 2 samples (ddpm)" in capsys.readouterr().out  # presets.DEFAULT_SAMPLING
 
 
 def test_sample_with_ddim_writes_the_trajectory_gif(run_dir, tmp_path):

@@ -67,7 +67,8 @@ def _load_without_keras(runs):
 
 def test_the_exported_generator_gives_generate_images_images_without_keras(tmp_path):
     model = _trained_like(tiny_model(timesteps=50))
-    stochastic = model.export_generator(str(tmp_path / "sde"), sampler="dpmpp_2m_sde", num_steps=8)
+    stochastic = model.export_generator(str(tmp_path / "sde"), sampler="dpmpp_2m_sde", num_steps=8,
+                                       timestep_spacing="karras")
     reduced = model.export_generator(
         str(tmp_path / "ddim-bf16"), sampler="ddim", num_steps=6, timestep_spacing="trailing", dtype="bfloat16"
     )
@@ -102,7 +103,8 @@ def test_a_conditional_generator_takes_labels_and_guidance(tmp_path):
     from gaussian_exact import make_class_model
 
     model = make_class_model(clip=1.0)  # The data range [-1, 1], which the uint8 images span.
-    path = model.export_generator(str(tmp_path / "cond"), sampler="dpmpp_2m_sde", num_steps=6, guidance_rescale=0.3)
+    path = model.export_generator(str(tmp_path / "cond"), sampler="dpmpp_2m_sde", num_steps=6,
+                                 timestep_spacing="karras", guidance_rescale=0.3)
     labels = [0, 2, 1, 3]  # 3 is the null label: an unconditional image.
     results = _load_without_keras({
         "plain": [path, {"seed": 4, "num_images": 4, "labels": labels, "guidance_scale": 1.0}],

@@ -49,7 +49,8 @@ def test_a_preset_folder_loads_back_with_the_ema_network_and_gives_the_same_imag
 def test_a_shipped_preset_samples_as_its_metadata_says_with_no_arguments():
     model = DiffusionModel.from_preset("synthetic_flowers32_cond", compile=False)
     sampling = hub.read_metadata("synthetic_flowers32_cond")["sampling"]
-    assert sampling["sampler"] == "dpmpp_2m_sde"  # not the 1,000-call chain of a model without default_sampling
+    # DDPM respaced to 50 steps, not the 1,000-call chain of a model without default_sampling.
+    assert sampling["sampler"] == "ddpm" and sampling["num_steps"] == 50
     assert model.default_sampling == {k: v for k, v in sampling.items() if k != "guidance_scale"}
     assert DiffusionModel.from_preset("synthetic_flowers32_cond", compile=False, default_sampling=None).default_sampling is None
 

@@ -52,6 +52,18 @@ def test_resolved_options_take_each_samplers_default_steps_within_t():
         SamplerOptions("pc").resolved(1000, samplers.INPAINT_SAMPLERS)
 
 
+def test_the_default_sampling_takes_every_step_of_a_shorter_diffusion():
+    assert samplers.default_sampling_for(1000) == samplers.DEFAULT_SAMPLING == {"sampler": "ddpm", "num_steps": 50}
+    assert samplers.default_sampling_for(20) == {"sampler": "ddpm", "num_steps": 20}
+    assert SamplerOptions(**samplers.default_sampling_for(20)).resolved(20).num_steps == 20
+    # What the grids of a short diffusion draw with it: the ancestral chain over all its steps.
+    model = tiny_model(timesteps=20)
+    np.testing.assert_array_equal(
+        model.generate_images(2, seed=3, verbose=0, **samplers.default_sampling_for(20)),
+        model.generate_images(2, seed=3, verbose=0, sampler="ddpm"),
+    )
+
+
 def test_sampler_options_are_a_value_hashable_as_a_compile_key():
     options = SamplerOptions("ddim", eta=1, corrector_steps=2)
     assert options.eta == 1.0 and isinstance(options.eta, float)

@@ -36,7 +36,7 @@ from ddpm_keras.inference.generate import generation_chain
 from ddpm_keras.inference.generate import resolved_options
 from ddpm_keras.inference.generate import with_default_sampling
 from ddpm_keras.inference.precision import check_inference_dtype
-from ddpm_keras.samplers.options import DEFAULT_SAMPLING
+from ddpm_keras.samplers.options import default_sampling_for
 from ddpm_keras.utils import files
 
 METADATA_FILE = files.EXPORT_METADATA_FILE
@@ -69,7 +69,8 @@ def export_generator(
         sampler: A sampler's name or a `samplers.SamplerOptions`, as in
             `DiffusionModel.generate_images`, or `None`: the model's
             `default_sampling`, else `samplers.DEFAULT_SAMPLING`
-            (`"dpmpp_2m_sde"`, 20 steps on the `"karras"` grid), the
+            (`"ddpm"` respaced to 50 steps, or all `T` of a shorter
+            diffusion), the
             options given overriding theirs; that sampler named also
             takes their options where none are given. Defaults to
             `None`.
@@ -102,7 +103,8 @@ def export_generator(
 
     # Checked before the compilation: a folder of the user's is never replaced.
     files.check_output(path, "path", overwrite=overwrite, kind="dir")
-    sampler, sampler_options = with_default_sampling(model, sampler, sampler_options, fallback=DEFAULT_SAMPLING)
+    fallback = default_sampling_for(model.diffusion.num_timesteps)
+    sampler, sampler_options = with_default_sampling(model, sampler, sampler_options, fallback=fallback)
     options = resolved_options(model, sampler, **sampler_options)
     dtype = check_inference_dtype(dtype)
     rescale = conditioning.check_float("guidance_rescale", guidance_rescale, low=0.0, high=1.0)

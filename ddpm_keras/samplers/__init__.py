@@ -75,6 +75,7 @@ from ddpm_keras.samplers.inpaint import INPAINT_SAMPLERS
 from ddpm_keras.samplers.inpaint import inpaint_chain
 from ddpm_keras.samplers.options import DEFAULT_SAMPLING
 from ddpm_keras.samplers.options import SamplerOptions
+from ddpm_keras.samplers.options import default_sampling_for
 from ddpm_keras.samplers.options import option_fields
 from ddpm_keras.samplers.options import sampler_options
 from ddpm_keras.samplers.registry import DEFAULT_CONSISTENCY_STEPS
@@ -101,8 +102,8 @@ __all__ = [
     "INPAINT_SAMPLERS", "REGISTRY", "SAMPLERS",
     "SamplerOptions", "SamplerSpec", "SamplingContext", "TIMESTEP_SPACINGS", "advance", "build_chain", "check_num_steps",
     "check_spacing", "check_thresholding", "ddim_coefficients", "ddim_encode_chain",
-    "classifier_guided_model_fn", "default_num_steps", "dpmpp_coefficients", "dynamic_threshold", "finish",
-    "guided_model_fn", "heun_schedule", "inpaint_chain",
+    "classifier_guided_model_fn", "default_num_steps", "default_sampling_for", "dpmpp_coefficients",
+    "dynamic_threshold", "finish", "guided_model_fn", "heun_schedule", "inpaint_chain",
     "make_context", "option_fields", "sampler_options", "make_denoiser", "respaced", "run_chain", "sampling_schedule", "sampling_timesteps",
     "slerp", "spaced_timesteps", "start", "timestep_spacing_of", "trajectory_length", "unipc_coefficients",
 ]

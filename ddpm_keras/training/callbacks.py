@@ -17,7 +17,7 @@ from ddpm_keras.metrics import inception_features
 from ddpm_keras.metrics import sample_distances
 from ddpm_keras.metrics.base import as_reference
 from ddpm_keras.metrics.distances import DISTANCES
-from ddpm_keras.samplers.options import DEFAULT_SAMPLING
+from ddpm_keras.samplers.options import default_sampling_for
 from ddpm_keras.samplers.registry import timestep_spacing_of
 from ddpm_keras.training.checkpoint import LOG_FILE
 from ddpm_keras.training.checkpoint import MODEL_FILE
@@ -66,7 +66,8 @@ class SamplePlotter(keras.callbacks.Callback):
         num_images: Integer, the number of samples. Defaults to `16`.
         seed: Integer, the seed of the samples. Defaults to `0`.
         sampling: Dict of keyword arguments of `generate_images` choosing the
-            sampler. Defaults to `samplers.DEFAULT_SAMPLING`.
+            sampler. Defaults to `None`: `samplers.DEFAULT_SAMPLING`, its
+            steps capped at the model's `T`.
         scale: Integer, the upscaling of the saved grid. Defaults to `4` for
             images of 32 px or less, else `2`.
         show: Boolean or `None`, display inline; `None` displays when
@@ -97,7 +98,7 @@ class SamplePlotter(keras.callbacks.Callback):
         self.every = every
         self.num_images = num_images
         self.seed = seed
-        self.sampling = dict(DEFAULT_SAMPLING if sampling is None else sampling)
+        self.sampling = None if sampling is None else dict(sampling)
         self.scale = scale
         self.show = in_notebook() if show is None else show
         self.classes = classes
@@ -112,7 +113,7 @@ class SamplePlotter(keras.callbacks.Callback):
         conditioning = {} if labels is None else {"labels": labels, "guidance_scale": self.guidance_scale}
         images = self.model.generate_images(
             num_images=len(labels) if labels is not None else self.num_images, seed=self.seed,
-            **self.sampling, **conditioning,
+            **sampling_of(self), **conditioning,
         )
         scale = self.scale or display_scale(images)
         path = os.path.join(self.run_dir, SAMPLES_DIR, f"epoch_{epoch + 1:04d}.png")
@@ -180,7 +181,8 @@ class QualityMonitor(keras.callbacks.Callback):
         num_samples: Integer, generated images per measurement. Defaults to
             `1000`.
         sampling: Dict of `generate_images` arguments choosing the sampler.
-            Defaults to `None`: the sample grids' (`DEFAULT_SAMPLING`).
+            Defaults to `None`: the sample grids' (`DEFAULT_SAMPLING`, its
+            steps capped at the model's `T`).
         metrics: Sequence of `"fid"` and `"kid"`. Defaults to
             `("fid", "kid")`.
         feature_extractor: A Keras model `images -> features`. Defaults to
@@ -212,7 +214,7 @@ class QualityMonitor(keras.callbacks.Callback):
             raise ValueError(f"metrics must be a non-empty subset of {DISTANCES}. Received: metrics={metrics!r}")
         if self.num_samples < 2:
             raise ValueError(f"num_samples must be at least 2 for FID and KID. Received: num_samples={num_samples}")
-        self.sampling = dict(DEFAULT_SAMPLING if sampling is None else sampling)
+        self.sampling = None if sampling is None else dict(sampling)
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
         self.seed = seed
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -237,7 +239,7 @@ class QualityMonitor(keras.callbacks.Callback):
         start = time.perf_counter()
         images = self.model.generate_images(
             self.num_samples, seed=self.seed, batch_size=min(self.batch_size, self.num_samples), verbose=0,
-            **self.sampling,
+            **sampling_of(self),
         )
         values = sample_distances(images, self.reference, self.feature_extractor, self.metric_names,
                                   kid_subset_size=self.kid_subset_size)
@@ -252,7 +254,14 @@ class QualityMonitor(keras.callbacks.Callback):
             append_row(os.path.join(self.run_dir, QUALITY_LOG_FILE), row)
             self.history.append(row)
             plot_metrics(self.history, os.path.join(self.run_dir, QUALITY_PLOT_FILE), self.metric_names,
-                         title=f"{self.num_samples} samples, {describe_sampling(self.sampling)}")
+                         title=f"{self.num_samples} samples, {describe_sampling(sampling_of(self))}")
+
+
+def sampling_of(callback):
+    """The `generate_images` sampling of a callback that draws from its model: its own, else the default for its `T`."""
+    if callback.sampling is not None:
+        return callback.sampling
+    return default_sampling_for(callback.model.diffusion.num_timesteps)
 
 
 def describe_sampling(sampling):
