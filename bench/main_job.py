@@ -19,17 +19,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-from pretrained import FLOOR_SEED  # noqa: E402
-from pretrained import REFERENCE_SEED  # noqa: E402
-from pretrained import balanced_labels  # noqa: E402
 from pretrained import measure  # noqa: E402
-from pretrained import real_flowers  # noqa: E402
+from pretrained import references  # noqa: E402
 from pretrained import row  # noqa: E402
 
-from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.metrics import flower_features  # noqa: E402
-from ddpm_keras.metrics import reference_statistics  # noqa: E402
-from ddpm_keras.metrics import sample_distances  # noqa: E402
 from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
 
@@ -54,11 +48,7 @@ def main():
     model = keras.saving.load_model(model_file, compile=False)
     size, classes = model.image_shape[0], model.num_classes
     extractor = flower_features()
-    real_images = real_flowers(4096, size, classes, REFERENCE_SEED)
-    reference = reference_statistics(real_images, extractor, cache_dir=False, verbose=0)
-    real = None if classes is None else (extract_features(extractor, real_images), balanced_labels(4096, classes))
-    floor = sample_distances(real_flowers(args.num_samples, size, classes, FLOOR_SEED), reference, extractor,
-                             metrics=("fid",))["fid"]
+    reference, real, floor = references(model, extractor, args.num_samples)
     print(f"\n{model_file}: {size} px, classes {model.class_names}; real-data floor FD {floor:.2f} "
           f"({args.num_samples} vs 4,096)")
     columns = ["sampling", "guidance", "FD"] + (["class accuracy", "intra-class FD", "its ratio to unguided"]

@@ -60,6 +60,18 @@ def real_flowers(num_images, size, num_classes, seed):
     return synthetic_flowers(num_images, size, seed=seed, labels=labels)
 
 
+def references(model, extractor, num_samples):
+    """`(reference, real, floor)` for `model`'s size and classes: the statistics of 4,096 real flowers, their
+    features and labels (`None` for an unconditional model), and the FD of `num_samples` other real flowers."""
+    size, classes = model.image_shape[0], model.num_classes
+    real_images = real_flowers(4096, size, classes, REFERENCE_SEED)
+    reference = reference_statistics(real_images, extractor, cache_dir=False, verbose=0)
+    real = None if classes is None else (extract_features(extractor, real_images), balanced_labels(4096, classes))
+    floor = sample_distances(real_flowers(num_samples, size, classes, FLOOR_SEED), reference, extractor,
+                             metrics=("fid",))["fid"]
+    return reference, real, floor
+
+
 def sampling_of(name):
     return {**DEFAULT_SAMPLING, **hub.read_metadata(name).get("sampling", {})}
 
@@ -144,11 +156,7 @@ def main():
         model = DiffusionModel.from_preset(name, compile=False)
         metadata, sampling = hub.read_metadata(name), sampling_of(name)
         size, classes = model.image_shape[0], model.num_classes
-        real_images = real_flowers(4096, size, classes, REFERENCE_SEED)
-        reference = reference_statistics(real_images, extractor, cache_dir=False, verbose=0)
-        real = None if classes is None else (extract_features(extractor, real_images), balanced_labels(4096, classes))
-        floor = sample_distances(real_flowers(args.num_samples, size, classes, FLOOR_SEED), reference, extractor,
-                                 metrics=("fid",))["fid"]
+        reference, real, floor = references(model, extractor, args.num_samples)
         print(f"\n{name}: {metadata['parameter_count']:,} parameters, {size} px, classes {model.class_names}, "
               f"sampling {sampling}; real-data floor FD {floor:.2f} ({args.num_samples} vs 4,096)")
         print("| configuration | FD | class accuracy | intra-class FD | its ratio to unguided | ms per sample |\n"
