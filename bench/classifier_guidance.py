@@ -8,7 +8,7 @@ Usage: python bench/classifier_guidance.py [--preset tiny] [--epochs 40] [--clas
    widths, one residual block per level) on the same flowers with their 4 classes (a petal colour
    family and a petal count each), on the model's diffusion. Prints the classifier's accuracy by
    noise level on held-out flowers.
-2. Trains the feature extractor of `bench/quality.py`.
+2. Takes the shipped flower features (`metrics.flower_features`, or `--extractor`).
 3. For each classifier scale and sampling seed: `--num-samples` samples, a quarter per class, drawn
    with `presets.DEFAULT_SAMPLING` and `classifier_scale=s` (scale 0: the unguided model). Reports
    - class accuracy: the fraction of samples that `synthetic_class_of` (the hue of the saturated
@@ -35,7 +35,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from conditional import statistics  # noqa: E402
-from quality import train_extractor  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras import NoisyClassifier  # noqa: E402
@@ -46,6 +45,7 @@ from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.data import synthetic_labels  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
 from ddpm_keras.nn.classifier import encoder_config  # noqa: E402
+from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import frechet_distance  # noqa: E402
 from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
@@ -133,27 +133,27 @@ def main():
     parser.add_argument("--scales", default="0,1,3,10")
     parser.add_argument("--out", default=None)
     parser.add_argument("--load", default=None, help="use the .keras files of an earlier --out")
+    parser.add_argument("--extractor", default=None,
+                        help="a .keras feature extractor. Default: the shipped flower_features")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     scales = [float(s) for s in args.scales.split(",")]
     keras.utils.set_random_seed(0)
 
-    classifier = None
+    classifier, extractor = None, flower_features(args.extractor)
     if args.load:
         load = lambda name: keras.saving.load_model(os.path.join(args.load, name))  # noqa: E731
-        model, extractor = load("model.keras"), load("extractor.keras")
+        model = load("model.keras")
         if os.path.exists(os.path.join(args.load, "classifier.keras")):
             classifier = load("classifier.keras")
         args.img_size = model.image_shape[0]
     else:
-        extractor, accuracy = train_extractor(args.img_size)
-        print(f"extractor: petal-count accuracy {accuracy:.3f} on held-out flowers")
         model = train_model(args.preset, args.img_size, args.epochs)
     if classifier is None:
         classifier = train_classifier(model, args.preset, args.classifier_width, args.classifier_epochs)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        for name, item in (("model", model), ("classifier", classifier), ("extractor", extractor)):
+        for name, item in (("model", model), ("classifier", classifier)):
             item.save(os.path.join(args.out, f"{name}.keras"))
 
     held_out = synthetic_labels(1000, seed=2)

@@ -6,8 +6,7 @@ Usage: python bench/conditional.py [--preset tiny_cond] [--epochs 40] [--img-siz
 1. Trains the preset's class-conditional model (`tiny_cond`: the tiny UNet with a class embedding,
    v-prediction, min-SNR, label dropout 0.1) on 2,048 labelled synthetic flowers (4 classes, each a
    petal colour family and a petal count).
-2. Trains the feature extractor of `bench/quality.py` (a CNN regressing the flowers' drawing
-   parameters; 64 features) on unlabelled synthetic flowers.
+2. Takes the shipped flower features (`metrics.flower_features`, or `--extractor`).
 3. For each guidance scale and sampling seed: `--num-samples` samples, a quarter per class, drawn
    with `presets.DEFAULT_SAMPLING`. Reports
    - class accuracy: the fraction of samples whose flower `synthetic_class_of` (the hue of the
@@ -23,15 +22,12 @@ Usage: python bench/conditional.py [--preset tiny_cond] [--epochs 40] [--img-siz
 import argparse
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from quality import train_extractor  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras.data import SYNTHETIC_CLASS_NAMES  # noqa: E402
@@ -40,6 +36,7 @@ from ddpm_keras.data import synthetic_class_of  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.data import synthetic_labels  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
+from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import frechet_distance  # noqa: E402
 from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
@@ -89,26 +86,25 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--scales", default="0,1,1.5,2,3,5")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--load", default=None, help="use model.keras and extractor.keras of an earlier --out")
+    parser.add_argument("--load", default=None, help="use model.keras of an earlier --out")
+    parser.add_argument("--extractor", default=None,
+                        help="a .keras feature extractor. Default: the shipped flower_features")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     scales = [float(s) for s in args.scales.split(",")]
     keras.utils.set_random_seed(0)
 
+    extractor = flower_features(args.extractor)
     if args.load:
         model = keras.saving.load_model(os.path.join(args.load, "model.keras"))
-        extractor = keras.saving.load_model(os.path.join(args.load, "extractor.keras"))
         args.img_size = model.image_shape[0]
     else:
-        extractor, accuracy = train_extractor(args.img_size)
-        print(f"extractor: petal-count accuracy {accuracy:.3f} on held-out flowers")
         model, loss, seconds = train_conditional(args.preset, args.img_size, args.epochs)
         print(f"{args.preset}: {model.network.count_params():,} parameters, {args.epochs} epochs of 2,048 labelled "
               f"{args.img_size}-px flowers in {seconds:.0f} s, final loss {loss:.4f}")
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             model.save(os.path.join(args.out, "model.keras"))
-            extractor.save(os.path.join(args.out, "extractor.keras"))
 
     real_labels = synthetic_labels(4096, seed=1)
     real = synthetic_flowers(4096, args.img_size, seed=1, labels=real_labels)

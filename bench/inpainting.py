@@ -2,7 +2,7 @@
 
 Usage: python bench/inpainting.py [--img-size 16] [--epochs 15] [--finetune-epochs 300] [--num-images 256]
        [--steps 50] [--seeds 0,1] [--grid docs/inpainting.png] [--no-fd] [--out DIR] [--load DIR]
-       [--longer-base-epochs 65]
+       [--longer-base-epochs 65] [--sampler ddpm] [--trained-sampler dpmpp_2m]
 
 What it does, all on data the project draws itself (no download):
 
@@ -19,14 +19,14 @@ What it does, all on data the project draws itself (no download):
    150).
 3. On `--num-images` held-out flowers, each with one mask (a box, a half or a
    stroke, drawn once from a fixed seed and the same for every method),
-   fills in the masked region with: the replacement method (ddpm, `--steps`
-   steps), RePaint (ddpm with 5 resamplings per step) at equal network calls
-   (`--steps / 5` steps) and at 5x (`--steps` steps), and the trained model
-   (ddpm, `--steps` steps, and at 5x).
+   fills in the masked region with: the replacement method (`--sampler`,
+   `--steps` steps), RePaint (`--sampler` with 5 resamplings per step) at
+   equal network calls (`--steps / 5` steps) and at 5x (`--steps` steps),
+   and the trained model (`--trained-sampler`, `--steps` steps, and at 5x).
 4. Per method, over `--seeds` sampling seeds (mean +- std): the root mean
    squared error on the masked pixels against the real images; the
    Frechet distance of the completed images to 4,096 other flowers in the
-   features of bench/quality.py's small flower extractor (unless
+   shipped flower features (`metrics.flower_features`; unless
    `--no-fd`); the seam, the mean absolute difference between neighbouring
    pixels across the mask's border (one known, one filled), beside the
    real images' on the same pairs; and seconds.
@@ -45,7 +45,6 @@ fine-tuned from it).
 import argparse
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -56,15 +55,15 @@ import numpy as np  # noqa: E402
 from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras.data import load_synthetic  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
+from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
 from ddpm_keras.training.masks import random_masks  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality import train_extractor  # noqa: E402
 
 RESAMPLE = 5
+NUM_IMAGES, BATCH_SIZE = 2048, 32
 EVAL_MASKS = {"box": 0.4, "half": 0.3, "stroke": 0.3}
 
 
@@ -74,17 +73,24 @@ def train_base(img_size, epochs):
 
 def train_more(model, img_size, epochs):
     """`model` trained `epochs` more on the same images, in place; `(model, final loss, seconds)`."""
-    data = load_synthetic(2048, img_size=img_size, batch_size=32, seed=0)
+    data = load_synthetic(NUM_IMAGES, img_size=img_size, batch_size=BATCH_SIZE, seed=0)
     start = time.perf_counter()
     history = model.fit(data, epochs=epochs, verbose=0, shuffle=False)
     return model, history.history["loss"][-1], time.perf_counter() - start
 
 
-def finetune(base, img_size, epochs, learning_rate, loss_weighting):
+def finetune(base, img_size, epochs, learning_rate, loss_weighting, schedule):
     model = base.to_inpainting(loss_weighting=loss_weighting)
     check_start(base, model, img_size)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_of(learning_rate, schedule, epochs)))
     return train_more(model, img_size, epochs)
+
+
+def learning_rate_of(learning_rate, schedule, epochs):
+    """`learning_rate` held (`"constant"`) or decayed to 0 over `epochs` of the 2,048 images (`"cosine"`)."""
+    if schedule == "constant":
+        return learning_rate
+    return keras.optimizers.schedules.CosineDecay(learning_rate, epochs * (NUM_IMAGES // BATCH_SIZE))
 
 
 def check_start(base, inpainter, img_size):
@@ -130,10 +136,15 @@ def main():
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--finetune-epochs", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="of the fine-tuning")
+    parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                        help="the learning rate of the fine-tuning, and of --longer-base-epochs")
     parser.add_argument("--finetune-weighting", default="min_snr", choices=["none", "min_snr"],
                         help="the fine-tuning's loss weighting (min_snr: the base model's, quick's)")
     parser.add_argument("--num-images", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"],
+                        help="of the replacement method and RePaint (which resamples between its steps)")
+    parser.add_argument("--trained-sampler", default=None, help="of the trained model (any). Default: --sampler")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--grid", default="docs/inpainting.png")
     parser.add_argument("--no-fd", action="store_true", help="skip the extractor and the Frechet distance")
@@ -160,7 +171,7 @@ def main():
         print(f"Loaded {loaded['inpainting']}")
     else:
         weighting = None if args.finetune_weighting == "none" else args.finetune_weighting
-        inpainter, loss, seconds = finetune(base, size, args.finetune_epochs, args.learning_rate, weighting)
+        inpainter, loss, seconds = finetune(base, size, args.finetune_epochs, args.learning_rate, weighting, args.schedule)
         print(f"inpainting model: started from it (the same predictions, checked), {args.finetune_epochs} epochs "
               f"with random masks in {seconds:.0f} s, final loss {loss:.4f}", flush=True)
     if args.out:
@@ -175,8 +186,7 @@ def main():
     real_seam = seam(images, masks)
     extractor = reference = None
     if not args.no_fd:
-        extractor, accuracy = train_extractor(size)
-        print(f"extractor: petal-count accuracy {accuracy:.3f} on held-out flowers", flush=True)
+        extractor = flower_features()
         reference = reference_statistics(synthetic_flowers(4096, size, seed=1), extractor, cache_dir=False, verbose=0)
         real_fd = sample_distances(images, reference, extractor)["fid"]
 
@@ -187,6 +197,9 @@ def main():
         compared += [None] + [(label + longer, *rest) for label, *rest in compared if rest[0] == "base"]
     for method in compared:
         if method is None:
+            if args.schedule != "constant":
+                rate = float(keras.ops.convert_to_numpy(base.optimizer.learning_rate))
+                base.compile(optimizer=keras.optimizers.Adam(learning_rate_of(rate, args.schedule, args.longer_base_epochs)))
             _, loss, seconds = train_more(base, size, args.longer_base_epochs)
             print(f"unconditional model: {args.longer_base_epochs} epochs more in {seconds:.0f} s, final loss "
                   f"{loss:.4f}", flush=True)
@@ -195,7 +208,8 @@ def main():
         errors, fds, seams, seconds = [], [], [], []
         for seed in seeds:
             start = time.perf_counter()
-            filled = models[which].inpaint(images, masks, seed=seed, sampler="ddpm", verbose=0, **options)
+            sampler = args.sampler if which == "base" else args.trained_sampler or args.sampler
+            filled = models[which].inpaint(images, masks, seed=seed, sampler=sampler, verbose=0, **options)
             seconds.append(time.perf_counter() - start)
             errors.append(float(np.sqrt(np.mean(np.square(filled - images)[holes]))))
             seams.append(seam(filled, masks))

@@ -1,6 +1,6 @@
 """Training objectives compared: sample quality (FID) against training steps, per prediction type and weighting.
 
-Usage: python bench/objectives.py [--extractor DIR/extractor.keras] [--epochs 40] [--eval-epochs 5,10,20,40]
+Usage: python bench/objectives.py [--extractor FILE.keras] [--epochs 40] [--eval-epochs 5,10,20,40]
        [--recipes epsilon:none,v:min_snr] [--sampler dpmpp_2m_sde@karras:20] [--num-samples 1000] [--seeds 0,1]
        [--out DIR]
 
@@ -10,8 +10,8 @@ T = 1000, linear betas, the preset's learning rate and EMA, seed 0) on the
 same 2,048 synthetic flowers, one after the other; at each of
 `--eval-epochs` it measures the Frechet distance of `--num-samples` images
 from `--sampler` against 4,096 other synthetic flowers, in the feature
-space of `bench/quality.py`'s extractor (trained here unless
-`--extractor` names a saved one), for each sampling seed. Prints one row
+space of the shipped flower features (`metrics.flower_features`, or the
+`.keras` extractor `--extractor` names), for each sampling seed. Prints one row
 per recipe and evaluation point (mean +- std over seeds) and, per recipe,
 the first evaluation at which it reaches the first recipe's final FID.
 """
@@ -26,11 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from quality import parse_configs  # noqa: E402
-from quality import train_extractor  # noqa: E402
 
 from ddpm_keras import DiffusionModel  # noqa: E402
 from ddpm_keras.data import load_synthetic  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
+from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
@@ -49,7 +49,7 @@ def build_model(img_size, prediction_type, loss_weighting):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--img-size", type=int, default=16)
-    parser.add_argument("--extractor", default=None, help="a saved extractor.keras of bench/quality.py --out")
+    parser.add_argument("--extractor", default=None, help="a .keras feature extractor. Default: the shipped flower_features")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--eval-epochs", default="5,10,20,40")
     parser.add_argument("--recipes", default="epsilon:none,v:min_snr")
@@ -63,10 +63,7 @@ def main():
     eval_epochs = sorted(int(e) for e in args.eval_epochs.split(","))
     (sampling,) = parse_configs(args.sampler)
     keras.utils.set_random_seed(0)
-    if args.extractor:
-        extractor = keras.saving.load_model(args.extractor)
-    else:
-        extractor, _ = train_extractor(args.img_size)
+    extractor = flower_features(args.extractor)
     reference = reference_statistics(synthetic_flowers(4096, args.img_size, seed=1), extractor,
                                      cache_dir=False, verbose=0)
     rows = []
