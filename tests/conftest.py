@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -32,6 +33,19 @@ FILE_SECONDS = {
     "test_guidance": (25, 53), "test_tensorboard": (10, 55), "test_metrics_backends": (0, 53),
     "test_posthoc_ema": (24, 52), "test_precision": (31, 45),
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def temporary_files_under_basetemp(tmp_path_factory):
+    """`tempfile`'s files, of the tests, of the libraries they call and of their subprocesses, go under pytest's
+    base temporary directory (the last three runs' are kept), not into the system's: a killed worker's directory
+    and the empty ones TFDS leaves when it cannot reach its bucket would otherwise pile up in /tmp run after run.
+    """
+    path = str(tmp_path_factory.mktemp("tempfile"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", path)
+        patch.setenv("TMPDIR", path)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -202,8 +202,10 @@ network = build_classifier(8, 3, 2, [8, 16], [False, True], num_res_blocks=1)
 clf = NoisyClassifier(network, GaussianDiffusion(timesteps=20), seed=0)
 clf.compile(optimizer=keras.optimizers.Adam(3e-3))
 losses = clf.fit(images, labels, batch_size=16, epochs=3, verbose=0).history["loss"]
-clf.save("/tmp/clf_" + keras.backend.backend() + ".keras")
-loaded = keras.saving.load_model("/tmp/clf_" + keras.backend.backend() + ".keras")
+import tempfile
+path = os.path.join(tempfile.mkdtemp(), "clf.keras")
+clf.save(path)
+loaded = keras.saving.load_model(path)
 t = np.array([0, 5, 10, 19], "int32")
 same = float(np.abs(to_numpy(loaded.network([images[:4], t])) - to_numpy(clf.network([images[:4], t]))).max())
 emit(max_difference=results, losses=losses, same=same)
