@@ -201,6 +201,15 @@ def test_inpaint_feeds_the_mask_and_generation_the_all_zero_mask(inpainter):
     np.testing.assert_allclose(to_numpy(inpainter.score(x_t, t)), -free_output / sigma, rtol=1e-4, atol=1e-5)
 
 
+def test_inpaint_takes_the_samplers_own_options(inpainter):
+    """`corrector_steps` of "pc" reaches the chain: with nothing known, the free generation with the same option."""
+    images = tiny_images(2, img_size=8)
+    options = {"seed": 3, "sampler": "pc", "num_steps": 3, "verbose": 0}
+    free = inpainter.inpaint(images, np.zeros((8, 8)), corrector_steps=2, **options)
+    np.testing.assert_allclose(free, inpainter.generate_images(2, corrector_steps=2, **options), atol=1e-5)
+    assert np.abs(free - inpainter.generate_images(2, corrector_steps=1, **options)).max() > 1e-3
+
+
 def test_a_conditional_inpainting_model_guides_with_the_mask_in_both_passes():
     network = build_unet(8, 3, num_classes=3, inpainting=True, **UNET)
     rng = np.random.default_rng(3)

@@ -29,7 +29,7 @@ from ddpm_keras.utils.checks import check_seed
 def inpaint(
     model, images, mask, seed=None, sampler="ddpm", num_steps=None, eta=0.0, resample=1, clip_denoised=True,
     timestep_spacing=None, verbose=1, labels=None, guidance_scale=1.0, guidance_rescale=0.0, classifier=None,
-    classifier_scale=1.0,
+    classifier_scale=1.0, **sampler_options,
 ):
     """Fills in the unknown region of `images` (replacement method, RePaint resampling).
 
@@ -74,6 +74,9 @@ def inpaint(
             one for all). Default to `None`, `1.0`, `0.0`.
         classifier, classifier_scale: Classifier guidance towards
             `labels`, as in `generate_images`. Default to `None`, `1.0`.
+        **sampler_options: The sampler's other options, as in
+            `generate_images` (`corrector_steps` of `"pc"`, `s_churn`
+            of `"heun"`, ...).
 
     Returns:
         A NumPy float32 array shaped as `images` (batched).
@@ -91,12 +94,13 @@ def inpaint(
             model, labels, len(images), guidance_scale, guidance_rescale, classifier, classifier_scale
         )
         options = resolved_options(
-            model, sampler, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised, timestep_spacing=timestep_spacing
+            model, sampler, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised, timestep_spacing=timestep_spacing,
+            **sampler_options,
         )
         return _inpaint_with_mask(model, images, mask, seed, options, resample, verbose, request)
     options = resolved_options(
         model, sampler, samplers.INPAINT_SAMPLERS, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
-        timestep_spacing=timestep_spacing,
+        timestep_spacing=timestep_spacing, **sampler_options,
     )
     num_steps = options.num_steps
     resample = check_positive_int("resample", resample)
