@@ -65,7 +65,7 @@ def test_the_default_sampling_takes_every_step_of_a_shorter_diffusion():
 
 
 def test_sampler_options_are_a_value_hashable_as_a_compile_key():
-    options = SamplerOptions("ddim", eta=1, corrector_steps=2)
+    options = SamplerOptions("ddim", eta=1, num_steps=4)
     assert options.eta == 1.0 and isinstance(options.eta, float)
     assert options == SamplerOptions(**options.as_dict()) and hash(options) == hash(SamplerOptions(**options.as_dict()))
     assert options != dataclasses.replace(options, eta=0.5)
@@ -75,6 +75,13 @@ def test_sampler_options_are_a_value_hashable_as_a_compile_key():
         samplers.sampler_options("ddim", etaa=0.5)
     with pytest.raises(ValueError, match=r"Pass the sampler's options in its SamplerOptions, not beside it"):
         samplers.sampler_options(options, num_steps=4)
+    # Another sampler's option is not silently ignored.
+    with pytest.raises(ValueError, match=r"^corrector_steps is an option of 'pc', not of sampler='ddim': drop it, "
+                       r"or pick that sampler\. Received: corrector_steps=2$"):
+        SamplerOptions("ddim", corrector_steps=2)
+    with pytest.raises(ValueError, match=r"^eta is an option of 'ddim', not of sampler='ddpm'"):
+        samplers.sampler_options("ddpm", eta=0.5)
+    assert SamplerOptions("ddpm", eta=0.0).eta == 0.0  # its default: nothing asked of the sampler
 
 
 def test_generate_images_takes_sampler_options_as_its_keywords_and_compiles_them_once():

@@ -114,6 +114,14 @@ class SamplerOptions:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, _checked(field, getattr(self, field.name)))
         object.__setattr__(self, "timestep_spacing", timestep_spacing_of(self.sampler, self.timestep_spacing))
+        for field in dataclasses.fields(self):
+            owners = [name for name, spec in REGISTRY.items() if field.name in spec.options]
+            value = getattr(self, field.name)
+            if owners and self.sampler not in owners and value != field.default:
+                raise ValueError(
+                    f"{field.name} is an option of {' and '.join(map(repr, owners))}, not of sampler="
+                    f"{self.sampler!r}: drop it, or pick that sampler. Received: {field.name}={value!r}"
+                )
         if self.s_tmax is not None and self.s_tmin > self.s_tmax:
             raise ValueError(
                 f"s_tmin must be <= s_tmax (churn applies where s_tmin <= sigma <= s_tmax). Received: "
