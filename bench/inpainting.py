@@ -2,7 +2,7 @@
 
 Usage: python bench/inpainting.py [--img-size 16] [--epochs 15] [--finetune-epochs 300] [--num-images 256]
        [--steps 50] [--seeds 0,1] [--grid docs/inpainting.png] [--no-fd] [--out DIR] [--load DIR]
-       [--longer-base-epochs 65] [--sampler ddpm] [--trained-sampler dpmpp_2m]
+       [--longer-base-epochs 65] [--sampler ddpm] [--trained-sampler dpmpp_2m] [--schedule cosine]
 
 What it does, all on data the project draws itself (no download):
 
@@ -37,8 +37,13 @@ What it does, all on data the project draws itself (no download):
    trained model had `--epochs` + `--finetune-epochs` in all, and a
    longer-trained base improves RePaint as well.
 
-`--out DIR` saves the two models and results.json; `--load DIR` takes the
-models saved there (the unconditional one alone: the inpainting model is
+`--out DIR` keeps the run there, so that a run cut short resumes where it
+stopped when the same command is given again: the unconditional model
+(`base.keras`, saved once trained), the fine-tuning and the longer
+training of the base (`finetune/` and `longer_base/`, each epoch's
+checkpoint and log, `training.RunCheckpoint`), the inpainting model
+(`inpainting.keras`) and results.json. `--load DIR` takes the models another
+run saved there (the unconditional one alone: the inpainting model is
 fine-tuned from it).
 """
 
@@ -58,6 +63,9 @@ from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import reference_statistics  # noqa: E402
 from ddpm_keras.metrics import sample_distances  # noqa: E402
+from ddpm_keras.training.checkpoint import MODEL_FILE  # noqa: E402
+from ddpm_keras.training.checkpoint import RunCheckpoint  # noqa: E402
+from ddpm_keras.training.checkpoint import save_atomically  # noqa: E402
 from ddpm_keras.training.masks import random_masks  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402
 
@@ -71,19 +79,32 @@ def train_base(img_size, epochs):
     return train_more(DiffusionModel.from_preset("quick", img_size=img_size, seed=0), img_size, epochs)
 
 
-def train_more(model, img_size, epochs):
-    """`model` trained `epochs` more on the same images, in place; `(model, final loss, seconds)`."""
+def train_more(model, img_size, epochs, run_dir=None):
+    """`model` trained `epochs` more on the same images, in place; `(model, final loss, seconds)`.
+
+    With `run_dir`, each epoch is checkpointed there, and a model that
+    `run_dir` already holds is taken up where it stopped instead of `model`.
+    """
+    done, callbacks = 0, []
+    if run_dir:
+        path = os.path.join(run_dir, MODEL_FILE)
+        if os.path.isfile(path):
+            model = keras.saving.load_model(path)
+            done = int(keras.ops.convert_to_numpy(model.epoch))
+            print(f"Resuming {path} after epoch {done} of {epochs}", flush=True)
+        callbacks = [RunCheckpoint(run_dir)]
     data = load_synthetic(NUM_IMAGES, img_size=img_size, batch_size=BATCH_SIZE, seed=0)
     start = time.perf_counter()
-    history = model.fit(data, epochs=epochs, verbose=0, shuffle=False)
-    return model, history.history["loss"][-1], time.perf_counter() - start
+    history = model.fit(data, initial_epoch=done, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
+    return model, history.history.get("loss", [float("nan")])[-1], time.perf_counter() - start
 
 
-def finetune(base, img_size, epochs, learning_rate, loss_weighting, schedule):
+def finetune(base, img_size, epochs, learning_rate, loss_weighting, schedule, run_dir=None):
     model = base.to_inpainting(loss_weighting=loss_weighting)
     check_start(base, model, img_size)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate_of(learning_rate, schedule, epochs)))
-    return train_more(model, img_size, epochs)
+    model.epoch.assign(0)
+    return train_more(model, img_size, epochs, run_dir)
 
 
 def learning_rate_of(learning_rate, schedule, epochs):
@@ -158,26 +179,29 @@ def main():
     keras.utils.set_random_seed(0)
     size = args.img_size
 
-    loaded = {name: os.path.join(args.load or "", f"{name}.keras") for name in ("base", "inpainting")}
-    if args.load and os.path.isfile(loaded["base"]):
+    saved = args.load or args.out
+    loaded = {name: os.path.join(saved or "", f"{name}.keras") for name in ("base", "inpainting")}
+    if saved and os.path.isfile(loaded["base"]):
         base = keras.saving.load_model(loaded["base"])
         print(f"Loaded {loaded['base']}")
     else:
         base, loss, seconds = train_base(size, args.epochs)
         print(f"unconditional model: {base.network.count_params():,} parameters, {args.epochs} epochs of 2,048 "
               f"{size}-px flowers in {seconds:.0f} s, final loss {loss:.4f}", flush=True)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            save_atomically(base, loaded["base"])
     if args.load and os.path.isfile(loaded["inpainting"]):
         inpainter = keras.saving.load_model(loaded["inpainting"])
         print(f"Loaded {loaded['inpainting']}")
     else:
         weighting = None if args.finetune_weighting == "none" else args.finetune_weighting
-        inpainter, loss, seconds = finetune(base, size, args.finetune_epochs, args.learning_rate, weighting, args.schedule)
+        inpainter, loss, seconds = finetune(base, size, args.finetune_epochs, args.learning_rate, weighting,
+                                            args.schedule, args.out and os.path.join(args.out, "finetune"))
         print(f"inpainting model: started from it (the same predictions, checked), {args.finetune_epochs} epochs "
               f"with random masks in {seconds:.0f} s, final loss {loss:.4f}", flush=True)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        base.save(os.path.join(args.out, "base.keras"))
-        inpainter.save(os.path.join(args.out, "inpainting.keras"))
+        save_atomically(inpainter, os.path.join(args.out, "inpainting.keras"))
     models = {"base": base, "inpainting": inpainter}
 
     images = synthetic_flowers(args.num_images, size, seed=50)
@@ -200,7 +224,9 @@ def main():
             if args.schedule != "constant":
                 rate = float(keras.ops.convert_to_numpy(base.optimizer.learning_rate))
                 base.compile(optimizer=keras.optimizers.Adam(learning_rate_of(rate, args.schedule, args.longer_base_epochs)))
-            _, loss, seconds = train_more(base, size, args.longer_base_epochs)
+            base, loss, seconds = train_more(base, size, args.longer_base_epochs,
+                                             args.out and os.path.join(args.out, "longer_base"))
+            models["base"] = base
             print(f"unconditional model: {args.longer_base_epochs} epochs more in {seconds:.0f} s, final loss "
                   f"{loss:.4f}", flush=True)
             continue
