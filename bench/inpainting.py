@@ -80,10 +80,11 @@ def train_base(img_size, epochs):
 
 
 def train_more(model, img_size, epochs, run_dir=None):
-    """`model` trained `epochs` more on the same images, in place; `(model, final loss, seconds)`.
+    """`model` trained `epochs` epochs (more) on the same images, in place; `(model, final loss, seconds)`.
 
     With `run_dir`, each epoch is checkpointed there, and a model that
-    `run_dir` already holds is taken up where it stopped instead of `model`.
+    `run_dir` already holds is taken up instead of `model` and trained
+    for the epochs it lacks of `epochs`.
     """
     done, callbacks = 0, []
     if run_dir:
