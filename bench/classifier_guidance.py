@@ -44,9 +44,9 @@ from ddpm_keras.data import synthetic_class_of  # noqa: E402
 from ddpm_keras.data import synthetic_flowers  # noqa: E402
 from ddpm_keras.data import synthetic_labels  # noqa: E402
 from ddpm_keras.metrics import extract_features  # noqa: E402
-from ddpm_keras.nn.classifier import encoder_config  # noqa: E402
 from ddpm_keras.metrics import flower_features  # noqa: E402
 from ddpm_keras.metrics import frechet_distance  # noqa: E402
+from ddpm_keras.nn.classifier import encoder_config  # noqa: E402
 from ddpm_keras.presets import DEFAULT_SAMPLING  # noqa: E402
 from ddpm_keras.presets import get_preset  # noqa: E402
 from ddpm_keras.visualize import save_image_grid  # noqa: E402

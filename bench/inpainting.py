@@ -224,7 +224,8 @@ def main():
         if method is None:
             if args.schedule != "constant":
                 rate = float(keras.ops.convert_to_numpy(base.optimizer.learning_rate))
-                base.compile(optimizer=keras.optimizers.Adam(learning_rate_of(rate, args.schedule, args.longer_base_epochs)))
+                schedule = learning_rate_of(rate, args.schedule, args.longer_base_epochs)
+                base.compile(optimizer=keras.optimizers.Adam(schedule))
             base, loss, seconds = train_more(base, size, args.longer_base_epochs,
                                              args.out and os.path.join(args.out, "longer_base"))
             models["base"] = base
@@ -233,9 +234,9 @@ def main():
             continue
         label, which, options, calls = method
         errors, fds, seams, seconds = [], [], [], []
+        sampler = args.sampler if which == "base" else args.trained_sampler or args.sampler
         for seed in seeds:
             start = time.perf_counter()
-            sampler = args.sampler if which == "base" else args.trained_sampler or args.sampler
             filled = models[which].inpaint(images, masks, seed=seed, sampler=sampler, verbose=0, **options)
             seconds.append(time.perf_counter() - start)
             errors.append(float(np.sqrt(np.mean(np.square(filled - images)[holes]))))

@@ -49,7 +49,8 @@ def build_model(img_size, prediction_type, loss_weighting):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--img-size", type=int, default=16)
-    parser.add_argument("--extractor", default=None, help="a .keras feature extractor. Default: the shipped flower_features")
+    parser.add_argument("--extractor", default=None,
+                        help="a .keras feature extractor. Default: the shipped flower_features")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--eval-epochs", default="5,10,20,40")
     parser.add_argument("--recipes", default="epsilon:none,v:min_snr")

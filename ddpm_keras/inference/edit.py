@@ -94,8 +94,8 @@ def inpaint(
             model, labels, len(images), guidance_scale, guidance_rescale, classifier, classifier_scale
         )
         options = resolved_options(
-            model, sampler, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised, timestep_spacing=timestep_spacing,
-            **sampler_options,
+            model, sampler, num_steps=num_steps, eta=eta, clip_denoised=clip_denoised,
+            timestep_spacing=timestep_spacing, **sampler_options,
         )
         return _inpaint_with_mask(model, images, mask, seed, options, resample, verbose, request)
     options = resolved_options(
