@@ -120,6 +120,13 @@ class DiffusionModel(keras.Model):
             from the mask kinds `"box"`, `"half"`, `"stroke"`, `"all"` to
             their probabilities in training, summing to 1; for an
             inpainting network. Defaults to `None`.
+        inpainting_loss: `"hole"` or `"all"`, an inpainting network's
+            loss: on the pixels to fill only (as Palette, Saharia et al.
+            2022; at sampling the known pixels' prediction is exact, not
+            the network's) or on every pixel (as the Stable Diffusion
+            inpainting models; the models saved before this option load
+            with it). `"hole"` reached `"all"`'s seam in under half the
+            epochs (`bench/inpainting.py`). Defaults to `"hole"`.
         default_sampling: `None` or a dict of `generate_images`'s sampler
             and its options (`{"sampler": "ddim", "num_steps": 4}`, fields
             of `samplers.SamplerOptions`): what `generate_images` samples
@@ -166,6 +173,7 @@ class DiffusionModel(keras.Model):
         cond_drop_prob=0.1,
         class_names=None,
         mask_rates=None,
+        inpainting_loss="hole",
         default_sampling=None,
         **kwargs,
     ):
@@ -197,6 +205,7 @@ class DiffusionModel(keras.Model):
         self.mask_rates = training_masks.check_mask_rates(
             training_masks.DEFAULT_MASK_RATES if mask_rates is None else mask_rates
         )
+        self.inpainting_loss = training_masks.check_inpainting_loss(inpainting_loss)
         self.default_sampling = check_default_sampling(default_sampling)
         self.network = network
         self.ema_network = ema_network
@@ -363,4 +372,6 @@ class DiffusionModel(keras.Model):
         network = keras.saving.deserialize_keras_object(config.pop("network"))
         ema_network = keras.saving.deserialize_keras_object(config.pop("ema_network"))
         diffusion = GaussianDiffusion.from_config(config.pop("diffusion"))
+        if network_is_inpainting(network):
+            config.setdefault("inpainting_loss", "all")  # saved before the option: it trained on every pixel
         return cls(network, diffusion, ema_network=ema_network, **config)

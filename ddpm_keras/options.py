@@ -20,6 +20,7 @@ from typing import Optional
 from ddpm_keras.diffusion.gaussian import PREDICTION_TYPES
 from ddpm_keras.diffusion.objectives import LOSS_WEIGHTINGS
 from ddpm_keras.diffusion.schedules import BETA_SCHEDULES
+from ddpm_keras.training.masks import INPAINTING_LOSSES
 from ddpm_keras.training.masks import MASK_KINDS
 
 
@@ -122,6 +123,11 @@ OPTIONS = (
         help="an inpainting model's training masks: the probability of each kind, box, half, stroke (free-form) "
         "and all (the whole image: free generation), summing to 1; kinds not named get 0, "
         "e.g. --mask-rates box=0.5 stroke=0.4 all=0.1. Default: the preset's",
+    ),
+    ModelOption(
+        "inpainting_loss", "training", "inpainting_loss", choices=INPAINTING_LOSSES, inpainting=True,
+        help="where an inpainting model's loss counts: hole (the pixels to fill, as Palette) or all (every pixel, "
+        "as Stable Diffusion's inpainting models). Default: the preset's",
     ),
 )
 

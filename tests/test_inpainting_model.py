@@ -1,7 +1,9 @@
 """An inpainting model trained for the task: its network, its training masks, `inpaint` with any sampler, the CLI."""
 
 import functools
+import json
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -112,6 +114,56 @@ def test_fit_trains_on_masks_drawn_per_image_from_the_seed():
     assert not np.array_equal(mask, to_numpy(other[3]))
     np.testing.assert_array_equal(to_numpy(inputs[2]), images * mask)  # the known pixels, zeros elsewhere
     assert len({m.tobytes() for m in mask}) > 4  # one mask per image
+
+
+@pytest.mark.parametrize("compiled_loss", [None, "mse"])
+def test_the_hole_loss_is_the_squared_error_on_the_pixels_to_fill(compiled_loss):
+    """`inpainting_loss="hole"`: per image, its timestep weight times its squared errors on the pixels to fill over
+    its number of values, averaged over the batch (Palette's); `"all"`: every pixel. The model's own loss and a
+    compiled Keras loss alike."""
+    images = ops.convert_to_tensor(tiny_images(8, img_size=8))
+    losses = {}
+    for region in ("hole", "all"):
+        model = tiny_inpainting_model(loss_weighting="min_snr", prediction_type="v", inpainting_loss=region)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=compiled_loss)
+        inputs, target, weights = model.training_batch(images, keras.random.SeedGenerator(3))
+        prediction = model.network(inputs)
+        losses[region] = float(model.compute_loss(y=target, y_pred=prediction, sample_weight=weights))
+        known = to_numpy(inputs[3]).astype(np.float64)
+        assert 0.3 < known.mean() < 0.9  # known and unknown pixels in the batch
+        squared = (to_numpy(target).astype(np.float64) - to_numpy(prediction)) ** 2
+        counted = 1.0 - known if region == "hole" else np.ones_like(known)
+        per_image = (counted * squared).sum(axis=(1, 2, 3)) / squared[0].size
+        expected = np.mean(to_numpy(model.timestep_weights(inputs[1])) * per_image)
+        assert losses[region] == pytest.approx(expected, rel=1e-5), region
+
+
+def test_the_inpainting_loss_is_an_option_saved_with_the_model(tmp_path):
+    """New inpainting models count the hole; a file saved before the option (no `inpainting_loss` in its config)
+    loads as it trained, on every pixel, and an unconditional model of then still starts a hole-loss one."""
+    unconditional = tiny_model(img_size=8)
+    model = unconditional.to_inpainting()
+    assert model.inpainting_loss == "hole" and unconditional.to_inpainting(inpainting_loss="all").inpainting_loss == "all"
+    with pytest.raises(ValueError, match=r"^inpainting_loss must be one of \('hole', 'all'\).*Received: "
+                       r"inpainting_loss='holes'$"):
+        unconditional.to_inpainting(inpainting_loss="holes")
+    for name, saved in (("inpainting", model), ("unconditional", unconditional)):
+        new, old = tmp_path / f"{name}.keras", tmp_path / f"{name}-old.keras"
+        saved.save(new)
+        assert keras.saving.load_model(new).inpainting_loss == "hole"
+        with zipfile.ZipFile(new) as source, zipfile.ZipFile(old, "w") as target:
+            for item in source.infolist():
+                data = source.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    del config["config"]["inpainting_loss"]
+                    data = json.dumps(config).encode()
+                target.writestr(item, data)
+        loaded = keras.saving.load_model(old)
+        if name == "inpainting":
+            assert loaded.inpainting_loss == "all"
+        else:
+            assert loaded.to_inpainting().inpainting_loss == "hole"
 
 
 def _kind(mask):
@@ -412,15 +464,16 @@ def source_run(tmp_path_factory):
 def test_train_inpainting_init_from_a_run_then_inpaint_with_any_sampler(source_run, tmp_path):
     out = str(tmp_path / "inpainting")
     argv = ["train", "--preset", "tiny", "--img-size", "16", *FAST, "--epochs", "1", "--inpainting",
-            "--init-from", source_run, "--mask-rates", "box=0.6", "stroke=0.3", "all=0.1", "--out", out]
+            "--init-from", source_run, "--mask-rates", "box=0.6", "stroke=0.3", "all=0.1", "--inpainting-loss", "all",
+            "--out", out]
     assert main(argv) == 0
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     assert model.inpainting and model.mask_rates == {"box": 0.6, "half": 0.0, "stroke": 0.3, "all": 0.1}
-    import json
-
+    assert model.inpainting_loss == "all"
     with open(os.path.join(out, "run.json")) as f:
         record = json.load(f)
     assert record["model"]["inpainting"] is True and record["model"]["mask_rates"]["box"] == 0.6
+    assert record["model"]["inpainting_loss"] == "all"
     assert record["init_from"] == source_run
     from PIL import Image
 
@@ -455,6 +508,8 @@ def test_bad_inpainting_runs_are_one_line_errors(source_run, extra, message, tmp
 def test_mask_rates_need_an_inpainting_run(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", *FAST, "--mask-rates", "all=1", "--out", str(tmp_path / "r")]) == 2
     assert "--mask-rates applies to inpainting runs: add --inpainting." in capsys.readouterr().err
+    assert main(["train", "--preset", "tiny", *FAST, "--inpainting-loss", "all", "--out", str(tmp_path / "r")]) == 2
+    assert "--inpainting-loss applies to inpainting runs: add --inpainting." in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--mask-rates", "circle=1"])
     assert "expected KIND=P with KIND one of box, half, stroke, all, got 'circle=1'" in capsys.readouterr().err

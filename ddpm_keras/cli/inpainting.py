@@ -11,6 +11,7 @@ import os
 from ddpm_keras.cli.common import CLIError
 from ddpm_keras.cli.common import load_model
 from ddpm_keras.cli.common import value_type
+from ddpm_keras.options import OPTIONS
 
 
 def add_inpainting_arguments(train):
@@ -52,11 +53,13 @@ def inpainting_source(args):
 
 
 def apply_inpainting(args, config):
-    """Sets `config`'s UNet to an inpainting one with `--inpainting`; a mask flag without it is a `CLIError`."""
+    """Sets `config`'s UNet to an inpainting one with `--inpainting`; an inpainting flag without it is a `CLIError`."""
     if args.inpainting:
         config["unet"]["inpainting"] = True
-    elif args.mask_rates is not None and not config["unet"].get("inpainting"):
-        raise CLIError("--mask-rates applies to inpainting runs: add --inpainting.")
+    elif not config["unet"].get("inpainting"):
+        for option in OPTIONS:
+            if option.inpainting and getattr(args, option.name, None) is not None:
+                raise CLIError(f"{option.flag} applies to inpainting runs: add --inpainting.")
     return config
 
 

@@ -35,7 +35,10 @@ class Distiller(DiffusionModel):
 
     # Options of `DiffusionModel` a distiller fixes itself, left out of its config: its sampling is its student's,
     # its loss weighting its method's, and the labels' dropout and names the teacher's (saved with the teacher).
-    FIXED_OPTIONS = ("default_sampling", "loss_weighting", "snr_gamma", "mask_rates", "cond_drop_prob", "class_names")
+    FIXED_OPTIONS = (
+        "default_sampling", "loss_weighting", "snr_gamma", "mask_rates", "inpainting_loss", "cond_drop_prob",
+        "class_names",
+    )
 
     def __init__(self, teacher, student_network, prediction_type, student_ema_network=None, teacher_network=None,
                  clip_denoised=True, **kwargs):

@@ -17,7 +17,10 @@ model's seed (`random_masks`), of a kind drawn with the probabilities
   also generates freely (`generate_images` feeds it this mask).
 
 The mask convention is `DiffusionModel.inpaint`'s: 1 where a pixel is
-known, 0 where it is to be filled. Everything is `keras.ops` and
+known, 0 where it is to be filled. Where the loss counts is
+`inpainting_loss` (another option): `"hole"`, the pixels to fill only
+(`hole_weights`, as Palette trains, Saharia et al. 2022), or `"all"`,
+every pixel (as the Stable Diffusion inpainting models were trained). Everything is `keras.ops` and
 `keras.random` with a fixed number of draws per batch, so it runs inside
 the compiled training steps of every backend and under a strategy (where
 the step's seed carries the replica id).
@@ -34,6 +37,10 @@ MASK_KINDS = ("box", "half", "stroke", "all")
 # Boxes and strokes most often, halves (outpainting) sometimes, and one image in ten generated freely.
 DEFAULT_MASK_RATES = {"box": 0.35, "half": 0.2, "stroke": 0.35, "all": 0.1}
 STROKE_SEGMENTS = 4
+# Where an inpainting model's loss counts. At sampling the network's output on the known pixels is replaced by the
+# exact prediction (`inference.masked.known_pixels_projected`), so "hole" spends all of the training on the pixels
+# the model fills; "all" is the loss of the models saved before the option, and of Stable Diffusion's.
+INPAINTING_LOSSES = ("hole", "all")
 
 
 def check_mask_rates(mask_rates):
@@ -68,6 +75,38 @@ def check_mask_rates(mask_rates):
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"mask_rates must sum to 1. Received: {mask_rates!r}, summing to {total:.6g}")
     return {kind: float(mask_rates.get(kind, 0.0)) for kind in MASK_KINDS}
+
+
+def check_inpainting_loss(inpainting_loss):
+    """`inpainting_loss` if it is one of `INPAINTING_LOSSES`, or a one-line ValueError."""
+    if inpainting_loss not in INPAINTING_LOSSES:
+        raise ValueError(
+            f"inpainting_loss must be one of {INPAINTING_LOSSES}: 'hole' (the loss on the pixels to fill) or 'all' "
+            f"(on every pixel). Received: inpainting_loss={inpainting_loss!r}"
+        )
+    return inpainting_loss
+
+
+def hole_weights(masks, weights=None):
+    """The loss weight of each pixel under `inpainting_loss="hole"`: `(batch, H, W, 1)`, 0 where known.
+
+    The pixel's weight is `1 - mask` times its example's `weights` (the
+    timestep weights, `(batch,)`, or `None`: 1). The denoising loss is
+    then the mean over every pixel and channel of the batch of weight
+    times squared error (`training.objective.compute_loss`): the squared
+    errors on the pixels to fill, summed, over the number of pixels (the
+    loss of Palette's implementation), so that an image with a larger
+    hole weighs more and an image generated freely (mask kind `"all"`)
+    counts as in an unconditional model.
+
+    Example:
+
+    >>> hole_weights(ops.convert_to_tensor([[[[1.0], [0.0]]]]), ops.convert_to_tensor([2.0]))  # [[[[0.], [2.]]]]
+    """
+    hole = 1.0 - ops.cast(masks, "float32")
+    if weights is None:
+        return hole
+    return hole * ops.reshape(ops.cast(weights, "float32"), (-1, 1, 1, 1))
 
 
 def random_masks(batch, height, width, mask_rates, seed):

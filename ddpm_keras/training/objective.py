@@ -75,7 +75,10 @@ def training_batch(model, images, seed, labels=None, training=True):
     from `seed` after the noise (`random_masks`), also in validation;
     `target` is
     `diffusion.prediction_target(images, eps, t, prediction_type)` and
-    `weights` is `timestep_weights(t)` (`None` when unweighted). The
+    `weights` is `timestep_weights(t)` (`None` when unweighted), or
+    for an inpainting model with `inpainting_loss="hole"` the weight of
+    each pixel, `(batch, H, W, 1)`, 0 where known
+    (`training.masks.hole_weights`). The
     training and validation steps of every backend take their loss
     from it: `compute_loss(y=target, y_pred=network(inputs),
     sample_weight=weights)`.
@@ -94,13 +97,15 @@ def training_batch(model, images, seed, labels=None, training=True):
     """
     x_t, t, noise = noisy_batch(model, images, seed)
     target = model.diffusion.prediction_target(images, noise, t, model.prediction_type)
-    inputs = [x_t, t]
+    inputs, weights = [x_t, t], model.timestep_weights(t)
     if model.inpainting:
         masks = random_masks(model, images, seed)
         inputs += [training_masks.masked_images(images, masks), ops.cast(masks, images.dtype)]
+        if model.inpainting_loss == "hole":
+            weights = training_masks.hole_weights(masks, weights)
     if labels is not None:
         inputs.append(drop_labels(model, labels, seed) if training else ops.cast(labels, "int32"))
-    return inputs, target, model.timestep_weights(t)
+    return inputs, target, weights
 
 def random_masks(model, images, seed=None):
     """One random training mask per image, 1 where known: float32 `(batch, H, W, 1)` (`training.masks`).
@@ -198,10 +203,12 @@ def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, trainin
 
     Prediction and target are cast to float32 first (mixed precision).
     With no compiled loss: `mean_i(w_i * mean_pixels((y_i - y_pred_i)^2))`
-    (`w_i = 1` without `sample_weight`), plus the layers' added losses.
-    With a compiled Keras loss: that loss, given `sample_weight` reshaped
-    to `(batch, 1, 1, 1)`, which broadcasts against the values of a loss
-    per pixel (every built-in regression loss: MSE, MAE, Huber, ...).
+    (`w_i = 1` without `sample_weight`), or with a weight per pixel the
+    mean of weight times squared error over every pixel and channel,
+    plus the layers' added losses. With a compiled Keras loss: that loss,
+    given `sample_weight` reshaped to `(batch, 1, 1, 1)` (a weight per
+    pixel as it is), which broadcasts against the values of a loss per
+    pixel (every built-in regression loss: MSE, MAE, Huber, ...).
     Under a `tf.distribute` strategy both are this replica's share of
     the global mean, as Keras's compiled losses are.
 
@@ -210,8 +217,9 @@ def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, trainin
         y: The target, `diffusion.prediction_target(...)`; in Keras's
             symbolic build `None` or the data's labels (zeros are used).
         y_pred: The network's output.
-        sample_weight: `None` or a float tensor `(batch,)`, the weight
-            of each example (see `training_batch`).
+        sample_weight: `None`, a float tensor `(batch,)`, the weight of
+            each example, or `(batch, H, W, 1)`, the weight of each pixel
+            (see `training_batch`).
         training: Boolean.
 
     Returns:
@@ -223,18 +231,22 @@ def compute_loss(model, x=None, y=None, y_pred=None, sample_weight=None, trainin
         # denoising loss is shaped as y_pred.
         y = ops.zeros_like(y_pred)
     y, y_pred = ops.cast(y, "float32"), ops.cast(y_pred, "float32")
+    per_pixel = sample_weight is not None and len(sample_weight.shape) > 1
     if model.loss is None:
-        per_example = ops.mean(ops.square(y - y_pred), axis=tuple(range(1, len(y_pred.shape))))
-        if sample_weight is not None:
-            per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-        loss = ops.mean(per_example)
+        if per_pixel:
+            loss = ops.mean(ops.cast(sample_weight, "float32") * ops.square(y - y_pred))
+        else:
+            per_example = ops.mean(ops.square(y - y_pred), axis=tuple(range(1, len(y_pred.shape))))
+            if sample_weight is not None:
+                per_example = per_example * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            loss = ops.mean(per_example)
         for extra in model.losses:
             loss = loss + ops.cast(ops.sum(extra), "float32")
         # As Keras's compiled losses: this replica's share of the global
         # mean under a tf.distribute strategy (the gradients are summed).
         return loss / float(num_replicas_in_sync())
     check_compiled_loss(model.loss)
-    if sample_weight is not None:
+    if sample_weight is not None and not per_pixel:
         # A (batch,) weight would broadcast against the last axis of the per-pixel values.
         sample_weight = ops.reshape(
             ops.cast(sample_weight, "float32"), (-1,) + (1,) * (len(y_pred.shape) - 1)
