@@ -20,10 +20,11 @@ The mask convention is `DiffusionModel.inpaint`'s: 1 where a pixel is
 known, 0 where it is to be filled. Where the loss counts is
 `inpainting_loss` (another option): `"hole"`, the pixels to fill only
 (`hole_weights`, as Palette trains, Saharia et al. 2022), or `"all"`,
-every pixel (as the Stable Diffusion inpainting models were trained). Everything is `keras.ops` and
-`keras.random` with a fixed number of draws per batch, so it runs inside
-the compiled training steps of every backend and under a strategy (where
-the step's seed carries the replica id).
+every pixel (as the Stable Diffusion inpainting models were trained).
+Everything is `keras.ops` and `keras.random` with a fixed number of
+draws per batch, so it runs inside the compiled training steps of every
+backend and under a strategy (where the step's seed carries the replica
+id).
 """
 
 import math
