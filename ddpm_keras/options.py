@@ -126,8 +126,8 @@ OPTIONS = (
     ),
     ModelOption(
         "inpainting_loss", "training", "inpainting_loss", choices=INPAINTING_LOSSES, inpainting=True,
-        help="where an inpainting model's loss counts: hole (the pixels to fill, as Palette) or all (every pixel, "
-        "as Stable Diffusion's inpainting models). Default: the preset's",
+        help="where an inpainting model's loss counts: all (every pixel, as Stable Diffusion's inpainting models) "
+        "or hole (the pixels to fill, as Palette). Default: the preset's",
     ),
 )
 

@@ -52,7 +52,7 @@ PRESETS = {
             "cond_drop_prob": 0.1,
             # Inpainting models (unet inpainting): the kinds of training masks and where the loss counts
             # (training.masks).
-            "mask_rates": dict(DEFAULT_MASK_RATES), "inpainting_loss": "hole",
+            "mask_rates": dict(DEFAULT_MASK_RATES), "inpainting_loss": "all",
         },
     },
     # Three minutes on a 2-core CPU (coloured blobs after its 640 steps); what the tests train.
@@ -74,7 +74,7 @@ PRESETS = {
             "batch_size": 32, "learning_rate": 1e-3, "ema": 0.995, "epochs": 20,
             "dataset": "synthetic", "plot_every": 5, "plot_guidance": 1.0,
             "prediction_type": "epsilon", "loss_weighting": None, "snr_gamma": 5.0, "ema_warmup": False,
-            "cond_drop_prob": 0.1, "mask_rates": dict(DEFAULT_MASK_RATES), "inpainting_loss": "hole",
+            "cond_drop_prob": 0.1, "mask_rates": dict(DEFAULT_MASK_RATES), "inpainting_loss": "all",
         },
     },
 }

@@ -123,7 +123,7 @@ def test_the_hole_loss_is_the_squared_error_on_the_pixels_to_fill(compiled_loss)
     compiled Keras loss alike."""
     images = ops.convert_to_tensor(tiny_images(8, img_size=8))
     losses = {}
-    for region in ("hole", "all"):
+    for region in ("all", "hole"):
         model = tiny_inpainting_model(loss_weighting="min_snr", prediction_type="v", inpainting_loss=region)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=compiled_loss)
         inputs, target, weights = model.training_batch(images, keras.random.SeedGenerator(3))
@@ -139,31 +139,26 @@ def test_the_hole_loss_is_the_squared_error_on_the_pixels_to_fill(compiled_loss)
 
 
 def test_the_inpainting_loss_is_an_option_saved_with_the_model(tmp_path):
-    """New inpainting models count the hole; a file saved before the option (no `inpainting_loss` in its config)
-    loads as it trained, on every pixel, and an unconditional model of then still starts a hole-loss one."""
+    """Inpainting models count every pixel unless told; `"hole"` is saved with the model, and a file saved before the
+    option (no `inpainting_loss` in its config) loads with the loss it trained with, on every pixel."""
     unconditional = tiny_model(img_size=8)
-    model = unconditional.to_inpainting()
-    assert model.inpainting_loss == "hole" and unconditional.to_inpainting(inpainting_loss="all").inpainting_loss == "all"
-    with pytest.raises(ValueError, match=r"^inpainting_loss must be one of \('hole', 'all'\).*Received: "
+    assert unconditional.to_inpainting().inpainting_loss == "all"
+    model = unconditional.to_inpainting(inpainting_loss="hole")
+    with pytest.raises(ValueError, match=r"^inpainting_loss must be one of \('all', 'hole'\).*Received: "
                        r"inpainting_loss='holes'$"):
         unconditional.to_inpainting(inpainting_loss="holes")
-    for name, saved in (("inpainting", model), ("unconditional", unconditional)):
-        new, old = tmp_path / f"{name}.keras", tmp_path / f"{name}-old.keras"
-        saved.save(new)
-        assert keras.saving.load_model(new).inpainting_loss == "hole"
-        with zipfile.ZipFile(new) as source, zipfile.ZipFile(old, "w") as target:
-            for item in source.infolist():
-                data = source.read(item.filename)
-                if item.filename == "config.json":
-                    config = json.loads(data)
-                    del config["config"]["inpainting_loss"]
-                    data = json.dumps(config).encode()
-                target.writestr(item, data)
-        loaded = keras.saving.load_model(old)
-        if name == "inpainting":
-            assert loaded.inpainting_loss == "all"
-        else:
-            assert loaded.to_inpainting().inpainting_loss == "hole"
+    new, old = tmp_path / "new.keras", tmp_path / "old.keras"
+    model.save(new)
+    assert keras.saving.load_model(new).inpainting_loss == "hole"
+    with zipfile.ZipFile(new) as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                del config["config"]["inpainting_loss"]
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    assert keras.saving.load_model(old).inpainting_loss == "all"
 
 
 def _kind(mask):
@@ -464,16 +459,16 @@ def source_run(tmp_path_factory):
 def test_train_inpainting_init_from_a_run_then_inpaint_with_any_sampler(source_run, tmp_path):
     out = str(tmp_path / "inpainting")
     argv = ["train", "--preset", "tiny", "--img-size", "16", *FAST, "--epochs", "1", "--inpainting",
-            "--init-from", source_run, "--mask-rates", "box=0.6", "stroke=0.3", "all=0.1", "--inpainting-loss", "all",
+            "--init-from", source_run, "--mask-rates", "box=0.6", "stroke=0.3", "all=0.1", "--inpainting-loss", "hole",
             "--out", out]
     assert main(argv) == 0
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
     assert model.inpainting and model.mask_rates == {"box": 0.6, "half": 0.0, "stroke": 0.3, "all": 0.1}
-    assert model.inpainting_loss == "all"
+    assert model.inpainting_loss == "hole"
     with open(os.path.join(out, "run.json")) as f:
         record = json.load(f)
     assert record["model"]["inpainting"] is True and record["model"]["mask_rates"]["box"] == 0.6
-    assert record["model"]["inpainting_loss"] == "all"
+    assert record["model"]["inpainting_loss"] == "hole"
     assert record["init_from"] == source_run
     from PIL import Image
 
@@ -508,7 +503,7 @@ def test_bad_inpainting_runs_are_one_line_errors(source_run, extra, message, tmp
 def test_mask_rates_need_an_inpainting_run(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", *FAST, "--mask-rates", "all=1", "--out", str(tmp_path / "r")]) == 2
     assert "--mask-rates applies to inpainting runs: add --inpainting." in capsys.readouterr().err
-    assert main(["train", "--preset", "tiny", *FAST, "--inpainting-loss", "all", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--preset", "tiny", *FAST, "--inpainting-loss", "hole", "--out", str(tmp_path / "r")]) == 2
     assert "--inpainting-loss applies to inpainting runs: add --inpainting." in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--mask-rates", "circle=1"])
@@ -528,7 +523,8 @@ x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
 t = np.array([3, 9], "int32")
 mask = (rng.uniform(size=(2, 8, 8, 1)) > 0.5).astype("float32")
 start = float(np.abs(to_numpy(inpainting_network(network)([x, t, x * mask, mask])) - to_numpy(network([x, t]))).max())
-model = DiffusionModel(network, GaussianDiffusion(timesteps=20, beta_end=0.2), seed=0).to_inpainting()
+model = DiffusionModel(network, GaussianDiffusion(timesteps=20, beta_end=0.2), seed=0)
+model = model.to_inpainting(inpainting_loss="hole")  # the loss of a weight per pixel, on this backend
 model.compile(optimizer=keras.optimizers.Adam(1e-3))
 images = tiny_images(8, img_size=8)
 losses = model.fit(images, batch_size=4, epochs=2, verbose=0).history["loss"]

@@ -18,9 +18,9 @@ model's seed (`random_masks`), of a kind drawn with the probabilities
 
 The mask convention is `DiffusionModel.inpaint`'s: 1 where a pixel is
 known, 0 where it is to be filled. Where the loss counts is
-`inpainting_loss` (another option): `"hole"`, the pixels to fill only
-(`hole_weights`, as Palette trains, Saharia et al. 2022), or `"all"`,
-every pixel (as the Stable Diffusion inpainting models were trained).
+`inpainting_loss` (another option): `"all"`, every pixel (as the Stable
+Diffusion inpainting models were trained), or `"hole"`, the pixels to
+fill only (`hole_weights`, as Palette trains, Saharia et al. 2022).
 Everything is `keras.ops` and `keras.random` with a fixed number of
 draws per batch, so it runs inside the compiled training steps of every
 backend and under a strategy (where the step's seed carries the replica
@@ -40,8 +40,8 @@ DEFAULT_MASK_RATES = {"box": 0.35, "half": 0.2, "stroke": 0.35, "all": 0.1}
 STROKE_SEGMENTS = 4
 # Where an inpainting model's loss counts. At sampling the network's output on the known pixels is replaced by the
 # exact prediction (`inference.masked.known_pixels_projected`), so "hole" spends all of the training on the pixels
-# the model fills; "all" is the loss of the models saved before the option, and of Stable Diffusion's.
-INPAINTING_LOSSES = ("hole", "all")
+# the model fills; "all", the default, is Stable Diffusion's (and the loss before the option existed).
+INPAINTING_LOSSES = ("all", "hole")
 
 
 def check_mask_rates(mask_rates):
@@ -82,8 +82,8 @@ def check_inpainting_loss(inpainting_loss):
     """`inpainting_loss` if it is one of `INPAINTING_LOSSES`, or a one-line ValueError."""
     if inpainting_loss not in INPAINTING_LOSSES:
         raise ValueError(
-            f"inpainting_loss must be one of {INPAINTING_LOSSES}: 'hole' (the loss on the pixels to fill) or 'all' "
-            f"(on every pixel). Received: inpainting_loss={inpainting_loss!r}"
+            f"inpainting_loss must be one of {INPAINTING_LOSSES}: 'all' (the loss on every pixel) or 'hole' "
+            f"(on the pixels to fill). Received: inpainting_loss={inpainting_loss!r}"
         )
     return inpainting_loss
 
