@@ -122,20 +122,19 @@ def test_the_hole_loss_is_the_squared_error_on_the_pixels_to_fill(compiled_loss)
     its number of values, averaged over the batch (Palette's); `"all"`: every pixel. The model's own loss and a
     compiled Keras loss alike."""
     images = ops.convert_to_tensor(tiny_images(8, img_size=8))
-    losses = {}
     for region in ("all", "hole"):
         model = tiny_inpainting_model(loss_weighting="min_snr", prediction_type="v", inpainting_loss=region)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=compiled_loss)
         inputs, target, weights = model.training_batch(images, keras.random.SeedGenerator(3))
         prediction = model.network(inputs)
-        losses[region] = float(model.compute_loss(y=target, y_pred=prediction, sample_weight=weights))
+        loss = float(model.compute_loss(y=target, y_pred=prediction, sample_weight=weights))
         known = to_numpy(inputs[3]).astype(np.float64)
         assert 0.3 < known.mean() < 0.9  # known and unknown pixels in the batch
         squared = (to_numpy(target).astype(np.float64) - to_numpy(prediction)) ** 2
         counted = 1.0 - known if region == "hole" else np.ones_like(known)
         per_image = (counted * squared).sum(axis=(1, 2, 3)) / squared[0].size
         expected = np.mean(to_numpy(model.timestep_weights(inputs[1])) * per_image)
-        assert losses[region] == pytest.approx(expected, rel=1e-5), region
+        assert loss == pytest.approx(expected, rel=1e-5), region
 
 
 def test_the_inpainting_loss_is_an_option_saved_with_the_model(tmp_path):
@@ -500,7 +499,7 @@ def test_bad_inpainting_runs_are_one_line_errors(source_run, extra, message, tmp
     assert (message or "--init-from starts an inpainting model from a trained one: add --inpainting") in err
 
 
-def test_mask_rates_need_an_inpainting_run(tmp_path, capsys):
+def test_the_inpainting_flags_need_an_inpainting_run(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", *FAST, "--mask-rates", "all=1", "--out", str(tmp_path / "r")]) == 2
     assert "--mask-rates applies to inpainting runs: add --inpainting." in capsys.readouterr().err
     assert main(["train", "--preset", "tiny", *FAST, "--inpainting-loss", "hole", "--out", str(tmp_path / "r")]) == 2
